@@ -1,0 +1,3 @@
+from opencone.cli import app
+
+app()

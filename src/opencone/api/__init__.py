@@ -1,0 +1,1 @@
+"""The edge: HTTP routes, wire models, auth, error mapping, stream framing."""

@@ -1,0 +1,50 @@
+"""The FastAPI application: routers, error mapping and the runtime's life."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from opencone import __version__
+from opencone.api import errors
+from opencone.api.routes import actions, computers, files, health, tabs
+from opencone.config import Settings
+from opencone.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime(settings)
+        app.state.runtime = runtime
+        await runtime.start()
+        if runtime.first_key:
+            # printed once, on the first start without OPENCONE_API_KEY; only its hash is stored
+            print(f"\nopencone: created an API key for the default organisation (shown once):\n\n"
+                  f"    {runtime.first_key}\n\n"
+                  f"export TZAFON_API_KEY={runtime.first_key}\n", file=sys.stderr, flush=True)
+        log.info("opencone %s ready on %s:%s, data in %s", __version__, settings.host, settings.port,
+                 settings.data_dir)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="opencone",
+        version=__version__,
+        description="Self-hosted computers for AI agents, over the Lightcone API.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, computers, actions, tabs, files):
+        app.include_router(module.router)
+    return app

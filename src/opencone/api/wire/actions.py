@@ -1,0 +1,305 @@
+"""Action dialects on the wire, and their translation to canonical actions.
+
+Three dialects arrive here: the bodies of the Lightcone action endpoints
+(``/click``, ``/type``…), the ``ComputerAction`` objects of ``/execute`` and
+``/batch``, and the OpenAI computer-use actions that SDK users pass straight to
+``batch`` (``point_and_type``, ``move``, ``keypress.keys``, ``scroll_x``,
+``drag.path``, ``wait`` without ``ms``). All become ``opencone.core.actions``.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from opencone.core import actions as a
+from opencone.core.clock import iso
+from opencone.core.computers import ActionReport
+from opencone.core.errors import InvalidInput
+from opencone.core.files import FileStore
+
+ACTION_TYPES = (
+    "click", "double_click", "right_click", "drag", "type", "keypress", "scroll", "wait", "screenshot",
+    "go_to_url", "debug", "get_html_content", "set_viewport", "list_tabs", "new_tab", "switch_tab",
+    "close_tab", "key_down", "key_up", "mouse_down", "mouse_up",
+    # OpenAI computer-use actions that SDK users pass to batch as they come from the model
+    "point_and_type", "move",
+)
+DEFAULT_WAIT_MS = 1000
+_BUTTONS = {"left": "left", "right": "right", "middle": "middle", "wheel": "middle",
+            "back": "back", "forward": "forward"}
+
+_canonical: TypeAdapter[a.Action] = TypeAdapter(a.Action)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    tab_id: str | None = None
+    include_context: bool = False
+    request_id: str | None = None
+
+
+class PointBody(_Body):
+    x: float
+    y: float
+
+
+class DragBody(_Body):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class TypeBody(_Body):
+    text: str
+
+
+class HotkeyBody(_Body):
+    keys: list[str]
+
+
+class KeyBody(_Body):
+    key: str
+
+
+class ScrollBody(_Body):
+    dx: float = 0
+    dy: float = 0
+    x: float | None = None
+    y: float | None = None
+
+
+class NavigateBody(_Body):
+    url: str
+
+
+class ScreenshotBody(_Body):
+    base64: bool = False
+
+
+class HtmlBody(_Body):
+    auto_detect_encoding: bool = False
+
+
+class ViewportBody(_Body):
+    width: int
+    height: int
+    scale_factor: float = 1.0
+
+
+class DebugBody(_Body):
+    command: str
+    timeout_seconds: float = 120
+    max_output_length: int = 65536
+
+
+class ProxyBody(_Body):
+    proxy_url: str | None = None
+
+
+class PathPoint(BaseModel):
+    x: float
+    y: float
+
+
+class DebugSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    command: str | None = None
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    max_output_length: int | None = None
+    timeout_seconds: float | None = None
+    request_id: str | None = None
+    stream: bool | None = None
+
+
+class ComputerAction(BaseModel):
+    """One element of ``/batch`` ``actions`` or ``/execute`` ``action``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal[ACTION_TYPES]  # type: ignore[valid-type]
+    x: float | None = None
+    y: float | None = None
+    x1: float | None = None
+    y1: float | None = None
+    x2: float | None = None
+    y2: float | None = None
+    button: str | None = None
+    path: list[PathPoint] | None = None
+    dx: float | None = None
+    dy: float | None = None
+    scroll_x: float | None = None
+    scroll_y: float | None = None
+    text: str | None = None
+    keys: list[str] | None = None
+    key: str | None = None
+    url: str | None = None
+    tab_id: str | None = None
+    ms: int | None = None
+    settle_ms: int | None = None
+    width: int | None = None
+    height: int | None = None
+    scale_factor: float | None = None
+    base64: bool | None = None
+    include_context: bool | None = None
+    auto_detect_encoding: bool | None = None
+    proxy_url: str | None = None
+    debug: DebugSpec | None = None
+    command: str | None = None
+    timeout_seconds: float | None = None
+    max_output_length: int | None = None
+
+
+class ExecuteBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    action: ComputerAction
+    include_context: bool = False
+    request_id: str | None = None
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    actions: list[ComputerAction] = Field(min_length=1, max_length=500)
+    include_context: bool = False
+    request_id: str | None = None
+
+
+def build(where: str, data: dict[str, Any]) -> a.Action:
+    """Validate a canonical action; a failure names the wire field it came from."""
+    try:
+        return _canonical.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if p not in (data.get("kind"),))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InvalidInput(f"{where}{'.' + loc if loc else ''}: {msg}", field=where) from None
+
+
+def _need(where: str, **values: Any) -> None:
+    missing = [k for k, v in values.items() if v is None]
+    if missing:
+        raise InvalidInput(f"{where}: {', '.join(missing)} required for this action", field=where)
+
+
+def _point(x: float | None, y: float | None) -> dict[str, float] | None:
+    return None if x is None or y is None else {"x": x, "y": y}
+
+
+def _button(where: str, raw: str | None, default: str = "left") -> str:
+    if raw is None:
+        return default
+    found = _BUTTONS.get(raw.lower())
+    if found is None:
+        raise InvalidInput(f"{where}.button: {raw!r} is not a button; allowed: {', '.join(_BUTTONS)}")
+    return found
+
+
+def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action], str | None]:
+    """Canonical actions for one ``ComputerAction``, and the tab it targets."""
+    t = act.type
+    tab = act.tab_id
+    match t:
+        case "click" | "double_click" | "right_click":
+            _need(where, x=act.x, y=act.y)
+            button = "right" if t == "right_click" else _button(where, act.button)
+            return [build(where, {"kind": "click", "at": _point(act.x, act.y), "button": button,
+                                  "count": 2 if t == "double_click" else 1})], tab
+        case "move":
+            _need(where, x=act.x, y=act.y)
+            return [build(where, {"kind": "move", "at": _point(act.x, act.y)})], tab
+        case "mouse_down" | "mouse_up":
+            return [build(where, {"kind": t, "at": _point(act.x, act.y),
+                                  "button": _button(where, act.button)})], tab
+        case "drag":
+            if act.path:
+                path = [{"x": p.x, "y": p.y} for p in act.path]
+            else:
+                _need(where, x1=act.x1, y1=act.y1, x2=act.x2, y2=act.y2)
+                path = [_point(act.x1, act.y1), _point(act.x2, act.y2)]
+            return [build(where, {"kind": "drag", "path": path, "button": _button(where, act.button)})], tab
+        case "type" | "point_and_type":
+            _need(where, text=act.text)
+            at = _point(act.x, act.y) if t == "point_and_type" else None
+            if t == "point_and_type":
+                _need(where, x=act.x, y=act.y)
+            return [build(where, {"kind": "type", "text": act.text, "at": at})], tab
+        case "keypress":
+            keys = act.keys if act.keys is not None else ([act.key] if act.key else None)
+            _need(where, keys=keys)
+            return [build(where, {"kind": "press_keys", "keys": keys})], tab
+        case "key_down" | "key_up":
+            keys = [act.key] if act.key else (act.keys or None)
+            _need(where, key=keys)
+            assert keys is not None
+            ordered = keys if t == "key_down" else list(reversed(keys))
+            return [build(where, {"kind": t, "key": k}) for k in ordered], tab
+        case "scroll":
+            x = act.x if act.x is not None else act.x1
+            y = act.y if act.y is not None else act.y1
+            dx = act.dx if act.dx is not None else (act.scroll_x or 0)
+            dy = act.dy if act.dy is not None else (act.scroll_y or 0)
+            return [build(where, {"kind": "scroll", "at": _point(x, y), "dx": dx, "dy": dy})], tab
+        case "wait":
+            return [build(where, {"kind": "wait", "ms": DEFAULT_WAIT_MS if act.ms is None else act.ms})], tab
+        case "screenshot":
+            return [build(where, {"kind": "screenshot", "base64": bool(act.base64)})], tab
+        case "go_to_url":
+            _need(where, url=act.url)
+            return [build(where, {"kind": "navigate", "url": act.url})], tab
+        case "get_html_content":
+            return [build(where, {"kind": "get_html"})], tab
+        case "set_viewport":
+            _need(where, width=act.width, height=act.height)
+            return [build(where, {"kind": "set_viewport", "width": act.width, "height": act.height,
+                                  "scale_factor": act.scale_factor or 1.0})], tab
+        case "list_tabs":
+            return [build(where, {"kind": "list_tabs"})], None
+        case "new_tab":
+            return [build(where, {"kind": "new_tab", "url": act.url})], None
+        case "switch_tab" | "close_tab":
+            _need(where, tab_id=act.tab_id)
+            return [build(where, {"kind": t, "tab_id": act.tab_id})], None
+        case "debug":
+            spec = act.debug or DebugSpec()
+            command = spec.command or act.command
+            _need(where, command=command)
+            data: dict[str, Any] = {"kind": "run_command", "command": command}
+            timeout = spec.timeout_seconds or act.timeout_seconds
+            limit = spec.max_output_length or act.max_output_length
+            if timeout is not None:
+                data["timeout_seconds"] = timeout
+            if limit is not None:
+                data["max_output_length"] = limit
+            if spec.cwd:
+                data["cwd"] = spec.cwd
+            if spec.env:
+                data["env"] = spec.env
+            return [build(where, data)], tab
+    raise InvalidInput(f"{where}.type: {t!r} is not supported; allowed: {', '.join(ACTION_TYPES)}")
+
+
+def action_result(report: ActionReport, files: FileStore, base: str) -> dict[str, Any]:
+    """The Lightcone ``ActionResult`` of one report."""
+    result = dict(report.outcome.result)
+    image = report.outcome.image
+    if image is not None:
+        if report.outcome.image_base64:
+            result["screenshot_url"] = "data:image/jpeg;base64," + base64.b64encode(image).decode()
+        else:
+            result["screenshot_url"] = f"{base}/files/{files.put(image)}"
+        result["mime_type"] = "image/jpeg"
+    body: dict[str, Any] = {
+        "status": "success" if report.ok else "error",
+        "error_message": report.error_message,
+        "result": result,
+        "timestamp": iso(report.timestamp),
+        "request_id": report.request_id,
+        "executed_tab_id": report.tab_id,
+    }
+    if report.page_context is not None:
+        body["page_context"] = report.page_context
+    return body

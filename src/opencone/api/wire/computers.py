@@ -1,0 +1,105 @@
+"""Lightcone computer resources: the create body and ComputerResponse."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from opencone.config import Settings
+from opencone.core.clock import iso
+from opencone.core.computers import ComputerView, CreateSpec
+from opencone.drivers.base import Display
+
+
+class DisplayIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    width: int | None = Field(default=None, ge=200, le=3840)
+    height: int | None = Field(default=None, ge=200, le=2160)
+    scale: float | None = Field(default=None, ge=0.25, le=4.0)
+
+
+class ComputerCreate(BaseModel):
+    # unknown fields are tolerated: the SDK merges ``extra_body`` into every request
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["browser", "desktop"] = "browser"
+    display: DisplayIn | None = None
+    max_lifetime_seconds: int | None = Field(default=None, ge=1)
+    inactivity_timeout_seconds: int | None = Field(default=None, ge=1)
+    idle_timeout_enabled: bool | None = None
+    persistent: bool = False
+    environment_id: str | None = Field(default=None, max_length=64)
+    context_id: str | None = Field(default=None, max_length=256)
+    stealth: dict[str, Any] | None = None
+    use_advanced_proxy: bool = False
+    timeout_seconds: int | None = Field(default=None, ge=1, description="Deprecated: max_lifetime_seconds")
+    auto_kill: bool | None = Field(default=None, description="Deprecated: idle_timeout_enabled")
+
+    def to_spec(self, settings: Settings) -> CreateSpec:
+        d = self.display or DisplayIn()
+        idle = self.idle_timeout_enabled if self.idle_timeout_enabled is not None else self.auto_kill
+        options: dict[str, Any] = {}
+        if self.stealth is not None:
+            options["stealth"] = self.stealth
+        if self.use_advanced_proxy:
+            options["use_advanced_proxy"] = True
+        return CreateSpec(
+            kind=self.kind,
+            display=Display(d.width or settings.default_width, d.height or settings.default_height,
+                            d.scale or 1.0),
+            max_lifetime_seconds=self.max_lifetime_seconds or self.timeout_seconds
+            or settings.default_max_lifetime_seconds,
+            inactivity_timeout_seconds=self.inactivity_timeout_seconds
+            or settings.default_inactivity_timeout_seconds,
+            idle_timeout_enabled=True if idle is None else idle,
+            persistent=self.persistent,
+            environment_id=self.environment_id,
+            context_id=self.context_id,
+            options=options,
+        )
+
+
+def endpoints(base: str, computer_id: str) -> dict[str, str]:
+    root = f"{base}/computers/{computer_id}"
+    return {"api": root, "status": f"{root}/status", "execute": f"{root}/execute",
+            "batch": f"{root}/batch", "tabs": f"{root}/tabs"}
+
+
+def _timers(v: ComputerView) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "status": v.status,
+        "created_at": iso(v.created_at),
+        "expires_at": iso(v.expires_at),
+        "idle_expires_at": iso(v.idle_expires_at),
+        "last_activity_at": iso(v.last_activity_at),
+        "max_lifetime_seconds": v.max_lifetime_seconds,
+        "inactivity_timeout_seconds": v.inactivity_timeout_seconds,
+        "idle_timeout_enabled": v.idle_timeout_enabled,
+        "auto_kill": v.idle_timeout_enabled,
+    }
+
+
+def computer_response(v: ComputerView, base: str) -> dict[str, Any]:
+    body = _timers(v)
+    body.update({
+        "kind": v.kind,
+        "display": {"width": v.display.width, "height": v.display.height, "scale": v.display.scale},
+        "persistent": v.persistent,
+        "environment_id": v.environment_id,
+        "context_id": v.context_id,
+        "endpoints": endpoints(base, v.id) if v.status != "terminated" else {},
+    })
+    if v.status == "terminated":
+        body["terminated_at"] = iso(v.terminated_at)
+        body["termination_reason"] = v.termination_reason
+    return body
+
+
+def status_response(v: ComputerView) -> dict[str, Any]:
+    body = _timers(v)
+    if v.status == "terminated":
+        body["terminated_at"] = iso(v.terminated_at)
+        body["termination_reason"] = v.termination_reason
+    return body

@@ -1,0 +1,109 @@
+"""The ``opencone`` command: serve, and manage API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opencone.config import Settings
+
+app = typer.Typer(help="opencone: self-hosted computers for AI agents.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where state lives [default: ./.opencone]")]
+
+
+def _settings(data_dir: Path | None, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [default: 8765]")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Start the server."""
+    import uvicorn
+
+    from opencone.api.app import create_app
+
+    settings = _settings(data_dir, host=host, port=port)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), access_log=False)
+
+
+async def _accounts(settings: Settings):  # type: ignore[no-untyped-def]
+    from opencone.core.accounts import Accounts
+    from opencone.core.store.db import make_engine, migrate, sessionmaker
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    await migrate(engine)
+    return engine, Accounts(sessionmaker(engine))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="A label for the key")] = "",
+    new_org: Annotated[str | None, typer.Option(help="Create a new organisation with this name for the key")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key and print it (only its hash is stored)."""
+
+    async def run() -> str:
+        engine, accounts = await _accounts(_settings(data_dir))
+        try:
+            org = await accounts.create_org(new_org) if new_org else await accounts.ensure_org()
+            return await accounts.create_key(org, name)
+        finally:
+            await engine.dispose()
+
+    print(asyncio.run(run()))
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List API keys (their prefixes, never the keys)."""
+
+    async def run():  # type: ignore[no-untyped-def]
+        engine, accounts = await _accounts(_settings(data_dir))
+        try:
+            return await accounts.list_keys()
+        finally:
+            await engine.dispose()
+
+    table = Table("id", "organisation", "name", "prefix", "created", "revoked")
+    for k in asyncio.run(run()):
+        table.add_row(k.id, k.org_id, k.name, k.prefix + "…", k.created_at.isoformat(timespec="seconds"),
+                      k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a key by its id (see `opencone keys list`)."""
+
+    async def run() -> bool:
+        engine, accounts = await _accounts(_settings(data_dir))
+        try:
+            return await accounts.revoke_key(key_id)
+        finally:
+            await engine.dispose()
+
+    if not asyncio.run(run()):
+        console.print(f"[red]no key {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")

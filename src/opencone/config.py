@@ -1,0 +1,73 @@
+"""Server settings, read from the environment with the ``OPENCONE_`` prefix.
+
+One settings object is built at start-up and handed down; nothing below the
+edge reads the environment itself, so tests can start servers side by side.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_chromium() -> str:
+    # Debian's /usr/bin/chromium is a shell wrapper that adds extension flags we do
+    # not want; the real binary sits behind it.
+    for candidate in ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("chromium") or "chromium"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENCONE_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    data_dir: Path = Path(".opencone")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; SQLite file in the data dir when unset."
+    )
+    api_key: str | None = Field(default=None, description="Bootstraps this key for the default organisation.")
+    public_url: str | None = Field(
+        default=None, description="Base URL used in links we hand out (screenshot URLs, endpoints)."
+    )
+
+    chromium_path: str = Field(default_factory=_default_chromium)
+    pool_size: int = Field(default=2, ge=0, le=64, description="Pre-launched browsers kept ready.")
+    max_computers: int = Field(default=100, ge=1, description="Live computers allowed on this server.")
+
+    default_max_lifetime_seconds: int = Field(default=3600, ge=1)
+    max_lifetime_cap_seconds: int = Field(default=24 * 3600, ge=1)
+    default_inactivity_timeout_seconds: int = Field(default=120, ge=1)
+    inactivity_timeout_cap_seconds: int = Field(default=24 * 3600, ge=1)
+    reaper_interval_seconds: float = Field(default=0.25, gt=0)
+
+    action_timeout_seconds: float = Field(default=20.0, gt=0)
+    navigation_timeout_seconds: float = Field(default=30.0, gt=0)
+    screenshot_quality: int = Field(default=80, ge=1, le=100)
+    file_ttl_seconds: int = Field(default=3600, ge=1, description="How long a screenshot URL stays valid.")
+
+    default_width: int = 1024
+    default_height: int = 768
+
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'opencone.db').resolve()}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Per-process scratch (browser profiles); everything here dies with its computer."""
+        return (self.data_dir / "run").resolve()
+
+    @property
+    def files_dir(self) -> Path:
+        return (self.data_dir / "files").resolve()

@@ -1,0 +1,1 @@
+"""Services: computers, lifetimes, the canonical action model, the store."""

@@ -1,0 +1,218 @@
+"""The one canonical action model.
+
+Every wire dialect (Lightcone endpoint bodies, ``ComputerAction`` types, the
+OpenAI computer-use actions, Notte steps) is translated at the edge into one
+of these. A driver implements each of them once. Coordinates are screenshot
+pixels; validation of ranges that do not depend on a live computer happens
+here, so bad input is rejected before it reaches a browser.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from opencone.core.keys import normalize_chord, normalize_key
+
+MAX_COORD = 100_000.0
+MAX_TEXT = 100_000
+MAX_WAIT_MS = 60_000
+
+Button = Literal["left", "right", "middle", "back", "forward"]
+
+
+ALLOWED_SCHEMES = ("http", "https", "about", "data")
+
+
+def check_url(url: str) -> str:
+    """Accept web URLs only: a browser computer must not read the server's files."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ALLOWED_SCHEMES:
+        raise ValueError(f"URL scheme must be one of {', '.join(ALLOWED_SCHEMES)}; got {url[:100]!r}")
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise ValueError(f"URL has no host: {url[:100]!r}")
+    if parts.scheme == "about" and url != "about:blank":
+        raise ValueError("the only about: URL allowed is about:blank")
+    return url
+
+
+class _Action(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    x: float
+    y: float
+
+    @field_validator("x", "y")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0 or v > MAX_COORD:
+            raise ValueError(f"coordinate must be a finite number between 0 and {MAX_COORD:g}")
+        return v
+
+
+class Click(_Action):
+    kind: Literal["click"] = "click"
+    at: Point
+    button: Button = "left"
+    count: Literal[1, 2, 3] = 1
+
+
+class MoveMouse(_Action):
+    kind: Literal["move"] = "move"
+    at: Point
+
+
+class MouseDown(_Action):
+    kind: Literal["mouse_down"] = "mouse_down"
+    at: Point | None = None
+    button: Button = "left"
+
+
+class MouseUp(_Action):
+    kind: Literal["mouse_up"] = "mouse_up"
+    at: Point | None = None
+    button: Button = "left"
+
+
+class Drag(_Action):
+    kind: Literal["drag"] = "drag"
+    path: list[Point] = Field(min_length=2, max_length=1000)
+    button: Button = "left"
+
+
+class TypeText(_Action):
+    kind: Literal["type"] = "type"
+    text: str = Field(max_length=MAX_TEXT)
+    at: Point | None = None  # point_and_type: click here first
+
+
+class PressKeys(_Action):
+    """A chord: every key goes down in order, then up in reverse."""
+
+    kind: Literal["press_keys"] = "press_keys"
+    keys: list[str] = Field(min_length=1, max_length=16)
+
+    @field_validator("keys")
+    @classmethod
+    def _canonical(cls, v: list[str]) -> list[str]:
+        return normalize_chord(v)
+
+
+class KeyDown(_Action):
+    kind: Literal["key_down"] = "key_down"
+    key: str
+
+    @field_validator("key")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return normalize_key(v)
+
+
+class KeyUp(_Action):
+    kind: Literal["key_up"] = "key_up"
+    key: str
+
+    @field_validator("key")
+    @classmethod
+    def _canonical(cls, v: str) -> str:
+        return normalize_key(v)
+
+
+class Scroll(_Action):
+    kind: Literal["scroll"] = "scroll"
+    at: Point | None = None  # None: the middle of the screen
+    dx: float = 0.0
+    dy: float = 0.0
+
+    @field_validator("dx", "dy")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v) or abs(v) > MAX_COORD:
+            raise ValueError(f"scroll delta must be a finite number within ±{MAX_COORD:g}")
+        return v
+
+
+class Wait(_Action):
+    kind: Literal["wait"] = "wait"
+    ms: int = Field(ge=0, le=MAX_WAIT_MS)
+
+
+class Screenshot(_Action):
+    kind: Literal["screenshot"] = "screenshot"
+    base64: bool = False
+
+
+class Navigate(_Action):
+    kind: Literal["navigate"] = "navigate"
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return check_url(v)
+
+
+class GetHtml(_Action):
+    kind: Literal["get_html"] = "get_html"
+
+
+class SetViewport(_Action):
+    kind: Literal["set_viewport"] = "set_viewport"
+    width: int = Field(ge=200, le=3840)
+    height: int = Field(ge=200, le=2160)
+    scale_factor: float = Field(default=1.0, ge=0.25, le=4.0)
+
+
+class ListTabs(_Action):
+    kind: Literal["list_tabs"] = "list_tabs"
+
+
+class NewTab(_Action):
+    kind: Literal["new_tab"] = "new_tab"
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return check_url(v) if v else None
+
+
+class SwitchTab(_Action):
+    kind: Literal["switch_tab"] = "switch_tab"
+    tab_id: str
+
+
+class CloseTab(_Action):
+    kind: Literal["close_tab"] = "close_tab"
+    tab_id: str
+
+
+class RunCommand(_Action):
+    """A shell command in the computer's sandbox (the ``debug`` action)."""
+
+    kind: Literal["run_command"] = "run_command"
+    command: str = Field(min_length=1)
+    timeout_seconds: float = Field(default=120, gt=0, le=3600)
+    max_output_length: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ChangeProxy(_Action):
+    kind: Literal["change_proxy"] = "change_proxy"
+    proxy_url: str | None = None
+
+
+Action = Annotated[
+    Click | MoveMouse | MouseDown | MouseUp | Drag | TypeText | PressKeys | KeyDown | KeyUp | Scroll
+    | Wait | Screenshot | Navigate | GetHtml | SetViewport | ListTabs | NewTab | SwitchTab | CloseTab
+    | RunCommand | ChangeProxy,
+    Field(discriminator="kind"),
+]

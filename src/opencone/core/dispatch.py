@@ -1,0 +1,123 @@
+"""Run one canonical action on a driver.
+
+This is the only place that knows both the canonical action model and the
+driver interface; a new action is added here once, for every driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from opencone.core import actions as a
+from opencone.drivers.base import ComputerDriver, Display, DriverError, PageContext
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an action produced, before it is put on the wire."""
+
+    result: dict[str, Any] = field(default_factory=dict)
+    image: bytes | None = None  # a screenshot; the edge turns it into a URL
+    image_base64: bool = False
+
+
+@dataclass(slots=True)
+class Limits:
+    navigation_timeout: float
+    screenshot_quality: int
+
+
+def _inside(p: a.Point, display: Display) -> None:
+    if p.x >= display.pixel_width or p.y >= display.pixel_height:
+        raise DriverError(
+            f"point ({p.x:g}, {p.y:g}) is outside the screen; x must be below {display.pixel_width} "
+            f"and y below {display.pixel_height} (screenshot pixels)"
+        )
+
+
+def _points(action: a.Action) -> list[a.Point]:
+    match action:
+        case a.Click(at=p) | a.MoveMouse(at=p):
+            return [p]
+        case a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p):
+            return [p] if p else []
+        case a.Drag(path=path):
+            return list(path)
+    return []
+
+
+async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, limits: Limits) -> Outcome:
+    for point in _points(action):
+        _inside(point, driver.display)
+    match action:
+        case a.Click(at=p, button=button, count=count):
+            await driver.click(p.x, p.y, button, count, tab)
+        case a.MoveMouse(at=p):
+            await driver.move(p.x, p.y, tab)
+        case a.MouseDown(at=p, button=button):
+            await driver.mouse_down(p.x if p else None, p.y if p else None, button, tab)
+        case a.MouseUp(at=p, button=button):
+            await driver.mouse_up(p.x if p else None, p.y if p else None, button, tab)
+        case a.Drag(path=path, button=button):
+            await driver.drag([(p.x, p.y) for p in path], button, tab)
+        case a.TypeText(text=text, at=p):
+            if p:
+                await driver.click(p.x, p.y, "left", 1, tab)
+            await driver.type_text(text, tab)
+        case a.PressKeys(keys=keys):
+            await driver.press_keys(keys, tab)
+        case a.KeyDown(key=key):
+            await driver.key_down(key, tab)
+        case a.KeyUp(key=key):
+            await driver.key_up(key, tab)
+        case a.Scroll(at=p, dx=dx, dy=dy):
+            d = driver.display
+            x, y = (p.x, p.y) if p else (d.pixel_width / 2, d.pixel_height / 2)
+            await driver.scroll(x, y, dx, dy, tab)
+        case a.Wait(ms=ms):
+            await asyncio.sleep(ms / 1000)
+        case a.Screenshot(base64=b64):
+            image = await driver.screenshot(limits.screenshot_quality, tab)
+            return Outcome(image=image, image_base64=b64)
+        case a.Navigate(url=url):
+            await driver.navigate(url, limits.navigation_timeout, tab)
+        case a.GetHtml():
+            return Outcome({"html_content": await driver.html(tab)})
+        case a.SetViewport(width=w, height=h, scale_factor=s):
+            await driver.set_viewport(Display(w, h, s))
+            return Outcome({"width": w, "height": h, "scale_factor": s})
+        case a.ListTabs():
+            tabs = await driver.list_tabs()
+            return Outcome({"tabs": [_tab(t) for t in tabs]})
+        case a.NewTab(url=url):
+            info = await driver.new_tab(url, limits.navigation_timeout)
+            return Outcome({"tab_id": info.tab_id, "tab": _tab(info)})
+        case a.SwitchTab(tab_id=tab_id):
+            info = await driver.switch_tab(tab_id)
+            return Outcome({"tab_id": info.tab_id, "tab": _tab(info)})
+        case a.CloseTab(tab_id=tab_id):
+            await driver.close_tab(tab_id)
+            return Outcome({"tab_id": tab_id, "closed": True})
+        case a.RunCommand():
+            raise DriverError("shell commands are not available on this server yet; see /computers/{id}/exec")
+        case a.ChangeProxy():
+            raise DriverError("changing the proxy at runtime is not supported by this server yet")
+    return Outcome()
+
+
+def _tab(t: Any) -> dict[str, Any]:
+    return {"tab_id": t.tab_id, "id": t.tab_id, "url": t.url, "title": t.title,
+            "is_main_tab": t.is_main, "is_main": t.is_main}
+
+
+def page_context_dict(ctx: PageContext | None) -> dict[str, Any] | None:
+    if ctx is None:
+        return None
+    return {
+        "url": ctx.url, "title": ctx.title, "tab_id": ctx.tab_id, "is_main_tab": ctx.is_main_tab,
+        "viewport_width": ctx.viewport_width, "viewport_height": ctx.viewport_height,
+        "page_width": ctx.page_width, "page_height": ctx.page_height,
+        "scroll_x": ctx.scroll_x, "scroll_y": ctx.scroll_y, "device_scale_factor": ctx.device_scale_factor,
+    }

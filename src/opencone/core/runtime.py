@@ -1,0 +1,62 @@
+"""Everything a running server holds, started and stopped in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from opencone.config import Settings
+from opencone.core.accounts import Accounts
+from opencone.core.clock import Clock, SystemClock
+from opencone.core.computers import ComputerService
+from opencone.core.files import FileStore
+from opencone.core.store.db import make_engine, migrate, sessionmaker
+from opencone.drivers.base import Display
+from opencone.drivers.chromium.factory import BrowserFactory
+from opencone.drivers.processes import kill_leftovers
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions = sessionmaker(self.engine)
+        self.accounts = Accounts(self.sessions, self.clock)
+        self.files = FileStore(settings.files_dir, settings.file_ttl_seconds)
+        self.browsers = BrowserFactory(
+            settings.chromium_path, settings.run_dir, settings.pool_size,
+            Display(settings.default_width, settings.default_height),
+        )
+        self.computers = ComputerService(settings, self.sessions, {"browser": self.browsers}, self.clock)
+        self.first_key: str | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        killed = kill_leftovers(self.settings.run_dir)
+        if killed:
+            log.warning("killed %d processes left behind by an earlier server", killed)
+        await migrate(self.engine)
+        await self.accounts.ensure_org()
+        if self.settings.api_key:
+            await self.accounts.ensure_key(self.settings.api_key)
+        elif not await self.accounts.has_keys():
+            self.first_key = await self.accounts.create_key(name="first-start")
+        await self.computers.start()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="file-sweeper")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.files.sweep)
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        await self.computers.stop()
+        await self.engine.dispose()

@@ -1,0 +1,70 @@
+"""The tables. Times are stored as UTC; see ``UTCDateTime``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite as on PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    prefix: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ComputerRecord(Base):
+    __tablename__ = "computers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    max_lifetime_seconds: Mapped[int] = mapped_column(Integer)
+    inactivity_timeout_seconds: Mapped[int] = mapped_column(Integer)
+    idle_timeout_enabled: Mapped[bool] = mapped_column(Boolean)
+    display_width: Mapped[int] = mapped_column(Integer)
+    display_height: Mapped[int] = mapped_column(Integer)
+    display_scale: Mapped[float] = mapped_column(Float, default=1.0)
+    persistent: Mapped[bool] = mapped_column(Boolean, default=False)
+    environment_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    context_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    termination_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)

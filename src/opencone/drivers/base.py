@@ -1,0 +1,96 @@
+"""What every computer driver offers to the services floor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class DriverError(Exception):
+    """An action failed inside a live computer; the computer itself is fine."""
+
+
+class ComputerGone(DriverError):
+    """The computer's processes are gone (crash, kill); it cannot act any more."""
+
+
+@dataclass(slots=True)
+class TabInfo:
+    tab_id: str
+    url: str
+    title: str
+    is_main: bool
+
+
+@dataclass(slots=True)
+class PageContext:
+    url: str
+    title: str
+    tab_id: str | None
+    is_main_tab: bool
+    viewport_width: int
+    viewport_height: int
+    page_width: int
+    page_height: int
+    scroll_x: float
+    scroll_y: float
+    device_scale_factor: float
+
+
+@dataclass(slots=True)
+class Display:
+    width: int
+    height: int
+    scale: float = 1.0
+
+    @property
+    def pixel_width(self) -> int:
+        """Width of a screenshot in pixels; coordinates on the wire are in these."""
+        return round(self.width * self.scale)
+
+    @property
+    def pixel_height(self) -> int:
+        return round(self.height * self.scale)
+
+
+@dataclass(slots=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool = False
+    timed_out: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ComputerDriver(Protocol):
+    """One live computer. ``tab`` selects a browser tab; None means the main tab."""
+
+    kind: str
+    display: Display
+
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        """Register a callback run once if the computer's processes die on their own."""
+
+    async def click(self, x: float, y: float, button: str, count: int, tab: str | None) -> None: ...
+    async def move(self, x: float, y: float, tab: str | None) -> None: ...
+    async def mouse_down(self, x: float | None, y: float | None, button: str, tab: str | None) -> None: ...
+    async def mouse_up(self, x: float | None, y: float | None, button: str, tab: str | None) -> None: ...
+    async def drag(self, path: list[tuple[float, float]], button: str, tab: str | None) -> None: ...
+    async def type_text(self, text: str, tab: str | None) -> None: ...
+    async def press_keys(self, keys: list[str], tab: str | None) -> None: ...
+    async def key_down(self, key: str, tab: str | None) -> None: ...
+    async def key_up(self, key: str, tab: str | None) -> None: ...
+    async def scroll(self, x: float, y: float, dx: float, dy: float, tab: str | None) -> None: ...
+    async def screenshot(self, quality: int, tab: str | None) -> bytes: ...
+    async def navigate(self, url: str, timeout: float, tab: str | None) -> None: ...
+    async def html(self, tab: str | None) -> str: ...
+    async def set_viewport(self, display: Display) -> None: ...
+    async def list_tabs(self) -> list[TabInfo]: ...
+    async def new_tab(self, url: str | None, timeout: float) -> TabInfo: ...
+    async def switch_tab(self, tab: str) -> TabInfo: ...
+    async def close_tab(self, tab: str) -> None: ...
+    async def current_tab(self, tab: str | None) -> str | None: ...
+    async def page_context(self, tab: str | None) -> PageContext | None: ...
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Browser computers: one Chromium process per computer, driven over CDP."""

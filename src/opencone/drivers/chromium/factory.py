@@ -1,0 +1,61 @@
+"""Hands out browser computers from a warm pool of launched Chromiums."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from pathlib import Path
+
+from playwright.async_api import Playwright, async_playwright
+
+from opencone.drivers.base import Display
+from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.pool import WarmPool
+
+
+class BrowserFactory:
+    kind = "browser"
+
+    def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display) -> None:
+        self._executable = executable
+        self._run_dir = run_dir
+        self._default = default
+        self._playwright: Playwright | None = None
+        self._manager = None
+        self.pool: WarmPool[ChromiumComputer] = WarmPool(
+            "browser", pool_size, self._launch, self._dispose, healthy=lambda c: c.alive
+        )
+
+    async def start(self) -> None:
+        self._manager = async_playwright()
+        self._playwright = await self._manager.start()
+        self.pool.start()
+
+    async def _launch(self) -> ChromiumComputer:
+        assert self._playwright is not None, "factory not started"
+        profile = self._run_dir / f"browser-{secrets.token_hex(6)}"
+        return await ChromiumComputer.launch(self._playwright, self._executable, profile,
+                                             Display(self._default.width, self._default.height))
+
+    @staticmethod
+    async def _dispose(computer: ChromiumComputer) -> None:
+        await computer.close()
+
+    async def create(self, display: Display) -> ChromiumComputer:
+        computer = await self.pool.take()
+        try:
+            if (display.width, display.height, display.scale) != (
+                computer.display.width, computer.display.height, computer.display.scale
+            ):
+                await computer.set_viewport(display)
+        except BaseException:
+            await computer.close()
+            raise
+        return computer
+
+    async def stop(self) -> None:
+        await self.pool.close()
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+            self._playwright = None

@@ -1,0 +1,114 @@
+"""The tabs of one browser: Playwright pages keyed by their CDP target id.
+
+Pages opened by the page itself (``window.open``, ``target=_blank``) or by a CDP
+client arrive through the context's ``page`` event; registering one needs a CDP
+round trip, so registrations are tracked and awaited before any tab lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from playwright.async_api import BrowserContext, CDPSession, Page
+
+from opencone.drivers.base import DriverError
+
+
+@dataclass(slots=True)
+class Tab:
+    tab_id: str
+    page: Page
+    cdp: CDPSession
+
+
+class TabRegistry:
+    def __init__(self, context: BrowserContext, prepare: Callable[[Tab], Awaitable[None]]) -> None:
+        self._context = context
+        self._prepare = prepare
+        self._tabs: dict[str, Tab] = {}
+        self._by_page: dict[Page, str] = {}
+        self._pending: set[asyncio.Task[Tab | None]] = set()
+        self._inflight: dict[Page, asyncio.Future[Tab]] = {}
+        self.main_id: str | None = None
+        context.on("page", self._on_page)
+
+    async def adopt_existing(self) -> None:
+        for page in self._context.pages:
+            await self.register(page)
+
+    def _on_page(self, page: Page) -> None:
+        task = asyncio.ensure_future(self._register_popup(page))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _register_popup(self, page: Page) -> Tab | None:
+        with contextlib.suppress(Exception):
+            tab = await self.register(page)
+            self.main_id = tab.tab_id  # a tab the page opened comes to the front, as in a browser
+            return tab
+        return None
+
+    async def register(self, page: Page) -> Tab:
+        known = self._by_page.get(page)
+        if known:
+            return self._tabs[known]
+        inflight = self._inflight.get(page)
+        if inflight is not None:  # the page event and new_tab race for the same page
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[Tab] = asyncio.get_running_loop().create_future()
+        self._inflight[page] = future
+        try:
+            tab = await self._create(page)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed: nobody else may be waiting
+            raise
+        else:
+            future.set_result(tab)
+            return tab
+        finally:
+            self._inflight.pop(page, None)
+
+    async def _create(self, page: Page) -> Tab:
+        cdp = await self._context.new_cdp_session(page)
+        info = await cdp.send("Target.getTargetInfo")
+        tab = Tab(info["targetInfo"]["targetId"], page, cdp)
+        self._tabs[tab.tab_id] = tab
+        self._by_page[page] = tab.tab_id
+        page.on("close", lambda _p: self.forget(tab.tab_id))
+        await self._prepare(tab)
+        if self.main_id is None:
+            self.main_id = tab.tab_id
+        return tab
+
+    def forget(self, tab_id: str) -> None:
+        tab = self._tabs.pop(tab_id, None)
+        if tab is None:
+            return
+        self._by_page.pop(tab.page, None)
+        if self.main_id == tab_id:
+            self.main_id = next(reversed(self._tabs), None)
+
+    async def settle(self) -> None:
+        """Wait for tabs that are still being registered."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def get(self, tab_id: str | None) -> Tab:
+        await self.settle()
+        wanted = tab_id or self.main_id
+        tab = self._tabs.get(wanted) if wanted else None
+        if tab is None or tab.page.is_closed():
+            if tab_id:
+                raise DriverError(f"no tab {tab_id!r}; list the tabs with GET /computers/{{id}}/tabs")
+            raise DriverError("the browser has no open tab")
+        return tab
+
+    def all(self) -> list[Tab]:
+        return [t for t in self._tabs.values() if not t.page.is_closed()]
+
+    def __len__(self) -> int:
+        return len(self.all())
