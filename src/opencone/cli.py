@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -75,7 +76,10 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None) -> None:
+def keys_list(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per key, for scripts")] = False,
+) -> None:
     """List API keys (their prefixes, never the keys)."""
 
     async def run():  # type: ignore[no-untyped-def]
@@ -85,8 +89,15 @@ def keys_list(data_dir: DataDir = None) -> None:
         finally:
             await engine.dispose()
 
+    keys = asyncio.run(run())
+    if as_json:
+        for k in keys:
+            print(json.dumps({"id": k.id, "org_id": k.org_id, "name": k.name, "prefix": k.prefix,
+                              "created_at": k.created_at.isoformat(),
+                              "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None}))
+        return
     table = Table("id", "organisation", "name", "prefix", "created", "revoked")
-    for k in asyncio.run(run()):
+    for k in keys:
         table.add_row(k.id, k.org_id, k.name, k.prefix + "…", k.created_at.isoformat(timespec="seconds"),
                       k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
     console.print(table)

@@ -25,9 +25,12 @@ _TITLES = {
 }
 
 
-def problem(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
-            "detail": detail, "error_message": detail, **extra}
+def problem(status: int, detail: str, headers: dict[str, str] | None = None,
+            extra: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
+                            "detail": detail, "error_message": detail}
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     hdrs = dict(headers or {})
     if status in (409, 500, 503):
         # the SDK retries 409 and 5xx twice; a retry of these would not change the answer
@@ -62,12 +65,12 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.message, **{k: v for k, v in exc.details.items() if v is not None})
+        return problem(exc.status, exc.message, extra={k: v for k, v in exc.details.items() if v is not None})
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         detail, items = describe_validation(list(exc.errors()))
-        return problem(422, detail, errors=items)
+        return problem(422, detail, extra={"errors": items})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

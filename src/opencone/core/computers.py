@@ -339,7 +339,7 @@ class ComputerService:
             raise NotFound(f"no computer {computer_id!r}")
         raise Conflict(
             f"computer {computer_id} is terminated ({row.termination_reason or 'ended'}); create a new one",
-            status=TERMINATED, termination_reason=row.termination_reason,
+            computer_status=TERMINATED, termination_reason=row.termination_reason,
         )
 
     def _touch(self, comp: LiveComputer) -> None:

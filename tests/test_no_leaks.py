@@ -1,0 +1,119 @@
+"""No Chromium outlives its computer: delete, expiry, crash, shutdown, server kill.
+
+These tests run their own servers with an empty warm pool, so every Chromium
+process under the server's run directory belongs to a live computer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import Server, start_server
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0"})
+    yield srv
+    srv.stop()
+
+
+def browser_mains(server: Server) -> set[int]:
+    """Chromium browser processes (direct children of the server)."""
+    return {c.pid for c in psutil.Process(server.process.pid).children() if c.pid in server.chromium_pids()}
+
+
+def test_delete_and_expiry_end_every_process(bare: Server) -> None:
+    client = bare.client()
+    assert bare.chromium_pids() == set()
+    comp = client.computers.create()
+    assert len(bare.chromium_pids()) >= 3  # browser, zygotes, renderer…
+    client.computers.delete(comp.id)
+    assert wait_until(lambda: bare.chromium_pids() == set(), 5)
+
+    client.computers.create(max_lifetime_seconds=1)
+    assert bare.chromium_pids()
+    assert wait_until(lambda: bare.chromium_pids() == set(), 5)
+    assert wait_until(lambda: not list((bare.data_dir / "run").glob("browser-*")), 5), "profiles are removed"
+
+
+def test_a_crashed_browser_ends_only_its_computer(bare: Server, site: str) -> None:
+    client = bare.client()
+    a = client.computers.create()
+    mains_a = browser_mains(bare)
+    b = client.computers.create()
+    [b_main] = browser_mains(bare) - mains_a
+    os.kill(b_main, signal.SIGKILL)
+    assert wait_until(lambda: client.computers.retrieve(b.id).status == "terminated", 5)
+    assert client.computers.retrieve(b.id).model_extra["termination_reason"] == "browser_crashed"
+    assert client.computers.navigate(a.id, url=f"{site}/page2.html").status == "success"
+    assert "Second page" in client.computers.html(a.id).result["html_content"]
+    client.computers.delete(a.id)
+    assert wait_until(lambda: bare.chromium_pids() == set(), 5)
+
+
+def test_server_shutdown_ends_every_computer(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1"})
+    client = srv.client()
+    ids = [client.computers.create().id for _ in range(2)]
+    assert srv.chromium_pids()
+    assert srv.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean stop
+    assert "Application shutdown complete" in srv.log()
+    assert wait_until(lambda: srv.chromium_pids() == set(), 5)
+    again = start_server(tmp_path, data_dir=srv.data_dir, api_key=srv.api_key, env={"OPENCONE_POOL_SIZE": "0"})
+    try:
+        for cid in ids:
+            comp = again.client().computers.retrieve(cid)
+            assert comp.status == "terminated"
+            assert comp.model_extra["termination_reason"] == "server_shutdown"
+    finally:
+        again.stop()
+
+
+def test_after_a_server_kill_the_next_start_cleans_up(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1"})
+    cid = srv.client().computers.create().id
+    srv.stop(signal.SIGKILL)
+    # the parent-death signal takes the browsers down with the server
+    assert wait_until(lambda: srv.chromium_pids() == set(), 10)
+    again = start_server(tmp_path, data_dir=srv.data_dir, api_key=srv.api_key, env={"OPENCONE_POOL_SIZE": "0"})
+    try:
+        comp = again.client().computers.retrieve(cid)
+        assert comp.status == "terminated"
+        assert comp.model_extra["termination_reason"] == "server_restarted"
+        assert again.client().computers.list() == []
+    finally:
+        again.stop()
+
+
+def test_leftovers_of_a_previous_server_are_killed_at_start(tmp_path: Path) -> None:
+    """A process that escaped the parent-death signal is found by its run-dir marker."""
+    import subprocess
+
+    data = tmp_path / "data"
+    marker = (data / "run" / "browser-leftover").resolve()
+    marker.mkdir(parents=True)
+    # the marker rides on the command line, as a browser's --user-data-dir does
+    stray = subprocess.Popen(["sh", "-c", f"sleep 300 # {marker}"], start_new_session=True)
+    srv = start_server(tmp_path, data_dir=data, env={"OPENCONE_POOL_SIZE": "0"})
+    try:
+        assert wait_until(lambda: stray.poll() is not None, 5)
+        assert not marker.exists()
+    finally:
+        srv.stop()
