@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Everything opencone needs on a fresh Debian machine: system packages (Chromium
+# from Debian, Xvfb and friends for desktops, bubblewrap for exec) and a Python
+# virtual environment in .venv. Safe to run again: it only installs what is missing.
+#   scripts/setup.sh          server dependencies
+#   scripts/setup.sh --test   plus the test tools (pytest, the official tzafon SDK)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(chromium fonts-liberation xvfb x11-utils x11-xserver-utils openbox xterm bubblewrap
+              ca-certificates python3-venv)
+EXTRA=""
+[ "${1:-}" = "--test" ] && EXTRA="[test]"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# apt: another apt may hold the dpkg lock for a while on a new machine, so retry
+apt_install() {
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    if as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"; then
+      return 0
+    fi
+    echo "apt-get install failed (attempt $attempt); retrying in 6 s" >&2
+    sleep 6
+    as_root apt-get update -q || true
+  done
+  return 1
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  as_root apt-get update -q
+  apt_install "${missing[@]}"
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# reinstall only when the declared dependencies change
+stamp=".venv/.opencone-installed${EXTRA}"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${EXTRA}"
+  echo "$want" > "$stamp"
+fi
