@@ -146,3 +146,16 @@ def page_state(html: str) -> dict[str, Any]:
     match = STATE.search(html)
     assert match, "playground state not found in the page HTML"
     return json.loads(match.group(1))
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a JPEG's SOF marker."""
+    i = 2
+    while i < len(data):
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            h = int.from_bytes(data[i + 5:i + 7], "big")
+            w = int.from_bytes(data[i + 7:i + 9], "big")
+            return w, h
+        i += 2 + length
+    raise AssertionError("no SOF marker")

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 import tzafon
-
 from conftest import Server, page_state
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

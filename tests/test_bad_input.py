@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import tzafon
-from tzafon import Lightcone
-
 from conftest import Server
+from tzafon import Lightcone
 
 
 @pytest.fixture(scope="module")

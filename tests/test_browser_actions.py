@@ -12,10 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import free_port, jpeg_size, page_state
 from tzafon import Lightcone
 from tzafon.lib.computer_session import ComputerSession
-
-from conftest import free_port, page_state
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def test_screenshot_url_is_fetchable_without_auth(comp: ComputerSession) -> None
         assert resp.headers["content-type"] == "image/jpeg"
         data = resp.read()
     assert data[:2] == b"\xff\xd8"
-    assert _jpeg_size(data) == (1024, 768)
+    assert jpeg_size(data) == (1024, 768)
 
 
 def test_screenshot_base64_is_a_data_url(comp: ComputerSession) -> None:
@@ -155,7 +154,7 @@ def test_viewport_changes_the_screenshot_size(comp: ComputerSession) -> None:
     assert result.status == "success"
     shot = comp.screenshot()
     with urllib.request.urlopen(comp.get_screenshot_url(shot)) as resp:
-        assert _jpeg_size(resp.read()) == (800, 600)
+        assert jpeg_size(resp.read()) == (800, 600)
     ctx = comp.execute({"type": "wait", "ms": 1, "include_context": True}).page_context
     assert ctx is not None and (ctx.viewport_width, ctx.viewport_height) == (800, 600)
 
@@ -301,15 +300,3 @@ def test_actions_on_one_computer_are_serialised(client: Lightcone, comp: Compute
     assert all(r.status == "success" for r in results)
     assert state(comp)["clicks"] == 16
 
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """Width and height from a JPEG's SOF marker."""
-    i = 2
-    while i < len(data):
-        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2):
-            h = int.from_bytes(data[i + 5:i + 7], "big")
-            w = int.from_bytes(data[i + 7:i + 9], "big")
-            return w, h
-        i += 2 + length
-    raise AssertionError("no SOF marker")

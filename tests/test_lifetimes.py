@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import tzafon
+from conftest import Server
 from tzafon import Lightcone
 
-from conftest import Server
 from opencone.core.lifetimes import EndReason, Lifetime, end_reason, expires_at, idle_expires_at, next_deadline
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
