@@ -57,6 +57,27 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops kept ready.")
+    desktop_max_width: int = Field(default=1920, ge=64, le=8192,
+                                   description="Largest screen a desktop can be resized to without a new one.")
+    desktop_max_height: int = Field(default=1200, ge=64, le=8192)
+
+    # -- exec: shell commands in a bubblewrap sandbox (one /workspace per computer) --
+    exec_network: bool = Field(
+        default=False,
+        description="Give commands the host's network (bwrap --share-net). That includes 127.0.0.1, so a "
+                    "command can reach every local service, other computers' CDP ports among them: "
+                    "only for a server with a single trusted user.",
+    )
+    exec_workspace_dir: Path | None = Field(
+        default=None,
+        description="Where the per-computer workspaces live; by default <run dir>/ws, or a private dir in "
+                    "the system temp dir when the sandbox user (65534) cannot reach the run dir.",
+    )
+    exec_max_output_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, description="Output kept by /exec/sync; the rest is dropped and marked."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

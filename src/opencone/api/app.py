@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from opencone import __version__
 from opencone.api import errors
-from opencone.api.routes import actions, computers, files, health, tabs
+from opencone.api.routes import actions, computers, exec, files, health, tabs
 from opencone.config import Settings
 from opencone.core.runtime import Runtime
 
@@ -45,6 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, computers, actions, tabs, files):
+    for module in (health, computers, actions, tabs, files, exec):
         app.include_router(module.router)
     return app

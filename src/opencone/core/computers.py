@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -27,7 +29,7 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.ids import new_id
 from opencone.core.lifetimes import EndReason, Lifetime
 from opencone.core.store.models import ComputerRecord
-from opencone.drivers.base import ComputerDriver, ComputerGone, Display, DriverError
+from opencone.drivers.base import CommandResult, ComputerDriver, ComputerGone, Display, DriverError
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,10 @@ class ComputerService:
         self._starting = 0
         self._reaper: asyncio.Task[None] | None = None
         self._limits = Limits(settings.navigation_timeout_seconds, settings.screenshot_quality)
+        # hooks the runtime registers: run when a computer ends (e.g. kill its execs), and the
+        # sandbox that runs the ``debug`` action
+        self.on_end: list[Callable[[str], Awaitable[None]]] = []
+        self.run_command: Callable[[LiveComputer, a.RunCommand], Awaitable[CommandResult]] | None = None
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -284,6 +290,11 @@ class ComputerService:
         except Exception:
             log.exception("closing computer %s", comp.id)
         finally:
+            for hook in self.on_end:
+                try:
+                    await hook(comp.id)
+                except Exception:
+                    log.exception("end hook for computer %s", comp.id)
             with contextlib.suppress(Exception):
                 async with self._sessions() as s, s.begin():
                     await s.execute(update(ComputerRecord).where(ComputerRecord.id == comp.id).values(
@@ -342,9 +353,24 @@ class ComputerService:
             computer_status=TERMINATED, termination_reason=row.termination_reason,
         )
 
+    async def require_live(self, org_id: str, computer_id: str) -> LiveComputer:
+        """The live computer, or NotFound / Conflict (terminated)."""
+        return await self._require_live(org_id, computer_id)
+
     def _touch(self, comp: LiveComputer) -> None:
         comp.last_activity_at = self._clock.now()
         comp.dirty = True
+
+    @contextlib.contextmanager
+    def active(self, comp: LiveComputer) -> Iterator[None]:
+        """Hold ``comp`` busy (never idle) while work outside the action lock runs, such as an exec."""
+        comp.busy += 1
+        self._touch(comp)
+        try:
+            yield
+        finally:
+            comp.busy -= 1
+            self._touch(comp)
 
     async def keepalive(self, org_id: str, computer_id: str) -> ComputerView:
         comp = await self._require_live(org_id, computer_id)
@@ -373,6 +399,7 @@ class ComputerService:
     async def _run_step(self, comp: LiveComputer, step: Step, request_id: str | None) -> ActionReport:
         report = ActionReport(request_id=request_id or new_id("req"), timestamp=self._clock.now(), ok=True)
         driver = comp.driver
+        run_command = functools.partial(self.run_command, comp) if self.run_command else None
         for action in step.actions:
             if comp.ending:
                 report.ok, report.error_message = False, "the computer was terminated"
@@ -380,8 +407,8 @@ class ComputerService:
             self._touch(comp)
             timeout = _action_timeout(action, self.settings)
             try:
-                report.outcome = await asyncio.wait_for(perform(driver, action, step.tab_id, self._limits),
-                                                        timeout)
+                async with asyncio.timeout(timeout):  # no extra task per action, unlike wait_for
+                    report.outcome = await perform(driver, action, step.tab_id, self._limits, run_command)
             except ComputerGone as exc:
                 report.ok, report.error_message = False, str(exc)
                 return report
@@ -395,7 +422,8 @@ class ComputerService:
             if not report.ok:
                 break
         with contextlib.suppress(Exception):
-            report.tab_id = await asyncio.wait_for(driver.current_tab(step.tab_id), 2)
+            async with asyncio.timeout(2):
+                report.tab_id = await driver.current_tab(step.tab_id)
         if step.include_context:
             with contextlib.suppress(Exception):
                 report.page_context = page_context_dict(

@@ -7,11 +7,14 @@ driver interface; a new action is added here once, for every driver.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from opencone.core import actions as a
-from opencone.drivers.base import ComputerDriver, Display, DriverError, PageContext
+from opencone.drivers.base import CommandResult, ComputerDriver, Display, DriverError, PageContext
+
+CommandRunner = Callable[[a.RunCommand], Awaitable[CommandResult]]
 
 
 @dataclass(slots=True)
@@ -48,7 +51,9 @@ def _points(action: a.Action) -> list[a.Point]:
     return []
 
 
-async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, limits: Limits) -> Outcome:
+async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, limits: Limits,
+                  run_command: CommandRunner | None = None) -> Outcome:
+    """``run_command`` runs a shell command in the computer's sandbox (the services supply it)."""
     for point in _points(action):
         _inside(point, driver.display)
     match action:
@@ -101,10 +106,22 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             await driver.close_tab(tab_id)
             return Outcome({"tab_id": tab_id, "closed": True})
         case a.RunCommand():
-            raise DriverError("shell commands are not available on this server yet; see /computers/{id}/exec")
+            if run_command is None:
+                raise DriverError("shell commands are not available on this server")
+            return _command_outcome(action, await run_command(action))
         case a.ChangeProxy():
             raise DriverError("changing the proxy at runtime is not supported by this server yet")
     return Outcome()
+
+
+def _command_outcome(action: a.RunCommand, res: CommandResult) -> Outcome:
+    """A non-zero exit is still a success (the code is in the result); a timeout is an error."""
+    output = str(res.extra.get("output", res.stdout + res.stderr))
+    if res.timed_out:
+        tail = f"; output so far: {output[-2000:]}" if output else ""
+        raise DriverError(f"the command timed out after {action.timeout_seconds:g} s and was killed{tail}")
+    return Outcome({"debug_response": output, "stdout": res.stdout, "stderr": res.stderr,
+                    "exit_code": res.exit_code, "truncated": res.truncated})
 
 
 def _tab(t: Any) -> dict[str, Any]:

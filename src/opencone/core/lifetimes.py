@@ -17,6 +17,7 @@ class EndReason(StrEnum):
     MAX_LIFETIME = "max_lifetime_reached"
     INACTIVITY = "inactivity_timeout"
     BROWSER_CRASHED = "browser_crashed"
+    DESKTOP_CRASHED = "desktop_crashed"
     SERVER_SHUTDOWN = "server_shutdown"
     SERVER_RESTARTED = "server_restarted"
     START_FAILED = "start_failed"

@@ -10,11 +10,14 @@ from opencone.config import Settings
 from opencone.core.accounts import Accounts
 from opencone.core.clock import Clock, SystemClock
 from opencone.core.computers import ComputerService
+from opencone.core.exec import ExecService
 from opencone.core.files import FileStore
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.drivers.base import Display
 from opencone.drivers.chromium.factory import BrowserFactory
+from opencone.drivers.desktop.factory import DesktopFactory
 from opencone.drivers.processes import kill_leftovers
+from opencone.drivers.sandbox import Sandbox, Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,16 @@ class Runtime:
             settings.chromium_path, settings.run_dir, settings.pool_size,
             Display(settings.default_width, settings.default_height),
         )
-        self.computers = ComputerService(settings, self.sessions, {"browser": self.browsers}, self.clock)
+        self.desktops = DesktopFactory(
+            settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
+            Display(settings.default_width, settings.default_height),
+            (settings.desktop_max_width, settings.desktop_max_height),
+        )
+        self.computers = ComputerService(
+            settings, self.sessions, {"browser": self.browsers, "desktop": self.desktops}, self.clock
+        )
+        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network)
+        self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
         self.first_key: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -40,6 +52,7 @@ class Runtime:
         killed = kill_leftovers(self.settings.run_dir)
         if killed:
             log.warning("killed %d processes left behind by an earlier server", killed)
+        self.exec.start()
         await migrate(self.engine)
         await self.accounts.ensure_org()
         if self.settings.api_key:
@@ -59,4 +72,5 @@ class Runtime:
         if self._sweeper:
             self._sweeper.cancel()
         await self.computers.stop()
+        self.exec.stop()
         await self.engine.dispose()

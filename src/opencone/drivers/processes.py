@@ -3,7 +3,8 @@
 Every process a computer starts runs in its own session (and so its own process
 group), with a parent-death signal so it dies with the server. Each carries a
 marker path under the server's run directory on its command line, which lets
-the next start find and kill leftovers of a server that was killed.
+the next start find and kill leftovers of a server that was killed; a process
+that cannot carry one (Xvfb) is listed in a ``*.pids`` file in that directory.
 """
 
 from __future__ import annotations
@@ -74,9 +75,33 @@ def processes_under(marker: Path) -> list[psutil.Process]:
     return found
 
 
+def write_pidfile(path: Path, pids: dict[int, str]) -> None:
+    """Record ``pid -> executable`` for processes whose command line cannot carry a marker (Xvfb)."""
+    path.write_text("".join(f"{pid} {exe}\n" for pid, exe in pids.items()))
+
+
+def _pidfile_processes(run_dir: Path) -> list[psutil.Process]:
+    """Processes listed in ``run_dir/*.pids`` that still run the executable recorded there."""
+    found = []
+    for pidfile in run_dir.glob("*.pids"):
+        for line in pidfile.read_text(errors="replace").splitlines():
+            pid_text, _, exe = line.partition(" ")
+            try:
+                proc = psutil.Process(int(pid_text))
+                cmd = proc.cmdline()
+            except (ValueError, psutil.Error):
+                continue
+            if cmd and cmd[0] == exe:  # the pid may have been reused by something else since
+                found.append(proc)
+    return found
+
+
 def kill_leftovers(run_dir: Path) -> int:
     """Kill every process a previous server left under ``run_dir``; wipe the dir."""
     victims = processes_under(run_dir)
+    if run_dir.exists():
+        known = {p.pid for p in victims}
+        victims += [p for p in _pidfile_processes(run_dir) if p.pid not in known and p.pid != os.getpid()]
     for proc in victims:
         try:
             proc.kill()

@@ -44,13 +44,17 @@ def _first_line(exc: BaseException) -> str:
 
 class ChromiumComputer:
     kind = "browser"
+    x_display: str | None = None  # the X display a desktop's browser draws on; None when headless
 
     def __init__(self, process: ChromiumProcess, browser: Browser, context: BrowserContext,
-                 display: Display) -> None:
+                 display: Display, emulate_viewport: bool = True) -> None:
         self.process = process
         self.browser = browser
         self.context = context
         self.display = display
+        # a headless browser gets its viewport from emulation; a headful one in a desktop
+        # keeps its real window size
+        self.emulate_viewport = emulate_viewport
         self.tabs = TabRegistry(context, self._prepare_tab)
         self._closing = False
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -59,13 +63,15 @@ class ChromiumComputer:
 
     # -- life ---------------------------------------------------------------------------
     @classmethod
-    async def launch(cls, playwright: Playwright, executable: str, profile_dir: Path,
-                     display: Display) -> ChromiumComputer:
-        process = await launch_chromium(executable, profile_dir, display.width, display.height)
+    async def launch(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display, *,
+                     headless: bool = True, env: dict[str, str] | None = None, emulate_viewport: bool = True,
+                     extra_args: list[str] | None = None) -> ChromiumComputer:
+        process = await launch_chromium(executable, profile_dir, display.width, display.height,
+                                        headless=headless, env=env, extra_args=extra_args)
         try:
             browser = await playwright.chromium.connect_over_cdp(process.ws_url)
             context = browser.contexts[0] if browser.contexts else await browser.new_context()
-            computer = cls(process, browser, context, display)
+            computer = cls(process, browser, context, display, emulate_viewport)
             await computer.tabs.adopt_existing()
             if not computer.tabs.all():
                 await computer.tabs.register(await context.new_page())
@@ -104,7 +110,8 @@ class ChromiumComputer:
         return await self.tabs.get(tab)
 
     async def _prepare_tab(self, tab: Tab) -> None:
-        await self._emulate(tab)
+        if self.emulate_viewport:
+            await self._emulate(tab)
 
     async def _emulate(self, tab: Tab) -> None:
         d = self.display
@@ -229,6 +236,8 @@ class ChromiumComputer:
 
     async def set_viewport(self, display: Display) -> None:
         self.display = display
+        if not self.emulate_viewport:
+            return
         for tab in self.tabs.all():
             await self._emulate(tab)
 

@@ -89,7 +89,8 @@ class ChromiumProcess:
 
 
 def chromium_command(
-    executable: str, user_data_dir: Path, width: int, height: int, headless: bool = True
+    executable: str, user_data_dir: Path, width: int, height: int, headless: bool = True,
+    extra_args: list[str] | None = None,
 ) -> list[str]:
     cmd = [executable, *BASE_FLAGS]
     if headless:
@@ -102,6 +103,7 @@ def chromium_command(
         "--remote-debugging-port=0",
         f"--user-data-dir={user_data_dir}",
         f"--window-size={width},{height}",
+        *(extra_args or []),
         "about:blank",
     ]
     return cmd
@@ -122,10 +124,11 @@ async def launch_chromium(
     *,
     headless: bool = True,
     env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
     timeout: float = 30.0,
 ) -> ChromiumProcess:
     user_data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = chromium_command(executable, user_data_dir, width, height, headless)
+    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd,

@@ -1,0 +1,1 @@
+"""Desktop computers: Xvfb + openbox + XTest input + XShm frames, and a headful Chromium."""

@@ -1,0 +1,123 @@
+"""The programs of a desktop session: the window manager and a terminal.
+
+Each runs in its own session (so its whole group can be killed) with a
+parent-death signal. openbox gets a config file inside the desktop's run
+directory, which both tailors it and marks its command line for clean-up after
+a crash. The config has one workspace (a wheel click on the background never
+switches desktops) and no mouse bindings on application windows: such a
+binding makes openbox grab every click and freeze the pointer until it has
+looked at it, so clicks would reach applications late, after the action
+returned. XInput focuses the clicked window itself instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from opencone.drivers.processes import die_with_parent
+
+NOBODY = 65534
+
+OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
+<openbox_config xmlns="http://openbox.org/3.4/rc">
+  <focus><focusNew>yes</focusNew><followMouse>no</followMouse></focus>
+  <placement><policy>Smart</policy></placement>
+  <desktops><number>1</number><firstdesk>1</firstdesk></desktops>
+  <keyboard>
+    <keybind key="A-F4"><action name="Close"/></keybind>
+    <keybind key="A-Tab"><action name="NextWindow"><finalactions>
+      <action name="Focus"/><action name="Raise"/><action name="Unshade"/></finalactions></action></keybind>
+  </keyboard>
+  <mouse>
+    <dragThreshold>1</dragThreshold>
+    <doubleClickTime>500</doubleClickTime>
+    <context name="Frame">
+      <mousebind button="A-Left" action="Press"><action name="Focus"/><action name="Raise"/></mousebind>
+      <mousebind button="A-Left" action="Drag"><action name="Move"/></mousebind>
+      <mousebind button="A-Right" action="Drag"><action name="Resize"/></mousebind>
+    </context>
+    <context name="Titlebar">
+      <mousebind button="Left" action="Drag"><action name="Move"/></mousebind>
+      <mousebind button="Left" action="DoubleClick"><action name="ToggleMaximize"/></mousebind>
+    </context>
+    <context name="Titlebar Top Right Bottom Left TLCorner TRCorner BRCorner BLCorner">
+      <mousebind button="Left" action="Press"><action name="Focus"/><action name="Raise"/></mousebind>
+    </context>
+    <context name="Top"><mousebind button="Left" action="Drag"><action name="Resize"><edge>top</edge></action>
+      </mousebind></context>
+    <context name="Left"><mousebind button="Left" action="Drag"><action name="Resize"><edge>left</edge></action>
+      </mousebind></context>
+    <context name="Right"><mousebind button="Left" action="Drag"><action name="Resize"><edge>right</edge></action>
+      </mousebind></context>
+    <context name="Bottom"><mousebind button="Left" action="Drag"><action name="Resize"><edge>bottom</edge>
+      </action></mousebind></context>
+    <context name="BRCorner"><mousebind button="Left" action="Drag"><action name="Resize"/></mousebind></context>
+    <context name="Close"><mousebind button="Left" action="Click"><action name="Close"/></mousebind></context>
+    <context name="Maximize"><mousebind button="Left" action="Click"><action name="ToggleMaximize"/></mousebind>
+    </context>
+    <context name="Iconify"><mousebind button="Left" action="Click"><action name="Iconify"/></mousebind></context>
+  </mouse>
+  <applications>
+    <!-- the desktop's browser fills the screen and follows it when the screen is resized -->
+    <application class="Chromium*" type="normal"><decor>no</decor><maximized>yes</maximized></application>
+  </applications>
+</openbox_config>
+"""
+
+
+class AppError(RuntimeError):
+    pass
+
+
+def x_env(display: str, home: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WAYLAND_DISPLAY", "XAUTHORITY")}
+    env["DISPLAY"] = display
+    if "UTF-8" not in env.get("LC_ALL", env.get("LANG", "")).upper().replace("UTF8", "UTF-8"):
+        env["LANG"] = "C.UTF-8"  # a terminal must take é and ж as the characters they are
+        env.pop("LC_ALL", None)
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
+
+
+async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> asyncio.subprocess.Process:
+    try:
+        return await asyncio.create_subprocess_exec(
+            *cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
+        )
+    except OSError as exc:
+        raise AppError(f"cannot start {cmd[0]}: {exc}") from exc
+
+
+def _which(name: str, package: str) -> str:
+    exe = shutil.which(name)
+    if not exe:
+        raise AppError(f"{name} is not installed (Debian: apt-get install {package})")
+    return exe
+
+
+async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    exe = _which("openbox", "openbox")
+    rc = workdir / "openbox-rc.xml"
+    rc.write_text(OPENBOX_RC)
+    return await _spawn([exe, "--config-file", str(rc)], x_env(display, workdir)), exe
+
+
+async def start_xterm(display: str, home: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """A terminal on the desktop. When the server runs as root the terminal (and so
+    everything started from it) runs as the unprivileged uid 65534: a desktop must
+    not hand out a root shell on the host."""
+    exe = _which("xterm", "xterm")
+    cmd = [exe, "-geometry", "100x30+40+40"]
+    env = x_env(display, home)
+    home.mkdir(exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(home, NOBODY, NOBODY)
+        setpriv = _which("setpriv", "util-linux")
+        cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+        env.update(USER="nobody", LOGNAME="nobody", SHELL=shutil.which("bash") or "/bin/sh")
+    return await _spawn(cmd, env, cwd=home), exe

@@ -1,0 +1,371 @@
+"""A desktop computer: Xvfb, openbox, an xterm and a headful Chromium.
+
+Input and screenshots go straight to the X server (XTest, XShm) on one thread
+per desktop, whatever window is on top. Browser things (navigate, html, tabs)
+go to the desktop's Chromium through a ChromiumComputer that keeps its real
+window size. If that Chromium goes away (a user closed its last window, or it
+crashed) the desktop lives on and the next navigate starts a new one; the
+desktop ends only when its X server dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+from mss.exception import ScreenShotError
+from playwright.async_api import Playwright
+from Xlib import Xatom
+from Xlib import error as xerror
+from Xlib.display import Display as XDisplay
+
+from opencone.drivers.base import ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
+from opencone.drivers.desktop.keyboard import NoSpareKeycode
+from opencone.drivers.desktop.screen import Screen, ScreenSizeError
+from opencone.drivers.desktop.xinput import XInput
+from opencone.drivers.desktop.xserver import XServer, start_xvfb
+from opencone.drivers.processes import kill_group, write_pidfile
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GONE_REASON = "desktop_crashed"
+_TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(null))))"
+_NO_BROWSER = "no browser window is open on this desktop; navigate to a URL to open one"
+
+
+def _check_scale(display: Display) -> None:
+    if display.scale != 1.0:
+        raise DriverError("a desktop's scale_factor is always 1; set the width and height you want instead")
+
+
+class _XConnection:
+    """The blocking half: one Xlib connection used by XTest and RandR, and the grabber."""
+
+    def __init__(self, name: str, width: int, height: int) -> None:
+        self.display = XDisplay(name)
+        self.screen = Screen(self.display, name)
+        self.screen.resize(width, height)
+        self.input = XInput(self.display)
+
+    def wait_for_wm(self, timeout: float) -> bool:
+        """Wait until a window manager runs (it owns _NET_SUPPORTING_WM_CHECK on the root)."""
+        atom = self.display.intern_atom("_NET_SUPPORTING_WM_CHECK")
+        root = self.display.screen().root
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            prop = root.get_full_property(atom, Xatom.WINDOW)
+            if prop is not None and len(prop.value):
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        self.screen.close()
+        with contextlib.suppress(Exception):
+            self.display.close()
+
+
+class DesktopComputer:
+    kind = "desktop"
+
+    def __init__(self, workdir: Path, pidfile: Path, xserver: XServer, playwright: Playwright,
+                 chromium_path: str, display: Display) -> None:
+        self.workdir = workdir
+        self.display = display
+        self.xserver = xserver
+        self.x_display: str = xserver.name  # DISPLAY for programs run on this desktop (exec)
+        self.browser: ChromiumComputer | None = None
+        self._pidfile = pidfile
+        self._playwright = playwright
+        self._chromium_path = chromium_path
+        # Xlib and mss are blocking and not thread-safe: all X calls of this desktop run here
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"x{xserver.name}")
+        self._x: _XConnection | None = None
+        self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+        self._browser_lock = asyncio.Lock()
+        self._browsers_started = 0
+        self._closing = False
+        self._gone_reason: str | None = None
+        self._gone_callbacks: list[Callable[[str], None]] = []
+        self._watch = asyncio.create_task(self._watch_x(), name=f"watch-x{xserver.name}")
+
+    # -- life ---------------------------------------------------------------------------
+    @classmethod
+    async def launch(cls, playwright: Playwright, chromium_path: str, run_dir: Path, display: Display,
+                     framebuffer: tuple[int, int]) -> DesktopComputer:
+        """Start a desktop showing ``display``; its screen can later grow up to ``framebuffer``."""
+        _check_scale(display)
+        token = secrets.token_hex(6)
+        workdir = run_dir / f"desktop-{token}"
+        workdir.mkdir(parents=True)
+        fb_w, fb_h = max(display.width, framebuffer[0]), max(display.height, framebuffer[1])
+        try:
+            xserver = await start_xvfb(fb_w, fb_h)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        desktop = cls(workdir, run_dir / f"desktop-{token}.pids", xserver, playwright, chromium_path, display)
+        try:
+            desktop._record_pids()
+            desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
+            desktop._apps["xterm"] = await start_xterm(xserver.name, workdir / "home")
+            desktop._record_pids()
+            # the browser starts alongside: openbox maximizes its window whichever comes up first
+            done = await asyncio.gather(desktop._connect(), desktop._start_browser(), return_exceptions=True)
+            for outcome in done:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            await desktop.close()
+            raise
+        return desktop
+
+    async def _connect(self) -> None:
+        self._x = await self._run(_XConnection, self.x_display, self.display.width, self.display.height)
+        # clicks focus windows through the window manager: it must be running before the first action
+        if not await self._run(self._x.wait_for_wm, 10.0):
+            log.warning("openbox did not start on %s within 10 s", self.x_display)
+
+    def _record_pids(self) -> None:
+        pids = {self.xserver.pid: self.xserver.executable}
+        pids.update({proc.pid: exe for proc, exe in self._apps.values()})
+        if self.browser is not None:
+            pids[self.browser.process.pid] = self._chromium_path
+        write_pidfile(self._pidfile, pids)
+
+    async def _watch_x(self) -> None:
+        await self.xserver.process.wait()
+        self._gone(GONE_REASON)
+
+    def on_gone(self, callback: Callable[[str], None]) -> None:
+        self._gone_callbacks.append(callback)
+
+    def _gone(self, reason: str) -> None:
+        if self._closing or self._gone_reason:
+            return
+        self._gone_reason = reason
+        log.warning("desktop %s is gone: %s", self.x_display, reason)
+        for callback in self._gone_callbacks:
+            with contextlib.suppress(Exception):
+                callback(reason)
+
+    @property
+    def alive(self) -> bool:
+        return not self._closing and self._gone_reason is None and self.xserver.process.returncode is None
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._watch.cancel()
+        # children of the terminal live in sessions of their own: note them before their parents go
+        victims = await asyncio.to_thread(self._descendants)
+        browser, self.browser = self.browser, None
+        await asyncio.gather(
+            *([browser.close()] if browser else []),
+            *(kill_group(proc.pid, grace=0) for proc, _exe in self._apps.values()),
+            self.xserver.terminate(),
+            return_exceptions=True,
+        )
+        await asyncio.to_thread(_kill_all, victims)
+        for proc, _exe in self._apps.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 2)
+        if self._x is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._thread, self._x.close), 2)
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._pidfile.unlink(missing_ok=True)
+        await asyncio.to_thread(shutil.rmtree, self.workdir, True)
+
+    def _descendants(self) -> list[psutil.Process]:
+        roots = [self.xserver.pid, *(proc.pid for proc, _exe in self._apps.values())]
+        found: list[psutil.Process] = []
+        for pid in roots:
+            with contextlib.suppress(psutil.Error):
+                found += psutil.Process(pid).children(recursive=True)
+        return found
+
+    # -- the X thread ---------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _xcall(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self.alive or self._x is None:
+            raise ComputerGone("the desktop is no longer running")
+        try:
+            return await self._run(fn, *args)
+        except (ScreenSizeError, NoSpareKeycode, ScreenShotError, ValueError) as exc:
+            raise DriverError(str(exc)) from None
+        except (xerror.ConnectionClosedError, OSError) as exc:
+            if self.xserver.process.returncode is not None:
+                raise ComputerGone("the desktop's X server is no longer running") from None
+            raise DriverError(f"X server connection failed: {exc}") from None
+        except xerror.XError as exc:
+            raise DriverError(f"X server refused the request: {exc}") from None
+
+    @property
+    def _xc(self) -> _XConnection:
+        assert self._x is not None
+        return self._x
+
+    # -- pointer and keyboard: the whole screen, whatever window is on top ----------------
+    async def click(self, x: float, y: float, button: str, count: int, tab: str | None) -> None:
+        await self._xcall(self._xc.input.click, x, y, button, count)
+
+    async def move(self, x: float, y: float, tab: str | None) -> None:
+        await self._xcall(self._xc.input.move, x, y)
+
+    async def mouse_down(self, x: float | None, y: float | None, button: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.button, x, y, button, True)
+
+    async def mouse_up(self, x: float | None, y: float | None, button: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.button, x, y, button, False)
+
+    async def drag(self, path: list[tuple[float, float]], button: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.drag, path, button)
+
+    async def scroll(self, x: float, y: float, dx: float, dy: float, tab: str | None) -> None:
+        await self._xcall(self._xc.input.scroll, x, y, dx, dy)
+
+    async def type_text(self, text: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.type_text, text)
+
+    async def press_keys(self, keys: list[str], tab: str | None) -> None:
+        await self._xcall(self._xc.input.press_keys, keys)
+
+    async def key_down(self, key: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.key_down, key)
+
+    async def key_up(self, key: str, tab: str | None) -> None:
+        await self._xcall(self._xc.input.key_up, key)
+
+    # -- screen ---------------------------------------------------------------------------
+    async def screenshot(self, quality: int, tab: str | None) -> bytes:
+        return await self._xcall(self._xc.screen.jpeg, quality)
+
+    async def set_viewport(self, display: Display) -> None:
+        _check_scale(display)
+        await self._xcall(self._xc.screen.resize, display.width, display.height)
+        self.display = Display(display.width, display.height, 1.0)
+        if self.browser is not None:
+            await self.browser.set_viewport(self.display)  # no emulation: the window follows the screen
+
+    # -- the desktop's browser --------------------------------------------------------------
+    async def _start_browser(self) -> ChromiumComputer:
+        self._browsers_started += 1
+        browser = await ChromiumComputer.launch(
+            self._playwright, self._chromium_path, self.workdir / f"chromium-{self._browsers_started}",
+            self.display, headless=False, env=x_env(self.x_display, self.workdir), emulate_viewport=False,
+            extra_args=["--window-position=0,0", "--start-maximized", "--test-type"],
+        )
+        browser.x_display = self.x_display
+        browser.on_gone(lambda _reason: self._browser_gone(browser))
+        self.browser = browser
+        self._record_pids()
+        return browser
+
+    def _browser_gone(self, browser: ChromiumComputer) -> None:
+        if self.browser is browser:
+            self.browser = None
+            log.info("the browser on desktop %s went away", self.x_display)
+        if not self._closing:
+            asyncio.get_running_loop().create_task(browser.close())  # its helpers and profile
+
+    async def _need_browser(self) -> ChromiumComputer:
+        """The desktop's browser, started again if it was closed."""
+        if not self.alive:
+            raise ComputerGone("the desktop is no longer running")
+        async with self._browser_lock:
+            if self.browser is not None and self.browser.alive and not len(self.browser.tabs):
+                # its last window was closed and it is on its way out: do not wait for that
+                old, self.browser = self.browser, None
+                await old.close()
+            if self.browser is None or not self.browser.alive:
+                try:
+                    await self._start_browser()
+                except Exception as exc:
+                    raise DriverError(f"could not start the desktop's browser: {exc}") from exc
+            assert self.browser is not None
+            return self.browser
+
+    def _open_browser(self) -> ChromiumComputer | None:
+        if not self.alive:
+            raise ComputerGone("the desktop is no longer running")
+        browser = self.browser
+        return browser if browser is not None and browser.alive and len(browser.tabs) else None
+
+    async def navigate(self, url: str, timeout: float, tab: str | None) -> None:
+        browser = await self._need_browser()
+        await browser.navigate(url, timeout, tab)
+        with contextlib.suppress(Exception):
+            # show the page (raise the browser window), and let it paint before the next action:
+            # input that reaches a page before its first frame can be dropped
+            t = await browser.tabs.get(tab)
+            await t.page.bring_to_front()
+            await asyncio.wait_for(t.page.evaluate(_TWO_FRAMES_JS), 1.0)
+
+    async def html(self, tab: str | None) -> str:
+        browser = self._open_browser()
+        if browser is None:
+            raise DriverError(_NO_BROWSER)
+        return await browser.html(tab)
+
+    async def list_tabs(self) -> list[TabInfo]:
+        browser = self._open_browser()
+        return await browser.list_tabs() if browser else []
+
+    async def new_tab(self, url: str | None, timeout: float) -> TabInfo:
+        return await (await self._need_browser()).new_tab(url, timeout)
+
+    async def switch_tab(self, tab: str) -> TabInfo:
+        browser = self._open_browser()
+        if browser is None:
+            raise DriverError(_NO_BROWSER)
+        return await browser.switch_tab(tab)
+
+    async def close_tab(self, tab: str) -> None:
+        browser = self._open_browser()
+        if browser is None:
+            raise DriverError(_NO_BROWSER)
+        await browser.close_tab(tab)
+
+    async def current_tab(self, tab: str | None) -> str | None:
+        browser = self._open_browser()
+        return await browser.current_tab(tab) if browser else None
+
+    async def page_context(self, tab: str | None) -> PageContext | None:
+        browser = self._open_browser()
+        return await browser.page_context(tab) if browser else None
+
+
+def _kill_all(victims: list[psutil.Process], timeout: float = 2.0) -> None:
+    for proc in victims:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    # not our children, so nobody here reaps them: a zombie counts as gone
+    deadline = time.monotonic() + timeout
+    while victims and time.monotonic() < deadline:
+        victims = [p for p in victims if _running(p)]
+        if victims:
+            time.sleep(0.01)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,79 @@
+"""Hands out desktop computers, from a warm pool when one is configured.
+
+The pool is empty by default: a server that never makes a desktop pays for no
+Xvfb and not even for Playwright's driver process, which starts with the first
+desktop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from playwright.async_api import Playwright, async_playwright
+
+from opencone.drivers.base import Display, DriverError
+from opencone.drivers.desktop.computer import DesktopComputer
+from opencone.drivers.pool import WarmPool
+
+
+class DesktopFactory:
+    kind = "desktop"
+
+    def __init__(self, chromium_path: str, run_dir: Path, pool_size: int, default: Display,
+                 framebuffer: tuple[int, int]) -> None:
+        self._chromium_path = chromium_path
+        self._run_dir = run_dir
+        self._default = Display(default.width, default.height)
+        self._framebuffer = framebuffer
+        self._manager = None
+        self._playwright: Playwright | None = None
+        self._playwright_lock = asyncio.Lock()
+        self.pool: WarmPool[DesktopComputer] = WarmPool(
+            "desktop", pool_size, self._launch_default, self._dispose, healthy=lambda d: d.alive
+        )
+
+    async def start(self) -> None:
+        self.pool.start()
+
+    async def _driver(self) -> Playwright:
+        async with self._playwright_lock:
+            if self._playwright is None:
+                self._manager = async_playwright()
+                self._playwright = await self._manager.start()
+            return self._playwright
+
+    async def _launch(self, display: Display) -> DesktopComputer:
+        playwright = await self._driver()
+        return await DesktopComputer.launch(playwright, self._chromium_path, self._run_dir, display,
+                                            self._framebuffer)
+
+    async def _launch_default(self) -> DesktopComputer:
+        return await self._launch(self._default)
+
+    @staticmethod
+    async def _dispose(desktop: DesktopComputer) -> None:
+        await desktop.close()
+
+    async def create(self, display: Display) -> DesktopComputer:
+        if display.scale != 1.0:
+            raise DriverError("a desktop's scale_factor is always 1; set the width and height you want instead")
+        fits = display.width <= self._framebuffer[0] and display.height <= self._framebuffer[1]
+        if not fits or self.pool.ready_count == 0:
+            return await self._launch(display)  # cold, at the right size from the start
+        desktop = await self.pool.take()
+        try:
+            if (display.width, display.height) != (desktop.display.width, desktop.display.height):
+                await desktop.set_viewport(display)
+        except BaseException:
+            await desktop.close()
+            raise
+        return desktop
+
+    async def stop(self) -> None:
+        await self.pool.close()
+        if self._playwright is not None:
+            with contextlib.suppress(Exception):
+                await self._playwright.stop()
+            self._playwright = None

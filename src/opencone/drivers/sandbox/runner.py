@@ -1,0 +1,245 @@
+"""Start a sandboxed command and stream what it writes, as it writes it.
+
+Each command gets its own pipes, so concurrent commands never mix output.
+bwrap runs in a session of its own; killing that process group kills bwrap,
+whose pid-namespace init then takes every process of the command with it.
+
+The command starts with ``subprocess.Popen`` (which uses vfork) rather than the
+event loop's subprocess support: uvloop forks, and copying the server's page
+tables cost more than the whole sandbox start. Exit is awaited with a pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from opencone.drivers.sandbox import bwrap
+from opencone.drivers.sandbox.workspaces import Workspaces, sandbox_ids
+
+log = logging.getLogger(__name__)
+
+Stream = Literal["stdout", "stderr"]
+_HIGH_WATER = 16  # queued chunks before the pipes pause: a slow reader stalls the command, not our memory
+
+
+class SandboxUnavailable(Exception):
+    """Exec cannot run on this server (no bwrap, no workspace root)."""
+
+
+@dataclass(slots=True)
+class Output:
+    stream: Stream
+    data: bytes
+
+
+@dataclass(slots=True)
+class Exited:
+    code: int  # -1: timed out or killed
+    timed_out: bool = False
+    truncated: bool = False
+
+
+class _Pipe(asyncio.Protocol):
+    """One output pipe feeding the shared queue; ``None`` marks its end."""
+
+    def __init__(self, stream: Stream, queue: asyncio.Queue[Output | None], file: object) -> None:
+        self.stream = stream
+        self.queue = queue
+        self.file = file
+        self.transport: asyncio.ReadTransport | None = None
+        self.paused = False
+        self._ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.queue.put_nowait(Output(self.stream, data))
+        if self.queue.qsize() >= _HIGH_WATER and self.transport and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.queue.put_nowait(None)
+
+
+async def _exit_status(proc: subprocess.Popen[bytes]) -> int:
+    """Wait for ``proc`` without a thread: its pidfd becomes readable when it exits."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return proc.wait()  # already reaped
+    except (AttributeError, OSError):
+        return await asyncio.to_thread(proc.wait)
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+    return proc.wait()
+
+
+class Execution:
+    """One running command. Iterate ``events()`` once; ``kill()`` ends it early."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float, max_output_bytes: int | None) -> None:
+        self._proc = proc
+        self._limit = max_output_bytes
+        self._kept = 0
+        self.truncated = False
+        self.timed_out = False
+        self.killed = False
+        self._pipes: list[_Pipe] = []
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._time_out)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, unless the command already ended (its pgid could be reused)."""
+        self._timer.cancel()
+        if self._proc.poll() is not None:
+            return
+        self.killed = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+
+    def _keep(self, data: bytes) -> bytes:
+        if self._limit is None:
+            return data
+        room = self._limit - self._kept
+        if len(data) > room:
+            # past the cap output is drained and dropped: the command runs on (its timeout bounds it)
+            self.truncated = True
+            data = data[:max(room, 0)]
+        self._kept += len(data)
+        return data
+
+    async def close(self) -> None:
+        """Kill the command if it still runs, close its pipes, reap it; safe to call twice."""
+        self.kill()
+        for pipe in self._pipes:
+            if pipe.transport:
+                pipe.transport.close()  # the transport owns its file and closes it
+        attached = {id(pipe.file) for pipe in self._pipes}
+        for file in (self._proc.stdout, self._proc.stderr):
+            if file is not None and id(file) not in attached:
+                file.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(_exit_status(self._proc), 5)
+
+    async def events(self) -> AsyncIterator[Output | Exited]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Output | None] = asyncio.Queue()
+        pipes = self._pipes
+        try:
+            for stream, file in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
+                pipe = _Pipe(stream, queue, file)  # type: ignore[arg-type]
+                pipes.append(pipe)
+                await loop.connect_read_pipe(lambda p=pipe: p, file)
+            open_pipes = len(pipes)
+            while open_pipes:
+                item = await queue.get()
+                if queue.qsize() < _HIGH_WATER // 2:
+                    for pipe in pipes:
+                        pipe.resume()
+                if item is None:
+                    open_pipes -= 1
+                    continue
+                data = self._keep(item.data)
+                if data:
+                    yield Output(item.stream, data)
+            rc = await _exit_status(self._proc)
+            self._timer.cancel()
+            code = -1 if self.timed_out or self.killed or rc < 0 else rc
+            yield Exited(code, self.timed_out, self.truncated)
+        finally:
+            await self.close()  # a consumer that stops early (client gone, cancelled) ends the command
+
+
+class Sandbox:
+    """Runs commands for computers; owns their workspaces."""
+
+    def __init__(self, workspaces: Workspaces, *, network: bool = False, bwrap_path: str = "bwrap") -> None:
+        self.workspaces = workspaces
+        self.network = network
+        self._bwrap = shutil.which(bwrap_path)
+        # as root, bwrap must start as the sandbox uid (see workspaces.py); setpriv switches to it,
+        # which keeps Popen on its fast vfork path (user=/group= would force a fork)
+        self._setpriv = shutil.which("setpriv")
+        self._problem: str | None = None
+
+    def start(self) -> None:
+        """Clean up after a crashed server and make the workspace root; never fails the server."""
+        if self._bwrap is None:
+            self._problem = "bubblewrap (bwrap) is not installed on the server"
+        elif sandbox_ids() is not None and self._setpriv is None:
+            self._problem = "setpriv (util-linux) is not installed on the server"
+        else:
+            try:
+                killed = self.workspaces.reset()
+                if killed:
+                    log.warning("killed %d sandboxed commands left behind by an earlier server", killed)
+            except Exception as exc:
+                self._problem = f"the workspace directory is not usable: {exc}"
+        if self._problem:
+            log.warning("exec is unavailable: %s", self._problem)
+
+    async def spawn(self, computer_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
+                    env: dict[str, str] | None = None, x_display: int | None = None, timeout: float,
+                    max_output_bytes: int | None = None) -> Execution:
+        if self._problem or self._bwrap is None:
+            raise SandboxUnavailable(f"exec is unavailable: {self._problem or 'not started'}")
+        workspace = self.workspace(computer_id)
+        argv = bwrap.command_line(workspace, command, cwd, network=self.network, x_display=x_display,
+                                  bwrap=self._bwrap)
+        ids = sandbox_ids()
+        if ids is not None and self._setpriv:
+            argv = [self._setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", *argv]
+        proc = subprocess.Popen(  # a vfork + exec: about a millisecond, fine on the loop
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=bwrap.environment(env or {}, x_display), cwd="/", start_new_session=True,
+        )
+        return Execution(proc, timeout, max_output_bytes)
+
+    def stop(self) -> None:
+        self.workspaces.close()
+
+    def workspace(self, computer_id: str) -> Path:
+        """The host directory behind ``/workspace``, created on first use."""
+        return self.workspaces.ensure(computer_id)
+
+    async def remove(self, computer_id: str) -> None:
+        await asyncio.to_thread(self.workspaces.remove, computer_id)

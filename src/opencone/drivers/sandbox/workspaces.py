@@ -1,0 +1,121 @@
+"""The host directories behind each computer's ``/workspace``.
+
+bubblewrap runs as the sandbox uid (running it as root would map the sandbox
+user to host root, which can read root-only files such as /etc/shadow), so
+that uid must be able to walk down to the workspace. The default place is
+``<run_dir>/ws``; when a parent of the run dir is closed to other users (a
+0700 home or pytest's tmp dir), workspaces go to a private directory in the
+system temp dir instead, named after the run dir so a restarted server finds
+its leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from opencone.drivers.processes import processes_under
+from opencone.drivers.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _walkable(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid`` may traverse every existing directory from / down to ``path``."""
+    for d in [*reversed(path.parents), path]:
+        try:
+            st = d.stat()
+        except FileNotFoundError:
+            return True  # we create the rest, 0711
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def sandbox_ids() -> tuple[int, int] | None:
+    """The host uid/gid bwrap runs as: the sandbox user when we are root, else ourselves (None)."""
+    return (SANDBOX_UID, SANDBOX_GID) if os.geteuid() == 0 else None
+
+
+def choose_root(run_dir: Path, override: Path | None = None) -> Path:
+    if override is not None:
+        return override.resolve()
+    ids = sandbox_ids()
+    preferred = run_dir.resolve() / "ws"
+    if ids is None or _walkable(preferred, *ids):
+        return preferred
+    tag = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"opencone-ws-{tag}"
+
+
+class Workspaces:
+    def __init__(self, run_dir: Path, override: Path | None = None) -> None:
+        self._run_dir = run_dir
+        self._override = override
+        self.root = choose_root(run_dir, override)
+
+    def reset(self) -> int:
+        """Kill sandboxes a crashed server left under the root and wipe it; return the kill count."""
+        self.root = choose_root(self._run_dir, self._override)  # again: the run dir exists by now
+        victims = processes_under(self.root)
+        for proc in victims:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=3)
+        if os.path.lexists(self.root):
+            self._check_root()
+            shutil.rmtree(self.root, ignore_errors=True)
+        return len(victims)  # the root itself is made on first use: most computers never exec
+
+    def _check_root(self) -> None:
+        # in a shared temp dir: never follow or trust a path someone else made
+        st = self.root.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionError(f"{self.root} is not a directory of ours; remove it or set "
+                                  "OPENCONE_EXEC_WORKSPACE_DIR")
+
+    def _make_root(self) -> None:
+        with contextlib.suppress(FileExistsError):
+            self.root.mkdir(parents=True)
+        self._check_root()
+        self.root.chmod(0o711)  # walkable by the sandbox uid, not listable; /tmp's sticky bit keeps it ours
+
+    def close(self) -> None:
+        """At shutdown: every computer has ended, so only the (empty) root is left; remove it."""
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+
+    def path(self, computer_id: str) -> Path:
+        if not _SAFE_ID.match(computer_id):
+            raise ValueError(f"unsafe computer id {computer_id!r}")
+        return self.root / computer_id
+
+    def ensure(self, computer_id: str) -> Path:
+        path = self.path(computer_id)
+        if not path.is_dir():
+            if not self.root.is_dir():
+                self._make_root()
+            path.mkdir(mode=0o700, exist_ok=True)
+            ids = sandbox_ids()
+            if ids is not None:
+                os.chown(path, *ids)
+        return path
+
+    def remove(self, computer_id: str) -> None:
+        shutil.rmtree(self.path(computer_id), ignore_errors=True)

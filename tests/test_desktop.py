@@ -1,0 +1,306 @@
+"""Desktop computers: a real Xvfb, openbox, an xterm and a headful Chromium.
+
+Input goes through XTest to the X server, so the tests check what the programs
+on the screen really received: the playground page's event log (read back
+through ``html``), and a file a command typed into the xterm wrote.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import Server, jpeg_size, page_state, start_server
+from tzafon import Lightcone
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+class Desk:
+    """A desktop computer with the playground open in its browser."""
+
+    def __init__(self, client: Lightcone, cid: str, site: str) -> None:
+        self.client, self.id, self.site = client, cid, site
+        self.top = 0  # screen y of the page's top edge: the browser's tab strip and toolbar sit above it
+
+    def open_playground(self) -> None:
+        result = self.client.computers.navigate(self.id, url=f"{self.site}/playground.html",
+                                                extra_body={"include_context": True})
+        assert result.status == "success", result.error_message
+        ctx = result.page_context
+        assert ctx is not None and ctx.viewport_height
+        self.top = self.screen()[1] - int(ctx.viewport_height)
+        assert 0 < self.top < 200, self.top
+
+    def screen(self) -> tuple[int, int]:
+        d = self.client.computers.retrieve(self.id).model_extra["display"]
+        return d["width"], d["height"]
+
+    def state(self) -> dict[str, Any]:
+        result = self.client.computers.html(self.id)
+        assert result.status == "success", result.error_message
+        return page_state(result.result["html_content"])
+
+    def ok(self, result: Any) -> Any:
+        assert result.status == "success", result.error_message
+        return result
+
+
+def desktop_processes(server: Server, cid_workdir: Path) -> set[int]:
+    """Every live process of one desktop: the pids in its pidfile and their descendants,
+    and whatever names its run directory on the command line."""
+    pids: set[int] = set()
+    pidfile = cid_workdir.with_suffix(".pids")
+    if pidfile.exists():
+        for line in pidfile.read_text().splitlines():
+            pid = int(line.split()[0])
+            if psutil.pid_exists(pid):
+                pids.add(pid)
+                try:
+                    pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+                except psutil.Error:
+                    pass
+    pids |= {p for p in server.chromium_pids() if _mentions(p, str(cid_workdir))}
+    return {p for p in pids if _alive(p)}
+
+
+def _mentions(pid: int, needle: str) -> bool:
+    try:
+        return any(needle in part for part in psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def new_workdir(server: Server, before: set[Path]) -> Path:
+    [workdir] = {p for p in (server.data_dir / "run").resolve().glob("desktop-*") if p.is_dir()} - before
+    return workdir
+
+
+def workdirs(server: Server) -> set[Path]:
+    return {p for p in (server.data_dir / "run").resolve().glob("desktop-*") if p.is_dir()}
+
+
+@pytest.fixture(scope="module")
+def desk(server: Server, site: str) -> Iterator[Desk]:
+    client = server.client()
+    comp = client.computers.create(kind="desktop")
+    d = Desk(client, comp.id, site)
+    d.open_playground()
+    yield d
+    client.computers.delete(comp.id)
+
+
+def test_a_desktop_is_a_desktop(desk: Desk) -> None:
+    comp = desk.client.computers.retrieve(desk.id)
+    assert comp.kind == "desktop"
+    assert desk.screen() == (1024, 768)
+
+
+def test_screenshot_is_a_jpeg_of_the_whole_screen(desk: Desk) -> None:
+    result = desk.ok(desk.client.computers.screenshot(desk.id))
+    url = result.result["screenshot_url"]
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["content-type"] == "image/jpeg"
+        assert jpeg_size(resp.read()) == (1024, 768)
+    b64 = desk.ok(desk.client.computers.screenshot(desk.id, base64=True)).result["screenshot_url"]
+    assert b64.startswith("data:image/jpeg;base64,")
+    assert jpeg_size(base64.b64decode(b64.split(",", 1)[1])) == (1024, 768)
+
+
+def test_click_and_unicode_typing_reach_the_page(desk: Desk) -> None:
+    desk.open_playground()
+    desk.ok(desk.client.computers.click(desk.id, x=110, y=desk.top + 70))
+    desk.ok(desk.client.computers.click(desk.id, x=200, y=desk.top + 135))
+    text = "Hé жЖ A+b!"  # é has no key on a US map and ж no Latin-1 keysym: both need a spare keycode
+    desk.ok(desk.client.computers.type(desk.id, text=text))
+    s = desk.state()
+    assert s["clicks"] == 1, (desk.top, json.dumps(s))
+    assert s["input"] == text
+    assert s["downs"][:3] == ["Shift+shift", "H+shift", "é"]  # real key events, Shift for the capital
+
+
+def test_double_right_and_drag(desk: Desk) -> None:
+    desk.open_playground()
+    c = desk.client.computers
+    desk.ok(c.double_click(desk.id, x=600, y=desk.top + 500))
+    desk.ok(c.right_click(desk.id, x=600, y=desk.top + 500))
+    desk.ok(c.drag(desk.id, x1=80, y1=desk.top + 330, x2=300, y2=desk.top + 450))
+    s = desk.state()
+    assert s["dblclicks"] == 1, (desk.top, json.dumps(s))
+    assert s["contextmenus"] == 1
+    assert s["drag"] == [300, 450]
+
+
+def test_hotkey_and_held_keys(desk: Desk) -> None:
+    desk.open_playground()
+    c = desk.client.computers
+    desk.ok(c.click(desk.id, x=200, y=desk.top + 135))
+    desk.ok(c.type(desk.id, text="abc"))
+    desk.ok(c.hotkey(desk.id, keys=["ctrl", "a"]))
+    desk.ok(c.type(desk.id, text="X"))
+    desk.ok(c.key_down(desk.id, key="Shift"))
+    desk.ok(c.type(desk.id, text="y"))
+    desk.ok(c.key_up(desk.id, key="Shift"))
+    desk.ok(c.hotkey(desk.id, keys=["F13"]))  # not on the keyboard map: a spare keycode carries it
+    s = desk.state()
+    assert s["input"] == "XY"
+    assert "a+ctrl" in s["downs"]
+    assert "F13" in s["downs"], json.dumps(s["downs"])
+
+
+def test_scroll_moves_the_page(desk: Desk) -> None:
+    desk.open_playground()
+    desk.ok(desk.client.computers.scroll(desk.id, x=500, y=desk.top + 300, dx=0, dy=300))
+    assert wait_until(lambda: desk.state()["scrollY"] > 100, 5)
+    desk.ok(desk.client.computers.scroll(desk.id, x=500, y=desk.top + 300, dx=200, dy=0))
+    assert wait_until(lambda: desk.state()["scrollX"] > 50, 5)
+
+
+def test_typing_into_the_terminal_runs_a_command(desk: Desk, server: Server) -> None:
+    home = new_workdir_of(desk, server) / "home"
+    c = desk.client.computers
+    desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))  # openbox: focus the xterm behind the browser
+    time.sleep(0.3)
+    desk.ok(c.type(desk.id, text="echo désktop-ok > typed.txt\n"))
+    assert wait_until(lambda: (home / "typed.txt").exists() and (home / "typed.txt").read_text().strip(), 10)
+    assert (home / "typed.txt").read_text().strip() == "désktop-ok"
+    desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))
+
+
+def new_workdir_of(desk: Desk, server: Server) -> Path:
+    """The run directory of the module's desktop (the only one alive while it runs)."""
+    dirs = workdirs(server)
+    assert len(dirs) == 1, dirs
+    return next(iter(dirs))
+
+
+def test_set_viewport_resizes_the_screen(desk: Desk) -> None:
+    c = desk.client.computers
+    try:
+        result = desk.ok(c.viewport(desk.id, width=1280, height=720))
+        assert desk.screen() == (1280, 720)
+        shot = desk.ok(c.screenshot(desk.id, base64=True)).result["screenshot_url"]
+        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1280, 720)
+        # the maximized browser follows the screen
+        assert wait_until(lambda: c.navigate(desk.id, url=f"{desk.site}/playground.html",
+                                             extra_body={"include_context": True}).page_context.viewport_width
+                          == 1280, 5)
+        too_big = c.viewport(desk.id, width=3000, height=2000)
+        assert too_big.status == "error" and "at most" in too_big.error_message
+        scaled = c.viewport(desk.id, width=800, height=600, scale_factor=2)
+        assert scaled.status == "error" and "scale" in scaled.error_message
+        assert result.status == "success"
+    finally:
+        desk.ok(c.viewport(desk.id, width=1024, height=768))
+        desk.open_playground()
+
+
+def test_closed_browser_comes_back_and_delete_ends_every_process(server: Server, site: str) -> None:
+    client = server.client()
+    before = workdirs(server)
+    comp = client.computers.create(kind="desktop", display={"width": 800, "height": 600})
+    workdir = new_workdir(server, before)
+    xvfb = [int(line.split()[0]) for line in workdir.with_suffix(".pids").read_text().splitlines()
+            if "Xvfb" in line]
+    assert len(xvfb) == 1
+    procs = desktop_processes(server, workdir)
+    assert len(procs) >= 5, procs  # Xvfb, openbox, xterm, its shell, Chromium and its helpers
+
+    # closing the last tab closes the browser; the desktop stays, and navigate opens a new one
+    assert client.computers.hotkey(comp.id, keys=["ctrl", "w"]).status == "success"
+    assert wait_until(lambda: client.computers.html(comp.id).status == "error", 10)
+    assert "no browser window" in client.computers.html(comp.id).error_message
+    assert client.computers.retrieve(comp.id).status != "terminated"
+    assert client.computers.navigate(comp.id, url=f"{site}/page2.html").status == "success"
+    assert "Second page" in client.computers.html(comp.id).result["html_content"]
+
+    procs = desktop_processes(server, workdir)
+    client.computers.delete(comp.id)
+    assert wait_until(lambda: not any(_alive(p) for p in procs), 5), [p for p in procs if _alive(p)]
+    assert not psutil.pid_exists(xvfb[0]) or not _alive(xvfb[0])
+    assert wait_until(lambda: not workdir.exists() and not workdir.with_suffix(".pids").exists(), 5)
+
+
+def test_a_dead_x_server_ends_the_desktop(server: Server) -> None:
+    client = server.client()
+    before = workdirs(server)
+    comp = client.computers.create(kind="desktop")
+    workdir = new_workdir(server, before)
+    procs = desktop_processes(server, workdir)
+    [xvfb] = [int(line.split()[0]) for line in workdir.with_suffix(".pids").read_text().splitlines()
+              if "Xvfb" in line]
+    os.kill(xvfb, signal.SIGKILL)
+    assert wait_until(lambda: client.computers.retrieve(comp.id).status == "terminated", 5)
+    assert client.computers.retrieve(comp.id).model_extra["termination_reason"] == "desktop_crashed"
+    assert wait_until(lambda: not any(_alive(p) for p in procs), 5)
+
+
+def test_pidfile_leftovers_are_killed_at_start(tmp_path: Path) -> None:
+    """Xvfb cannot carry a run-dir marker: a pidfile in the run dir names it instead."""
+    import subprocess
+
+    sleep = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    data = tmp_path / "data"
+    run = data / "run"
+    run.mkdir(parents=True)
+    # a recorded executable that does not match: the pid was reused by another program
+    (run / "desktop-old.pids").write_text(f"{sleep.pid} sleep\n{other.pid} /usr/bin/Xvfb\n")
+    srv = start_server(tmp_path, data_dir=data, env={"OPENCONE_POOL_SIZE": "0"})
+    try:
+        assert wait_until(lambda: sleep.poll() is not None, 5)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        srv.stop()
+
+
+def test_a_warm_desktop_pool(tmp_path: Path, site: str) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_DESKTOP_POOL_SIZE": "1"})
+    try:
+        assert wait_until(lambda: len(workdirs(srv)) == 1, 30), "the pool launches a desktop"
+        client = srv.client()
+        t = time.monotonic()
+        comp = client.computers.create(kind="desktop", display={"width": 1280, "height": 720})
+        took = time.monotonic() - t
+        assert client.computers.retrieve(comp.id).model_extra["display"]["width"] == 1280
+        shot = client.computers.screenshot(comp.id, base64=True).result["screenshot_url"]
+        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1280, 720)
+        assert took < 2.0, took
+    finally:
+        srv.stop()
+    assert wait_until(lambda: not workdirs(srv), 5)
+
+
+def test_a_killed_server_leaves_no_desktop_behind(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0"})
+    srv.client().computers.create(kind="desktop")
+    [workdir] = workdirs(srv)
+    procs = desktop_processes(srv, workdir)
+    assert len(procs) >= 5, procs
+    srv.stop(signal.SIGKILL)
+    # the parent-death signal ends Xvfb, openbox and Chromium; the terminal dies with its display
+    assert wait_until(lambda: not any(_alive(p) for p in procs), 10), [p for p in procs if _alive(p)]
