@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+REFILL_DELAY_SECONDS = 0.5
 
 
 class WarmPool(Generic[T]):
@@ -51,12 +52,18 @@ class WarmPool(Generic[T]):
         """A ready item; a cold launch when none is waiting."""
         while self._ready:
             item = self._ready.pop()
-            self._wakeup.set()
+            self._refill_soon()
             if self._healthy(item):
                 return item
             asyncio.create_task(self._dispose(item))
-        self._wakeup.set()
+        self._refill_soon()
         return await self._launch()
+
+    def _refill_soon(self) -> None:
+        # A launch burns half a second of CPU; started at once it slows the create that
+        # took the item (its database write) and the actions right after it. Measured on
+        # 2 cores: server-side create 16 ms with an immediate refill, 2.3 ms deferred.
+        asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self._wakeup.set)
 
     async def wait_full(self, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
