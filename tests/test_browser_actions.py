@@ -278,18 +278,28 @@ def test_tabs_lifecycle(client: Lightcone, comp: ComputerSession, site: str) -> 
     assert unknown.status == "error" and "NOPE" in unknown.error_message
 
 
+def _tabs_when(client: Lightcone, cid: str, count: int, within: float = 10.0) -> list[dict[str, Any]]:
+    """The tab list once it has ``count`` tabs (the spec calls it eventually consistent)."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        tabs = client.computers.tabs.list(cid).result["tabs"]
+        if len(tabs) == count or time.monotonic() > deadline:
+            return tabs
+        time.sleep(0.1)
+
+
 def test_pages_opened_by_the_page_become_tabs(client: Lightcone, comp: ComputerSession) -> None:
     comp.click(420, 58)  # window.open
-    comp.wait(0.3)
-    tabs = client.computers.tabs.list(comp.id).result["tabs"]
+    tabs = _tabs_when(client, comp.id, 2)
     assert len(tabs) == 2
     popup = next(t for t in tabs if t["url"].endswith("/page2.html"))
     assert popup["is_main_tab"] is True
     assert "Second page" in comp.get_html_content(comp.html())
     client.computers.tabs.switch(next(t for t in tabs if t is not popup)["tab_id"], id=comp.id)
     comp.click(420, 108)  # target=_blank link
-    comp.wait(0.3)
-    assert len(client.computers.tabs.list(comp.id).result["tabs"]) == 3
+    assert len(_tabs_when(client, comp.id, 3)) == 3
 
 
 def test_actions_on_one_computer_are_serialised(client: Lightcone, comp: ComputerSession) -> None:
