@@ -61,9 +61,16 @@ class ComputerCreate(BaseModel):
 
 
 def endpoints(base: str, computer_id: str) -> dict[str, str]:
+    """URLs of the computer's resources. ``ws``/``cdp``/streams take ``?token=<key>`` too."""
     root = f"{base}/computers/{computer_id}"
-    return {"api": root, "status": f"{root}/status", "execute": f"{root}/execute",
-            "batch": f"{root}/batch", "tabs": f"{root}/tabs"}
+    ws_root = "ws" + root[len("http"):] if root.startswith("http") else root
+    return {
+        "api": root, "status": f"{root}/status", "execute": f"{root}/execute", "batch": f"{root}/batch",
+        "tabs": f"{root}/tabs", "exec": f"{root}/exec",
+        "events": f"{root}/events", "screencast": f"{root}/screencast",
+        "cdp": f"{root}/cdp", "ws": f"{ws_root}/ws",
+        "live_view": f"{base}/live#{computer_id}",
+    }
 
 
 def _timers(v: ComputerView) -> dict[str, Any]:
