@@ -49,3 +49,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".${EXTRA}"
   echo "$want" > "$stamp"
 fi
+
+# the CDP tests also drive Puppeteer when node and npm exist (puppeteer-core only: no browser download)
+if [ "${1:-}" = "--test" ] && command -v node >/dev/null && command -v npm >/dev/null; then
+  if [ ! -d tests/node/node_modules/puppeteer-core ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then
+    (cd tests/node && npm ci --no-audit --no-fund --loglevel=error) \
+      || echo "npm ci in tests/node failed; the Puppeteer test will be skipped" >&2
+  fi
+fi

@@ -116,9 +116,9 @@ def test_malformed_json_and_wrong_types(server: Server, cid: str) -> None:
     assert r.status_code == 422 and "persistent" in r.json()["detail"]
 
 
-def test_unimplemented_actions_answer_clearly(client: Lightcone, cid: str) -> None:
-    result = client.computers.change_proxy(cid, proxy_url="http://127.0.0.1:1")
-    assert result.status == "error" and "proxy" in result.error_message
+def test_malformed_proxy_url_answers_clearly(client: Lightcone, cid: str) -> None:
+    result = client.computers.change_proxy(cid, proxy_url="ftp://127.0.0.1:1")  # more in test_proxy.py
+    assert result.status == "error" and "unsupported proxy scheme 'ftp'" in result.error_message
 
 
 def test_ws_without_upgrade_is_a_4xx(client: Lightcone, cid: str) -> None:

@@ -42,8 +42,11 @@ def serve(
 
     settings = _settings(data_dir, host=host, port=port)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # endless streams (screencast, events) never finish on their own: after 3 s uvicorn cancels them,
+    # or a SIGTERM would wait for every viewer to hang up
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
+                ws_max_size=128 * 2**20)  # a CDP command can carry a file (Playwright sends up to 50 MB)
 
 
 async def _accounts(settings: Settings):  # type: ignore[no-untyped-def]

@@ -10,8 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from opencone.drivers.proxy.url import parse_proxy_url
 
 
 def _default_chromium() -> str:
@@ -46,6 +48,15 @@ class Settings(BaseSettings):
     default_inactivity_timeout_seconds: int = Field(default=120, ge=1)
     inactivity_timeout_cap_seconds: int = Field(default=24 * 3600, ge=1)
     reaper_interval_seconds: float = Field(default=0.25, gt=0)
+    expiring_soon_seconds: float = Field(
+        default=10.0, ge=0, description="An `expiring_soon` event is sent this long before a computer's deadline "
+                                        "(at most half its lifetime or idle timeout)."
+    )
+
+    # -- /computers/{id}/events --
+    events_queue_size: int = Field(default=1000, ge=1, description="Events queued per subscriber before dropping.")
+    events_history_size: int = Field(default=256, ge=0, description="Recent events kept per computer for resuming.")
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0, description="A heartbeat event after this silence.")
 
     action_timeout_seconds: float = Field(default=20.0, gt=0)
     navigation_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -77,6 +88,25 @@ class Settings(BaseSettings):
     exec_max_output_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="Output kept by /exec/sync; the rest is dropped and marked."
     )
+
+    # -- proxies: every browser computer's traffic goes through its own forwarder (drivers/proxy) --
+    advanced_proxy_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("opencone_advanced_proxy_url", "advanced_proxy_url"),
+        description="Upstream proxy for `use_advanced_proxy: true` (http://, https:// or socks5://, with "
+                    "user:password@ if needed). Read from OPENCONE_ADVANCED_PROXY_URL or ADVANCED_PROXY_URL.",
+    )
+    proxy_connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a computer's proxy waits to reach its upstream before a 502."
+    )
+
+    @field_validator("advanced_proxy_url")
+    @classmethod
+    def _check_advanced_proxy_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_proxy_url(value)  # a bad URL stops the server at start-up, with the reason
+        return value.strip()
 
     @property
     def resolved_database_url(self) -> str:

@@ -11,7 +11,8 @@ from fastapi import FastAPI
 
 from opencone import __version__
 from opencone.api import errors
-from opencone.api.routes import actions, computers, exec, files, health, tabs
+from opencone.api.auth import REDACT_TOKENS
+from opencone.api.routes import actions, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.config import Settings
 from opencone.core.runtime import Runtime
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
-    for module in (health, computers, actions, tabs, files, exec):
+    logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
+    for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp):
         app.include_router(module.router)
     return app

@@ -8,6 +8,9 @@ A token in a URL is never logged: the server runs without an access log.
 
 from __future__ import annotations
 
+import logging
+import re
+
 from starlette.requests import HTTPConnection
 
 from opencone.core.errors import ServiceError
@@ -15,6 +18,21 @@ from opencone.core.errors import ServiceError
 
 class Unauthorized(ServiceError):
     status = 401
+
+
+_TOKEN = re.compile(r"([?&]token=)[^&\s\"']+", re.I)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs every WebSocket handshake with its query string: hide the ``?token=`` key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+REDACT_TOKENS = RedactTokens()  # one instance: addFilter ignores a filter it already has
 
 
 def presented_key(conn: HTTPConnection, allow_query: bool) -> str | None:

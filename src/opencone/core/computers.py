@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from opencone.config import Settings
 from opencone.core import actions as a
 from opencone.core import lifetimes
-from opencone.core.clock import Clock, SystemClock
+from opencone.core.clock import Clock, SystemClock, iso
 from opencone.core.dispatch import Limits, Outcome, page_context_dict, perform
 from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound, ServiceError, StartFailed
+from opencone.core.events import EventBus, action_fields, clip, completed_fields
 from opencone.core.ids import new_id
 from opencone.core.lifetimes import EndReason, Lifetime
 from opencone.core.store.models import ComputerRecord
@@ -41,6 +42,7 @@ class DriverFactory(Protocol):
 
     async def start(self) -> None: ...
     async def create(self, display: Display) -> ComputerDriver: ...
+    # a factory that routes through a proxy also takes create(display, use_advanced_proxy=True)
     async def stop(self) -> None: ...
 
 
@@ -78,6 +80,7 @@ class ComputerView:
     context_id: str | None
     terminated_at: datetime | None
     termination_reason: str | None
+    proxy: dict[str, Any] | None = None  # route and bytes of a live computer's forwarding proxy
 
 
 @dataclass(slots=True)
@@ -100,6 +103,11 @@ class ActionReport:
     error_message: str | None = None
     tab_id: str | None = None
     page_context: dict[str, Any] | None = None
+    rendered: dict[str, Any] | None = None  # the wire form, once the edge's renderer has made it
+
+
+# the edge's renderer of a report (it alone can turn a screenshot into a URL)
+Render = Callable[[ActionReport], dict[str, Any]]
 
 
 @dataclass(eq=False)
@@ -117,6 +125,7 @@ class LiveComputer:
     dirty: bool = False
     terminated_at: datetime | None = None
     termination_reason: str | None = None
+    warned_deadline: datetime | None = None  # the deadline an ``expiring_soon`` event was sent for
 
     @property
     def status(self) -> str:
@@ -139,8 +148,12 @@ class LiveComputer:
             idle_timeout_enabled=self.spec.idle_timeout_enabled, display=self.driver.display,
             persistent=self.spec.persistent, environment_id=self.spec.environment_id,
             context_id=self.spec.context_id, terminated_at=self.terminated_at,
-            termination_reason=self.termination_reason,
+            termination_reason=self.termination_reason, proxy=self._proxy_status(),
         )
+
+    def _proxy_status(self) -> dict[str, Any] | None:
+        status = getattr(self.driver, "proxy_status", None)
+        return status() if callable(status) else None
 
 
 def _view_of(row: ComputerRecord) -> ComputerView:
@@ -171,19 +184,22 @@ def _action_timeout(action: a.Action, settings: Settings) -> float:
 
 class ComputerService:
     def __init__(self, settings: Settings, sessions: async_sessionmaker,  # type: ignore[type-arg]
-                 factories: dict[str, DriverFactory], clock: Clock | None = None) -> None:
+                 factories: dict[str, DriverFactory], clock: Clock | None = None,
+                 events: EventBus | None = None) -> None:
         self.settings = settings
         self._sessions = sessions
         self._factories = factories
         self._clock = clock or SystemClock()
         self._live: dict[str, LiveComputer] = {}
+        self.events = events or EventBus(self._clock)
         self._starting = 0
         self._reaper: asyncio.Task[None] | None = None
         self._limits = Limits(settings.navigation_timeout_seconds, settings.screenshot_quality)
         # hooks the runtime registers: run when a computer ends (e.g. kill its execs), and the
         # sandbox that runs the ``debug`` action
         self.on_end: list[Callable[[str], Awaitable[None]]] = []
-        self.run_command: Callable[[LiveComputer, a.RunCommand], Awaitable[CommandResult]] | None = None
+        # (computer, action, request_id=...) -> result
+        self.run_command: Callable[..., Awaitable[CommandResult]] | None = None
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -223,6 +239,17 @@ class ComputerService:
                 f"kind {spec.kind!r} is not available; allowed: {', '.join(sorted(self._factories))}",
                 field="kind", allowed=sorted(self._factories),
             )
+        if spec.options.get("use_advanced_proxy"):
+            if spec.kind != "browser":
+                raise InvalidInput("use_advanced_proxy is available for browser computers only",
+                                   field="use_advanced_proxy")
+            if not s.advanced_proxy_url:
+                raise InvalidInput("use_advanced_proxy needs an advanced proxy, and this server has none "
+                                   "configured (set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)",
+                                   field="use_advanced_proxy")
+        if spec.kind == "desktop" and spec.display.scale != 1:
+            raise InvalidInput("display.scale must be 1 for a desktop (an X screen has no device scale)",
+                               field="display.scale")
         if not 1 <= spec.max_lifetime_seconds <= s.max_lifetime_cap_seconds:
             raise InvalidInput(
                 f"max_lifetime_seconds must be between 1 and {s.max_lifetime_cap_seconds}",
@@ -245,7 +272,11 @@ class ComputerService:
         self._starting += 1
         try:
             try:
-                driver = await self._factories[spec.kind].create(spec.display)
+                factory = self._factories[spec.kind]
+                if spec.options.get("use_advanced_proxy"):
+                    driver = await factory.create(spec.display, use_advanced_proxy=True)  # type: ignore[call-arg]
+                else:
+                    driver = await factory.create(spec.display)
             except ServiceError:
                 raise
             except Exception as exc:
@@ -259,10 +290,27 @@ class ComputerService:
                 await driver.close()
                 raise
             self._live[comp.id] = comp
+            self.events.open(comp.id)
         finally:
             self._starting -= 1
         driver.on_gone(lambda reason: self._on_gone(comp, reason))
+        self._forward_driver_events(comp)
+        d = driver.display
+        self.events.publish(comp.id, "created", kind=comp.kind,
+                            display={"width": d.width, "height": d.height, "scale": d.scale})
         return comp.view()
+
+    def _forward_driver_events(self, comp: LiveComputer) -> None:
+        """Tab events from drivers that have them (browsers); none once the computer is ending."""
+        on_event = getattr(comp.driver, "on_event", None)
+        if on_event is None:
+            return
+
+        def forward(kind: str, fields: dict[str, Any]) -> None:
+            if not comp.ending:
+                self.events.publish(comp.id, kind, **fields)
+
+        on_event(forward)
 
     async def _insert(self, comp: LiveComputer) -> None:
         d, spec = comp.driver.display, comp.spec
@@ -295,6 +343,7 @@ class ComputerService:
                     await hook(comp.id)
                 except Exception:
                     log.exception("end hook for computer %s", comp.id)
+            self.events.close(comp.id, reason.value)
             with contextlib.suppress(Exception):
                 async with self._sessions() as s, s.begin():
                     await s.execute(update(ComputerRecord).where(ComputerRecord.id == comp.id).values(
@@ -361,6 +410,10 @@ class ComputerService:
         comp.last_activity_at = self._clock.now()
         comp.dirty = True
 
+    def touch(self, comp: LiveComputer) -> None:
+        """Count work done outside actions (a CDP client's command) as activity."""
+        self._touch(comp)
+
     @contextlib.contextmanager
     def active(self, comp: LiveComputer) -> Iterator[None]:
         """Hold ``comp`` busy (never idle) while work outside the action lock runs, such as an exec."""
@@ -379,15 +432,19 @@ class ComputerService:
 
     # -- actions ------------------------------------------------------------------------
     async def perform(self, org_id: str, computer_id: str, steps: list[Step],
-                      request_id: str | None = None) -> list[ActionReport]:
-        """Run ``steps`` in order under the computer's lock, one report each; stop at the first error."""
+                      request_id: str | None = None, render: Render | None = None) -> list[ActionReport]:
+        """Run ``steps`` in order under the computer's lock, one report each; stop at the first error.
+
+        ``render`` (from the edge) turns each report into its wire form as soon as it is done, so the
+        ``action_completed`` event carries what the client gets (a screenshot's URL among it).
+        """
         comp = await self._require_live(org_id, computer_id)
         reports: list[ActionReport] = []
         async with comp.lock:
             comp.busy += 1
             try:
                 for step in steps:
-                    report = await self._run_step(comp, step, request_id)
+                    report = await self._run_step(comp, step, request_id, render)
                     reports.append(report)
                     if not report.ok:
                         break
@@ -396,10 +453,29 @@ class ComputerService:
                 self._touch(comp)
         return reports
 
-    async def _run_step(self, comp: LiveComputer, step: Step, request_id: str | None) -> ActionReport:
+    async def _run_step(self, comp: LiveComputer, step: Step, request_id: str | None,
+                        render: Render | None = None) -> ActionReport:
+        request_id = request_id or new_id("req")
+        self.events.publish(comp.id, "action_requested", request_id=request_id,
+                            **action_fields(step.actions, step.tab_id))
+        report = await self._do_step(comp, step, request_id)
+        if render is not None:
+            report.rendered = render(report)
+            result = dict(report.rendered.get("result") or {})
+        else:
+            result = dict(report.outcome.result)
+            if report.outcome.image is not None:
+                result["screenshot"] = True
+        self.events.publish(comp.id, "action_completed", request_id=report.request_id,
+                            status="success" if report.ok else "error", error_message=report.error_message,
+                            tab_id=report.tab_id, result=clip(result), **completed_fields(result))
+        return report
+
+    async def _do_step(self, comp: LiveComputer, step: Step, request_id: str) -> ActionReport:
         report = ActionReport(request_id=request_id or new_id("req"), timestamp=self._clock.now(), ok=True)
         driver = comp.driver
-        run_command = functools.partial(self.run_command, comp) if self.run_command else None
+        run_command = (functools.partial(self.run_command, comp, request_id=request_id)
+                       if self.run_command else None)
         for action in step.actions:
             if comp.ending:
                 report.ok, report.error_message = False, "the computer was terminated"
@@ -456,7 +532,26 @@ class ComputerService:
             if reason is not None:
                 ended.append(comp.id)
                 asyncio.get_running_loop().create_task(self._end(comp, reason))
+            else:
+                self._warn_if_expiring(comp, now)
         return ended
+
+    def _warn_if_expiring(self, comp: LiveComputer, now: datetime) -> None:
+        """One ``expiring_soon`` event per deadline, within ``expiring_soon_seconds`` of it."""
+        lt = comp.lifetime()
+        deadline, reason = lifetimes.next_end(lt)
+        if reason is EndReason.INACTIVITY and comp.busy:
+            return  # activity: the idle deadline moves on when the action ends
+        if deadline == comp.warned_deadline:
+            return
+        period = lt.max_lifetime_seconds if reason is EndReason.MAX_LIFETIME else lt.inactivity_timeout_seconds
+        # at most half the period: a short-lived computer is not warned from its first moment
+        threshold = min(self.settings.expiring_soon_seconds, period / 2)
+        left = (deadline - now).total_seconds()
+        if left <= threshold:
+            comp.warned_deadline = deadline
+            self.events.publish(comp.id, "expiring_soon", reason=reason.value, expires_at=iso(deadline),
+                                seconds_left=round(max(left, 0.0), 3))
 
     async def _flush_activity(self) -> None:
         dirty = [c for c in self._live.values() if c.dirty and not c.ending]

@@ -109,8 +109,11 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             if run_command is None:
                 raise DriverError("shell commands are not available on this server")
             return _command_outcome(action, await run_command(action))
-        case a.ChangeProxy():
-            raise DriverError("changing the proxy at runtime is not supported by this server yet")
+        case a.ChangeProxy(proxy_url=url):
+            change = getattr(driver, "change_proxy", None)  # browser computers with a forwarder (drivers/proxy)
+            if change is None:
+                raise DriverError("this computer has no proxy to change")
+            return Outcome({"proxy": await change(url)})
     return Outcome()
 
 

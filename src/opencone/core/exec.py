@@ -8,6 +8,7 @@ computer ends, its commands are killed and its workspace is removed.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import contextlib
 import os
@@ -18,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from opencone.core import actions as a
 from opencone.core.computers import ComputerService, LiveComputer
 from opencone.core.errors import Conflict, InvalidInput, ServiceError
+from opencone.core.events import EventBus
+from opencone.core.ids import new_id
 from opencone.drivers.base import CommandResult, DriverError
-from opencone.drivers.sandbox import WORKSPACE, Execution, Exited, Sandbox, SandboxUnavailable, display_number
+from opencone.drivers.sandbox import WORKSPACE, Execution, Exited, Output, Sandbox, SandboxUnavailable, display_number
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -47,6 +50,7 @@ class ExecRequest(BaseModel):
     cwd: str = WORKSPACE
     env: dict[str, str] = {}
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    request_id: str | None = Field(default=None, max_length=128, description="Correlates the command's events.")
 
     @field_validator("command")
     @classmethod
@@ -137,11 +141,37 @@ def _check_cwd(workspace: Path, cwd: str) -> None:
         raise InvalidInput(f"cwd {cwd!r} is not a directory inside {WORKSPACE}", field="cwd")
 
 
-async def _decoded(execution: Execution) -> AsyncIterator[ExecEvent]:
+class _Tap:
+    """Puts one command's raw output and its exit on the computer's event stream (never blocks)."""
+
+    def __init__(self, bus: EventBus, computer_id: str, request_id: str, req: ExecRequest) -> None:
+        self._bus, self._cid, self.request_id = bus, computer_id, request_id
+        self._exited = False
+        bus.publish(computer_id, "exec_started", request_id=request_id, command=req.command, cwd=req.cwd,
+                    timeout_seconds=req.timeout_seconds)
+
+    def __call__(self, ev: Output | Exited) -> None:
+        if isinstance(ev, Exited):
+            self._exited = True
+            self._bus.publish(self._cid, "exec_exit", request_id=self.request_id, exit_code=ev.code,
+                              timed_out=ev.timed_out, truncated=ev.truncated)
+        else:
+            self._bus.publish(self._cid, "exec_output", request_id=self.request_id,
+                              data=base64.b64encode(ev.data).decode(), is_stderr=ev.stream == "stderr")
+
+    def close(self) -> None:
+        """A command whose reader went away (or whose computer ended) still gets its exit event."""
+        if not self._exited:
+            self._exited = True
+            self._bus.publish(self._cid, "exec_exit", request_id=self.request_id, exit_code=-1, killed=True)
+
+
+async def _decoded(execution: Execution, tap: _Tap) -> AsyncIterator[ExecEvent]:
     """Output as text; an incremental decoder per stream never splits a UTF-8 sequence."""
     decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")}
     async with contextlib.aclosing(execution.events()) as events:
         async for ev in events:
+            tap(ev)
             if isinstance(ev, Exited):
                 for stream, dec in decoders.items():
                     if tail := dec.decode(b"", final=True):
@@ -171,8 +201,8 @@ class ExecService:
     async def stream(self, org_id: str, computer_id: str, req: ExecRequest) -> AsyncIterator[ExecEvent]:
         """Output events as produced, then one ``exit``; nothing is buffered or capped."""
         comp = await self._computers.require_live(org_id, computer_id)
-        async with self._started(comp, req, None) as execution:
-            async with contextlib.aclosing(_decoded(execution)) as events:
+        async with self._started(comp, req, None) as (execution, tap):
+            async with contextlib.aclosing(_decoded(execution, tap)) as events:
                 async for ev in events:
                     yield ev
 
@@ -184,8 +214,8 @@ class ExecService:
 
     async def _collect(self, comp: LiveComputer, req: ExecRequest, limit: int) -> ExecResult:
         parts: dict[str, list[str]] = {"stdout": [], "stderr": [], "both": []}
-        async with self._started(comp, req, limit) as execution:
-            async with contextlib.aclosing(_decoded(execution)) as events:
+        async with self._started(comp, req, limit) as (execution, tap):
+            async with contextlib.aclosing(_decoded(execution, tap)) as events:
                 async for ev in events:
                     if ev.type == "exit":
                         return ExecResult(ev.code, "".join(parts["stdout"]), "".join(parts["stderr"]),
@@ -195,7 +225,8 @@ class ExecService:
         raise Unavailable("the command ended without an exit status")  # not reached: events end with exit
 
     @contextlib.asynccontextmanager
-    async def _started(self, comp: LiveComputer, req: ExecRequest, limit: int | None) -> AsyncIterator[Execution]:
+    async def _started(self, comp: LiveComputer, req: ExecRequest,
+                       limit: int | None) -> AsyncIterator[tuple[Execution, _Tap]]:
         try:
             workspace = self._sandbox.workspace(comp.id)
             _check_cwd(workspace, req.cwd)
@@ -209,12 +240,14 @@ class ExecService:
             raise Unavailable(f"could not start the sandbox: {exc}") from exc
         running = self._running.setdefault(comp.id, set())
         running.add(execution)
+        tap = _Tap(self._computers.events, comp.id, req.request_id or new_id("exec"), req)
         try:
             if comp.ending:  # the computer ended while we were starting: its hook has already run
                 raise Conflict(f"computer {comp.id} is terminated; create a new one", computer_status="terminated")
             with self._computers.active(comp):
-                yield execution
+                yield execution, tap
         finally:
+            tap.close()
             await execution.close()
             running.discard(execution)
             if not running and self._running.get(comp.id) is running:
@@ -227,11 +260,12 @@ class ExecService:
             execution.kill()
         await self._sandbox.remove(computer_id)
 
-    async def _run_action(self, comp: LiveComputer, action: a.RunCommand) -> CommandResult:
-        """The ``debug`` action: buffered, capped at its ``max_output_length``."""
+    async def _run_action(self, comp: LiveComputer, action: a.RunCommand,
+                          request_id: str | None = None) -> CommandResult:
+        """The ``debug`` action: buffered, capped at its ``max_output_length``; its events carry the action's id."""
         try:
             req = parse_request({"command": action.command, "cwd": action.cwd, "env": action.env,
-                                 "timeout_seconds": action.timeout_seconds})
+                                 "timeout_seconds": action.timeout_seconds, "request_id": request_id})
             res = await self._collect(comp, req, action.max_output_length)
         except ServiceError as exc:
             raise DriverError(exc.message) from None

@@ -57,3 +57,12 @@ def next_deadline(lt: Lifetime) -> datetime:
     idle = idle_expires_at(lt)
     hard = expires_at(lt)
     return hard if idle is None else min(hard, idle)
+
+
+def next_end(lt: Lifetime) -> tuple[datetime, EndReason]:
+    """The earliest deadline and the reason the computer would end then."""
+    idle = idle_expires_at(lt)
+    hard = expires_at(lt)
+    if idle is not None and idle < hard:
+        return idle, EndReason.INACTIVITY
+    return hard, EndReason.MAX_LIFETIME

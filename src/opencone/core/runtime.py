@@ -10,8 +10,10 @@ from opencone.config import Settings
 from opencone.core.accounts import Accounts
 from opencone.core.clock import Clock, SystemClock
 from opencone.core.computers import ComputerService
+from opencone.core.events import EventBus, Limits
 from opencone.core.exec import ExecService
 from opencone.core.files import FileStore
+from opencone.core.screencast import ScreencastService
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.drivers.base import Display
 from opencone.drivers.chromium.factory import BrowserFactory
@@ -34,16 +36,21 @@ class Runtime:
         self.browsers = BrowserFactory(
             settings.chromium_path, settings.run_dir, settings.pool_size,
             Display(settings.default_width, settings.default_height),
+            proxy_connect_timeout=settings.proxy_connect_timeout_seconds,
+            advanced_proxy_url=settings.advanced_proxy_url,
         )
         self.desktops = DesktopFactory(
             settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
             Display(settings.default_width, settings.default_height),
             (settings.desktop_max_width, settings.desktop_max_height),
         )
+        self.events = EventBus(self.clock, Limits(queue_events=settings.events_queue_size,
+                                                  history_events=settings.events_history_size))
         self.computers = ComputerService(
-            settings, self.sessions, {"browser": self.browsers, "desktop": self.desktops}, self.clock
+            settings, self.sessions, {"browser": self.browsers, "desktop": self.desktops}, self.clock, self.events
         )
         sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network)
+        self.screencasts = ScreencastService(self.computers)
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
         self.first_key: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -71,6 +78,7 @@ class Runtime:
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
+        await self.screencasts.stop()
         await self.computers.stop()
         self.exec.stop()
         await self.engine.dispose()

@@ -64,6 +64,25 @@ class CommandResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class CdpEndpoint:
+    """A computer's own browser as the CDP proxy reaches it."""
+
+    ws_url: str  # the browser's DevTools WebSocket on 127.0.0.1
+    product: str  # "Chrome/<version>", for /json/version
+    files_dir: str  # the one directory a CDP client may download into and upload from
+
+
+# (event type, fields): tab_opened / tab_closed / navigated from a browser
+DriverEventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class EmitsEvents(Protocol):
+    """Optional for a driver: it reports what happens inside it (tabs opening, pages navigating)."""
+
+    def on_event(self, callback: DriverEventCallback) -> None: ...
+
+
 class ComputerDriver(Protocol):
     """One live computer. ``tab`` selects a browser tab; None means the main tab."""
 
@@ -93,4 +112,8 @@ class ComputerDriver(Protocol):
     async def close_tab(self, tab: str) -> None: ...
     async def current_tab(self, tab: str | None) -> str | None: ...
     async def page_context(self, tab: str | None) -> PageContext | None: ...
+    async def cdp_endpoint(self) -> CdpEndpoint:
+        """The browser's DevTools endpoint (a desktop starts its browser if needed)."""
+        ...
+
     async def close(self) -> None: ...

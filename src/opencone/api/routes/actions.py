@@ -23,7 +23,8 @@ async def _run(request: Request, org: str, computer_id: str, actions: list[a.Act
                body: w._Body) -> dict[str, Any]:
     rt = runtime(request)
     step = Step(actions, body.tab_id, body.include_context)
-    reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id)
+    reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id,
+                                         render=w.renderer(rt.files, base_url(request)))
     return w.action_result(reports[-1], rt.files, base_url(request))
 
 
@@ -157,7 +158,8 @@ async def execute(computer_id: str, body: w.ExecuteBody, request: Request,
     actions, tab = w.translate(body.action, "action")
     step = Step(actions, tab, body.include_context or bool(body.action.include_context))
     rt = runtime(request)
-    reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id)
+    reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id,
+                                         render=w.renderer(rt.files, base_url(request)))
     return w.action_result(reports[-1], rt.files, base_url(request))
 
 
@@ -174,8 +176,9 @@ async def batch(computer_id: str, body: w.BatchBody, request: Request,
         actions, tab = w.translate(act, f"actions[{i}]")
         steps.append(Step(actions, tab, body.include_context or bool(act.include_context)))
     rt = runtime(request)
-    reports = await rt.computers.perform(org, computer_id, steps, request_id=body.request_id)
     base = base_url(request)
+    reports = await rt.computers.perform(org, computer_id, steps, request_id=body.request_id,
+                                         render=w.renderer(rt.files, base))
     results = [w.action_result(r, rt.files, base) for r in reports]
     failed = next((r for r in results if r["status"] != "success"), None)
     return {

@@ -22,7 +22,8 @@ class NewTabBody(BaseModel):
 
 async def _tab_action(request: Request, org: str, computer_id: str, data: dict[str, Any]) -> dict[str, Any]:
     rt = runtime(request)
-    reports = await rt.computers.perform(org, computer_id, [Step([w.build("body", data)])])
+    reports = await rt.computers.perform(org, computer_id, [Step([w.build("body", data)])],
+                                         render=w.renderer(rt.files, base_url(request)))
     return w.action_result(reports[-1], rt.files, base_url(request))
 
 

@@ -10,6 +10,8 @@ Three dialects arrive here: the bodies of the Lightcone action endpoints
 from __future__ import annotations
 
 import base64
+import functools
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -282,8 +284,15 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
     raise InvalidInput(f"{where}.type: {t!r} is not supported; allowed: {', '.join(ACTION_TYPES)}")
 
 
+def renderer(files: FileStore, base: str) -> Callable[[ActionReport], dict[str, Any]]:
+    """What the services call to render each report as it is done (its event then carries the same result)."""
+    return functools.partial(action_result, files=files, base=base)
+
+
 def action_result(report: ActionReport, files: FileStore, base: str) -> dict[str, Any]:
-    """The Lightcone ``ActionResult`` of one report."""
+    """The Lightcone ``ActionResult`` of one report (made once: a screenshot is stored once)."""
+    if report.rendered is not None:
+        return report.rendered
     result = dict(report.outcome.result)
     image = report.outcome.image
     if image is not None:

@@ -98,6 +98,8 @@ def computer_response(v: ComputerView, base: str) -> dict[str, Any]:
         "context_id": v.context_id,
         "endpoints": endpoints(base, v.id) if v.status != "terminated" else {},
     })
+    if v.proxy is not None:
+        body["proxy"] = v.proxy
     if v.status == "terminated":
         body["terminated_at"] = iso(v.terminated_at)
         body["termination_reason"] = v.termination_reason
@@ -106,6 +108,8 @@ def computer_response(v: ComputerView, base: str) -> dict[str, Any]:
 
 def status_response(v: ComputerView) -> dict[str, Any]:
     body = _timers(v)
+    if v.proxy is not None:
+        body["proxy"] = v.proxy
     if v.status == "terminated":
         body["terminated_at"] = iso(v.terminated_at)
         body["termination_reason"] = v.termination_reason

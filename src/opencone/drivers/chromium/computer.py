@@ -16,8 +16,9 @@ from pathlib import Path
 from playwright.async_api import Browser, BrowserContext, Playwright
 from playwright.async_api import Error as PlaywrightError
 
-from opencone.drivers.base import ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
 from opencone.drivers.chromium.launcher import ChromiumProcess, launch_chromium
+from opencone.drivers.chromium.screencast import ChromiumScreencast
 from opencone.drivers.chromium.tabs import Tab, TabRegistry
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class ChromiumComputer:
     def on_gone(self, callback: Callable[[str], None]) -> None:
         self._gone_callbacks.append(callback)
 
+    def on_event(self, callback: Callable[[str, dict[str, object]], None]) -> None:
+        """Tab events: ``tab_opened``, ``tab_closed``, ``navigated`` (main frame), with their fields."""
+        self.tabs.listeners.append(callback)
+
     def _gone(self, reason: str) -> None:
         if self._closing or self._gone_reason:
             return
@@ -103,6 +108,10 @@ class ChromiumComputer:
         await self.process.terminate()  # kill first: a graceful Browser.close costs ~100 ms
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.browser.close(), 2)
+
+    def screencast(self) -> ChromiumScreencast:
+        """Frames of the main tab while someone watches (see drivers/chromium/screencast.py)."""
+        return ChromiumScreencast(self)
 
     async def _tab(self, tab: str | None) -> Tab:
         if not self.alive:
@@ -295,3 +304,10 @@ class ChromiumComputer:
         with contextlib.suppress(PlaywrightError):
             await main.page.bring_to_front()
 
+    # -- CDP ------------------------------------------------------------------------------
+    async def cdp_endpoint(self) -> CdpEndpoint:
+        if not self.alive:
+            raise ComputerGone("the browser is no longer running")
+        files = self.process.user_data_dir / "cdp-files"  # inside the profile: removed with the computer
+        files.mkdir(exist_ok=True)
+        return CdpEndpoint(self.process.ws_url, f"Chrome/{self.browser.version}", str(files))

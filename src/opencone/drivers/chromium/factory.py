@@ -8,16 +8,21 @@ from pathlib import Path
 
 from playwright.async_api import Playwright, async_playwright
 
-from opencone.drivers.base import Display
+from opencone.drivers.base import Display, DriverError
 from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.pool import WarmPool
 
 
 class BrowserFactory:
     kind = "browser"
 
-    def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display) -> None:
+    def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display, *,
+                 proxy_connect_timeout: float = 10.0, advanced_proxy_url: str | None = None) -> None:
         self._executable = executable
+        # every browser gets its own forwarding proxy (drivers/proxy), direct until told otherwise
+        self._proxy_connect_timeout = proxy_connect_timeout
+        self.advanced_proxy_url = advanced_proxy_url
         self._run_dir = run_dir
         self._default = default
         self._playwright: Playwright | None = None
@@ -34,16 +39,22 @@ class BrowserFactory:
     async def _launch(self) -> ChromiumComputer:
         assert self._playwright is not None, "factory not started"
         profile = self._run_dir / f"browser-{secrets.token_hex(6)}"
-        return await ChromiumComputer.launch(self._playwright, self._executable, profile,
-                                             Display(self._default.width, self._default.height))
+        return await ProxiedChromium.launch_proxied(self._playwright, self._executable, profile,
+                                                    Display(self._default.width, self._default.height),
+                                                    connect_timeout=self._proxy_connect_timeout)
 
     @staticmethod
     async def _dispose(computer: ChromiumComputer) -> None:
         await computer.close()
 
-    async def create(self, display: Display) -> ChromiumComputer:
+    async def create(self, display: Display, *, use_advanced_proxy: bool = False) -> ChromiumComputer:
+        if use_advanced_proxy and not self.advanced_proxy_url:
+            raise DriverError("use_advanced_proxy needs an advanced proxy, and this server has none configured "
+                              "(set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)")
         computer = await self.pool.take()
         try:
+            if use_advanced_proxy and isinstance(computer, ProxiedChromium):
+                await computer.change_proxy(self.advanced_proxy_url)
             if (display.width, display.height, display.scale) != (
                 computer.display.width, computer.display.height, computer.display.scale
             ):

@@ -79,8 +79,20 @@ class ChromiumProcess:
         """End Chromium and every process in its group, then drop its profile.
 
         ``grace`` > 0 lets Chromium flush its profile first (SIGTERM, then SIGKILL).
+        With ``grace`` 0 the group is SIGKILLed and is gone when this returns; reaping
+        and removing the profile (55-150 ms under load, measured) happen in the
+        background, off the DELETE request's path. A profile left by a server that
+        stops meanwhile is wiped by the next start with the rest of run/.
         """
         await kill_group(self.process.pid, grace)
+        if grace > 0:
+            await self._reap_and_remove()
+            return
+        task = asyncio.get_running_loop().create_task(self._reap_and_remove())
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
+
+    async def _reap_and_remove(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.wait(), 2)
         if self._drain:
@@ -88,11 +100,26 @@ class ChromiumProcess:
         await asyncio.to_thread(shutil.rmtree, self.user_data_dir, True)
 
 
+# background clean-ups still running; referenced so they are not garbage-collected
+_cleanups: set[asyncio.Task[None]] = set()
+
+
+def proxy_flags(proxy_server: str) -> list[str]:
+    """Send all traffic to ``proxy_server`` (the computer's forwarder, drivers/proxy).
+
+    Chromium never proxies loopback by default; ``<-loopback>`` removes that rule,
+    so pages on 127.0.0.1 take the same route as the rest (and tests can see it).
+    """
+    return [f"--proxy-server={proxy_server}", "--proxy-bypass-list=<-loopback>"]
+
+
 def chromium_command(
     executable: str, user_data_dir: Path, width: int, height: int, headless: bool = True,
-    extra_args: list[str] | None = None,
+    extra_args: list[str] | None = None, proxy_server: str | None = None,
 ) -> list[str]:
     cmd = [executable, *BASE_FLAGS]
+    if proxy_server:
+        cmd += proxy_flags(proxy_server)
     if headless:
         cmd.append("--headless=new")
         cmd.append("--hide-scrollbars")
@@ -125,10 +152,11 @@ async def launch_chromium(
     headless: bool = True,
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    proxy_server: str | None = None,
     timeout: float = 30.0,
 ) -> ChromiumProcess:
     user_data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args)
+    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server)
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd,

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from playwright.async_api import BrowserContext, CDPSession, Page
+from playwright.async_api import BrowserContext, CDPSession, Frame, Page
 
 from opencone.drivers.base import DriverError
 
@@ -33,6 +34,8 @@ class TabRegistry:
         self._pending: set[asyncio.Task[Tab | None]] = set()
         self._inflight: dict[Page, asyncio.Future[Tab]] = {}
         self.main_id: str | None = None
+        # tab events (tab_opened, tab_closed, navigated) for whoever watches the computer
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         context.on("page", self._on_page)
 
     async def adopt_existing(self) -> None:
@@ -79,10 +82,21 @@ class TabRegistry:
         self._tabs[tab.tab_id] = tab
         self._by_page[page] = tab.tab_id
         page.on("close", lambda _p: self.forget(tab.tab_id))
+        page.on("framenavigated", lambda frame: self._navigated(tab, frame))
+        self.emit("tab_opened", tab_id=tab.tab_id, url=page.url)  # before any await: it precedes its navigations
         await self._prepare(tab)
         if self.main_id is None:
             self.main_id = tab.tab_id
         return tab
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):  # a listener's bug must not break the browser
+                listener(kind, fields)
+
+    def _navigated(self, tab: Tab, frame: Frame) -> None:
+        if frame.parent_frame is None and self.listeners:
+            self.emit("navigated", tab_id=tab.tab_id, url=frame.url)
 
     def forget(self, tab_id: str) -> None:
         tab = self._tabs.pop(tab_id, None)
@@ -91,6 +105,7 @@ class TabRegistry:
         self._by_page.pop(tab.page, None)
         if self.main_id == tab_id:
             self.main_id = next(reversed(self._tabs), None)
+        self.emit("tab_closed", tab_id=tab_id)
 
     async def settle(self) -> None:
         """Wait for tabs that are still being registered."""

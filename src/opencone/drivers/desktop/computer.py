@@ -28,11 +28,12 @@ from Xlib import Xatom
 from Xlib import error as xerror
 from Xlib.display import Display as XDisplay
 
-from opencone.drivers.base import ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
 from opencone.drivers.desktop.keyboard import NoSpareKeycode
 from opencone.drivers.desktop.screen import Screen, ScreenSizeError
+from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
 from opencone.drivers.desktop.xserver import XServer, start_xvfb
 from opencone.drivers.processes import kill_group, write_pidfile
@@ -100,6 +101,7 @@ class DesktopComputer:
         self._closing = False
         self._gone_reason: str | None = None
         self._gone_callbacks: list[Callable[[str], None]] = []
+        self._event_callbacks: list[Callable[[str, dict[str, Any]], None]] = []  # the browser's tab events
         self._watch = asyncio.create_task(self._watch_x(), name=f"watch-x{xserver.name}")
 
     # -- life ---------------------------------------------------------------------------
@@ -152,6 +154,14 @@ class DesktopComputer:
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         self._gone_callbacks.append(callback)
+
+    def on_event(self, callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """The tab events of the desktop's browser, whichever browser is running."""
+        self._event_callbacks.append(callback)
+
+    def _forward_event(self, kind: str, fields: dict[str, Any]) -> None:
+        for callback in self._event_callbacks:
+            callback(kind, fields)
 
     def _gone(self, reason: str) -> None:
         if self._closing or self._gone_reason:
@@ -257,6 +267,11 @@ class DesktopComputer:
     async def screenshot(self, quality: int, tab: str | None) -> bytes:
         return await self._xcall(self._xc.screen.jpeg, quality)
 
+    def screencast(self) -> DesktopScreencast:
+        """Frames of the X screen when it changes, and the pointer (see drivers/desktop/screencast.py)."""
+        return DesktopScreencast(self.x_display, self._xcall, lambda: (self._xc.screen.width, self._xc.screen.height),
+                                 lambda: self.alive)
+
     async def set_viewport(self, display: Display) -> None:
         _check_scale(display)
         await self._xcall(self._xc.screen.resize, display.width, display.height)
@@ -274,6 +289,7 @@ class DesktopComputer:
         )
         browser.x_display = self.x_display
         browser.on_gone(lambda _reason: self._browser_gone(browser))
+        browser.on_event(self._forward_event)
         self.browser = browser
         self._record_pids()
         return browser
@@ -350,6 +366,9 @@ class DesktopComputer:
     async def page_context(self, tab: str | None) -> PageContext | None:
         browser = self._open_browser()
         return await browser.page_context(tab) if browser else None
+
+    async def cdp_endpoint(self) -> CdpEndpoint:
+        return await (await self._need_browser()).cdp_endpoint()
 
 
 def _kill_all(victims: list[psutil.Process], timeout: float = 2.0) -> None:

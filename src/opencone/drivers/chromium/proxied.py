@@ -1,0 +1,90 @@
+"""A browser computer whose traffic goes through its own forwarding proxy.
+
+Chromium is launched once with ``--proxy-server`` pointing at a ForwardingProxy
+on 127.0.0.1; ``change_proxy`` only changes the forwarder's upstream, so the
+browser, its tabs and its cookies stay as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Playwright
+
+from opencone.drivers.base import Display, DriverError
+from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.chromium.launcher import proxy_flags
+from opencone.drivers.proxy import ForwardingProxy
+
+
+class ProxiedChromium(ChromiumComputer):
+    proxy: ForwardingProxy | None = None
+
+    @classmethod
+    async def launch_proxied(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display,
+                             *, connect_timeout: float = 10.0, upstream: str | None = None,
+                             **launch: Any) -> ProxiedChromium:
+        forwarder = await ForwardingProxy(upstream, connect_timeout=connect_timeout).start()
+        try:
+            extra = [*(launch.pop("extra_args", None) or []), *proxy_flags(forwarder.url)]
+            computer = await cls.launch(playwright, executable, profile_dir, display, extra_args=extra, **launch)
+        except BaseException:
+            await forwarder.close()
+            raise
+        assert isinstance(computer, ProxiedChromium)
+        computer.proxy = forwarder
+        return computer
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self.proxy is not None:
+                await self.proxy.close()
+
+    async def change_proxy(self, proxy_url: str | None) -> dict[str, Any]:
+        """Switch the upstream (None or "" = direct); the browser is not restarted."""
+        assert self.proxy is not None
+        try:
+            self.proxy.set_upstream(proxy_url)
+        except ValueError as exc:
+            raise DriverError(f"invalid proxy_url: {exc}") from None
+        return self.proxy_status()
+
+    def proxy_status(self) -> dict[str, Any]:
+        """For the computer's status: the route (password masked) and the bytes through it."""
+        if self.proxy is None:
+            return {"upstream": None, "bytes_sent": 0, "bytes_received": 0}
+        s = self.proxy.stats()
+        return {"upstream": s["upstream"], "bytes_sent": s["bytes_sent"], "bytes_received": s["bytes_received"]}
+
+    async def navigate(self, url: str, timeout: float, tab: str | None) -> None:
+        """As the base class, with the error a browser without the forwarder would give.
+
+        A failed CONNECT reaches Playwright only as net::ERR_TUNNEL_CONNECTION_FAILED,
+        and a failed plain-http request as the forwarder's 502 page, which loads fine;
+        the forwarder knows the real cause (ERR_CONNECTION_REFUSED, the upstream's answer…).
+        """
+        started = time.monotonic()
+        try:
+            await super().navigate(url, timeout, tab)
+        except DriverError as exc:
+            if "net::ERR_" in str(exc):
+                await self._settle_error_page(tab)
+            failure = self.proxy.failure_for(url, since=started) if self.proxy else None
+            if failure is None:
+                raise
+            raise DriverError(f"navigation to {url} failed: net::{failure.code} ({failure.reason})") from None
+        failure = self.proxy.failure_for(url, since=started) if self.proxy else None
+        if failure is not None:
+            raise DriverError(f"navigation to {url} failed: net::{failure.code} ({failure.reason})")
+
+    async def _settle_error_page(self, tab: str | None) -> None:
+        # Chromium commits its error page a moment after goto fails; a navigation started
+        # before that is "interrupted by another navigation to chrome-error://chromewebdata/".
+        with contextlib.suppress(Exception):
+            t = await self._tab(tab)
+            await t.page.wait_for_url("chrome-error://**", timeout=2000)

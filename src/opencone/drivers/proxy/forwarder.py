@@ -1,0 +1,310 @@
+"""A per-computer forwarding proxy: Chromium talks HTTP proxy to it on 127.0.0.1.
+
+Chromium is started once with ``--proxy-server`` pointing here, and never learns
+where its traffic really goes: ``set_upstream`` changes the route at runtime
+(direct, or an http/https/socks5 upstream) without touching the browser or its tabs.
+
+* CONNECT (https, wss, and ws through Chromium) becomes a tunnel: after the
+  handshake, bytes are copied in 256 KiB reads, counted per read, never inspected.
+* Plain http arrives as an absolute-URI request. It is sent on for exactly one
+  exchange: ``Connection: close`` both ways, so the forwarder never has to find
+  where a response body ends. Costs a new connection per plain-http request.
+* A route that cannot be opened gets ``502 Bad Gateway`` with the reason in the
+  body and in ``X-Opencone-Proxy-Error`` (the Chromium net error it stands for in
+  ``X-Opencone-Net-Error``). Chromium turns a failed CONNECT into
+  net::ERR_TUNNEL_CONNECTION_FAILED and shows a failed plain-http request as the
+  502 page, so the driver asks ``failure_for(url)`` for the real cause.
+* ``set_upstream`` drops the connections opened on the old route (see there).
+
+It runs on the server's event loop: a few µs of Python per 256 KiB chunk, and
+one listening socket per computer while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from opencone.drivers.proxy.dial import READ_LIMIT, UpstreamError, open_proxy, open_route
+from opencone.drivers.proxy.http1 import (
+    Request,
+    closing_response,
+    error_response,
+    forward_head,
+    parse_head,
+    parse_request,
+    status_of,
+)
+from opencone.drivers.proxy.url import UpstreamProxy, parse_proxy_url
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024  # the transport reads up to 256 KiB at a time; match it
+HEAD_TIMEOUT = 30.0  # a client that opens a connection and says nothing is dropped
+
+
+class Failure(NamedTuple):
+    code: str  # a Chromium net error name: ERR_CONNECTION_REFUSED, ERR_PROXY_CONNECTION_FAILED…
+    reason: str
+    at: float  # time.monotonic()
+
+
+class ForwardingProxy:
+    def __init__(self, upstream: str | None = None, *, connect_timeout: float = 10.0,
+                 upstream_tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        """``upstream_tls`` verifies https:// upstream proxies; the system CAs when None."""
+        self._upstream = self._parse(upstream)
+        self.connect_timeout = connect_timeout
+        self._tls = upstream_tls
+        self._host = host
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self._handlers: dict[asyncio.Task[Any], UpstreamProxy | None] = {}
+        self.bytes_sent = 0  # client → destination (request bytes, including heads sent on)
+        self.bytes_received = 0  # destination → client
+        self.connections = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self._recent_errors: dict[str, Failure] = {}  # "host:port" → why its route last failed
+
+    # -- life -------------------------------------------------------------------------
+    async def start(self) -> ForwardingProxy:
+        self._server = await asyncio.start_server(self._handle, self._host, 0, limit=READ_LIMIT, backlog=512)
+        return self
+
+    async def __aenter__(self) -> ForwardingProxy:
+        return await self.start()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "forwarder not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """What to give Chromium as ``--proxy-server``."""
+        return f"http://{self._host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop listening and end every open connection."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        self._drop(lambda _route: True)
+        tasks = list(self._handlers)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None
+
+    # -- route ------------------------------------------------------------------------
+    @staticmethod
+    def _parse(url: str | None) -> UpstreamProxy | None:
+        return parse_proxy_url(url) if url is not None and url.strip() else None
+
+    @property
+    def upstream(self) -> UpstreamProxy | None:
+        return self._upstream
+
+    def set_upstream(self, url: str | None, *, drop_open: bool = True) -> None:
+        """Route new connections through ``url`` (None or "" = direct).
+
+        A bad URL raises ValueError and leaves the route as it was. With
+        ``drop_open`` (the default) connections opened on the old route are closed:
+        Chromium keeps https tunnels alive for minutes and would otherwise go on
+        using the old upstream for those sites. It reconnects through the new one
+        (and retries idempotent requests that fail on a reused connection); a
+        transfer in flight at that moment fails. ``drop_open=False`` lets them finish.
+        """
+        new = self._parse(url)
+        if new == self._upstream:
+            return
+        self._upstream = new
+        self._recent_errors.clear()
+        if drop_open:
+            self._drop(lambda route: route != new)
+
+    def _drop(self, which: Any) -> None:
+        for task, route in list(self._handlers.items()):
+            if which(route):
+                task.cancel()
+
+    def error_for(self, url: str, since: float | None = None) -> str | None:
+        failure = self.failure_for(url, since)
+        return failure.reason if failure else None
+
+    def failure_for(self, url: str, since: float | None = None) -> Failure | None:
+        """Why the last connection to this URL's host:port failed here, if it did
+        (and, with ``since``, did at or after that ``time.monotonic()``).
+
+        Chromium reports a failed CONNECT only as net::ERR_TUNNEL_CONNECTION_FAILED;
+        the driver asks this to say why. Keyed by host:port because Chromium also
+        makes background requests whose failures must not be blamed on a page.
+        """
+        parts = urlsplit(url)
+        if not parts.hostname:
+            return None
+        try:
+            port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+        except ValueError:
+            return None
+        found = self._recent_errors.get(f"{parts.hostname}:{port}")
+        if found is None or (since is not None and found.at < since):
+            return None
+        return found
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "upstream": self._upstream.masked if self._upstream else None,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "connections": self.connections,
+            "open_connections": len(self._handlers),
+            "errors": self.errors,
+            "last_error": self.last_error,
+        }
+
+    # -- one client connection ----------------------------------------------------------
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closed:  # accepted just before close(): nothing may start now
+            writer.close()
+            return
+        route = self._upstream  # fixed for this connection's life
+        self._handlers[task] = route
+        self.connections += 1
+        try:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+                req = parse_request(raw)
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                return
+            except asyncio.LimitOverrunError:
+                writer.write(error_response("431 Request Header Fields Too Large", "request head too large"))
+                return
+            except ValueError as exc:
+                writer.write(error_response("400 Bad Request", str(exc)))
+                return
+            try:
+                if req.method == "CONNECT":
+                    await self._tunnel(req, reader, writer, route)
+                else:
+                    await self._forward(req, reader, writer, route)
+            except UpstreamError as exc:
+                self._fail(writer, exc, f"{req.host}:{req.port}")
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # a peer went away, or close() / a route change ended this connection
+        finally:
+            self._handlers.pop(task, None)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    def _fail(self, writer: asyncio.StreamWriter, exc: UpstreamError, target: str) -> None:
+        reason = str(exc)
+        self.errors += 1
+        self.last_error, self.last_error_at = reason, time.time()
+        self._recent_errors.pop(target, None)
+        self._recent_errors[target] = Failure(exc.code, reason, time.monotonic())
+        if len(self._recent_errors) > 64:
+            del self._recent_errors[next(iter(self._recent_errors))]
+        log.info("proxy %s: %s", self.port if self._server else "?", reason)
+        if not writer.is_closing():
+            writer.write(error_response("502 Bad Gateway", reason, exc.code))
+
+    async def _tunnel(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      route: UpstreamProxy | None) -> None:
+        r_reader, r_writer = await open_route(route, req.host, req.port, timeout=self.connect_timeout,
+                                              tls=self._tls_for(route))
+        self._recent_errors.pop(f"{req.host}:{req.port}", None)
+        try:
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for w in (writer, r_writer):  # room for a whole chunk in flight before drain() waits
+                w.transport.set_write_buffer_limits(high=4 * CHUNK, low=CHUNK)
+            await asyncio.gather(self._pump(reader, r_writer, True), self._pump(r_reader, writer, False))
+        finally:
+            r_writer.close()
+
+    async def _forward(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       route: UpstreamProxy | None) -> None:
+        via_proxy = route is not None and not route.is_socks
+        if route is not None and via_proxy:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    r_reader, r_writer = await open_proxy(route, self._tls_for(route))
+            except TimeoutError:
+                raise UpstreamError(f"timed out after {self.connect_timeout:g} s connecting to "
+                                    f"upstream proxy {route.masked}", "ERR_PROXY_CONNECTION_FAILED") from None
+        else:
+            r_reader, r_writer = await open_route(route, req.host, req.port, timeout=self.connect_timeout,
+                                                  tls=self._tls_for(route))
+        head = forward_head(req, absolute=via_proxy, proxy_auth=route.basic_auth() if route and via_proxy else None)
+        r_writer.write(head)
+        self.bytes_sent += len(head)
+        self._recent_errors.pop(f"{req.host}:{req.port}", None)
+        body = asyncio.create_task(self._pump(reader, r_writer, True))  # a request body, if any
+        try:
+            await self._relay_response(req, r_reader, writer, route if via_proxy else None)
+        finally:
+            body.cancel()
+            r_writer.close()
+
+    async def _relay_response(self, req: Request, r_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                              proxy: UpstreamProxy | None) -> None:
+        where = f"upstream proxy {proxy.masked}" if proxy else f"{req.host}:{req.port}"
+        try:
+            response = parse_head(await r_reader.readuntil(b"\r\n\r\n"))
+            status = status_of(response)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise UpstreamError(f"{where} closed the connection without answering", "ERR_EMPTY_RESPONSE") from None
+            writer.write(exc.partial)  # not HTTP/1.x: hand over what came, then stop
+            self.bytes_received += len(exc.partial)
+            return
+        except (asyncio.LimitOverrunError, ValueError):
+            raise UpstreamError(f"{where} sent a malformed response head", "ERR_INVALID_HTTP_RESPONSE") from None
+        if proxy is not None and status == 407:
+            why = "rejected the credentials" if proxy.username else "requires credentials (user:password@)"
+            raise UpstreamError(f"upstream proxy {proxy.masked} {why} (407)")
+        out = closing_response(response)
+        writer.write(out)
+        self.bytes_received += len(out)
+        await self._pump(r_reader, writer, False)
+
+    def _tls_for(self, route: UpstreamProxy | None) -> ssl.SSLContext | None:
+        if route is None or route.scheme != "https":
+            return None
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, outgoing: bool) -> None:
+        """Copy until EOF, then pass the EOF on (half-close) where the transport can."""
+        try:
+            while True:
+                data = await src.read(CHUNK)
+                if not data:
+                    break
+                dst.write(data)
+                if outgoing:
+                    self.bytes_sent += len(data)
+                else:
+                    self.bytes_received += len(data)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+            else:
+                dst.close()  # TLS cannot half-close: end the tunnel
+        except (ConnectionError, OSError):
+            dst.close()
