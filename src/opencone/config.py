@@ -100,6 +100,23 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How long a computer's proxy waits to reach its upstream before a 502."
     )
 
+    # -- saved environments of persistent computers (core/environments.py) --
+    environment_storage_cap_bytes: int = Field(
+        default=5 * 1024**3, ge=0,
+        description="Saved-environment storage per organisation; a persistent create at or over it is a 422.",
+    )
+    environment_save_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Longest one save may take (also bounds a server shutdown)."
+    )
+    environment_save_grace_seconds: float = Field(
+        default=5.0, ge=0, description="How long Chromium gets to exit cleanly (flush its profile) before a save."
+    )
+    test_save_delay_seconds: float = Field(
+        default=0.0, ge=0,
+        description="TEST ONLY: sleep this long between writing a save's temporary file and renaming it, so "
+                    "tests can kill the server mid-save. Leave at 0.",
+    )
+
     @field_validator("advanced_proxy_url")
     @classmethod
     def _check_advanced_proxy_url(cls, value: str | None) -> str | None:

@@ -200,6 +200,8 @@ class ComputerService:
         self.on_end: list[Callable[[str], Awaitable[None]]] = []
         # (computer, action, request_id=...) -> result
         self.run_command: Callable[..., Awaitable[CommandResult]] | None = None
+        # saved state of persistent computers (core/environments.py), set by the runtime
+        self.environments: Any = None
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -250,6 +252,9 @@ class ComputerService:
         if spec.kind == "desktop" and spec.display.scale != 1:
             raise InvalidInput("display.scale must be 1 for a desktop (an X screen has no device scale)",
                                field="display.scale")
+        if spec.kind != "browser" and spec.options.get("stealth"):
+            raise InvalidInput("stealth options are for browser computers; a desktop's browser runs as it is",
+                               field="stealth")
         if not 1 <= spec.max_lifetime_seconds <= s.max_lifetime_cap_seconds:
             raise InvalidInput(
                 f"max_lifetime_seconds must be between 1 and {s.max_lifetime_cap_seconds}",
@@ -263,6 +268,8 @@ class ComputerService:
 
     async def create(self, org_id: str, spec: CreateSpec) -> ComputerView:
         self.validate_spec(spec)
+        if self.environments is not None:
+            await self.environments.check_create(org_id, spec)
         if len(self._live) + self._starting >= self.settings.max_computers:
             raise LimitReached(
                 f"this server runs at most {self.settings.max_computers} computers at once; "
@@ -273,10 +280,18 @@ class ComputerService:
         try:
             try:
                 factory = self._factories[spec.kind]
-                if spec.options.get("use_advanced_proxy"):
+                if spec.environment_id and spec.kind == "browser" and self.environments is not None:
+                    driver = await self.environments.launch_browser(spec)  # a restored profile
+                elif spec.options.get("use_advanced_proxy"):
                     driver = await factory.create(spec.display, use_advanced_proxy=True)  # type: ignore[call-arg]
                 else:
                     driver = await factory.create(spec.display)
+                if spec.options.get("stealth") and hasattr(driver, "configure_stealth"):
+                    try:  # a pool browser gets its computer's stealth options (drivers/chromium/stealth.py)
+                        await driver.configure_stealth(spec.options["stealth"])
+                    except BaseException:
+                        await driver.close()
+                        raise
             except ServiceError:
                 raise
             except Exception as exc:
@@ -285,6 +300,8 @@ class ComputerService:
             now = self._clock.now()
             comp = LiveComputer(new_id("comp"), org_id, spec.kind, driver, spec, now, now)
             try:
+                if spec.environment_id and spec.kind == "desktop" and self.environments is not None:
+                    await self.environments.restore_desktop(comp)
                 await self._insert(comp)
             except BaseException:
                 await driver.close()
@@ -333,6 +350,8 @@ class ComputerService:
         comp.ending = True
         comp.terminated_at = self._clock.now()
         comp.termination_reason = reason.value
+        if comp.spec.persistent and self.environments is not None:
+            await self.environments.save(comp)  # before the browser is killed; bounded, never raises
         try:
             await comp.driver.close()
         except Exception:
@@ -371,9 +390,10 @@ class ComputerService:
             raise NotFound(f"no computer {computer_id!r}")
         return _view_of(row)
 
-    async def list(self, org_id: str, kind: str = "live") -> list[ComputerView]:
+    async def list(self, org_id: str, kind: str = "live", context_id: str | None = None) -> list[ComputerView]:
         if kind == "live":
-            views = [c.view() for c in self._live.values() if c.org_id == org_id and not c.ending]
+            views = [c.view() for c in self._live.values() if c.org_id == org_id and not c.ending
+                     and (context_id is None or c.spec.context_id == context_id)]
             return sorted(views, key=lambda v: v.created_at)
         async with self._sessions() as s:
             rows = (await s.execute(

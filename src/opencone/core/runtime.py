@@ -10,6 +10,7 @@ from opencone.config import Settings
 from opencone.core.accounts import Accounts
 from opencone.core.clock import Clock, SystemClock
 from opencone.core.computers import ComputerService
+from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
 from opencone.core.exec import ExecService
 from opencone.core.files import FileStore
@@ -52,6 +53,8 @@ class Runtime:
         sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network)
         self.screencasts = ScreencastService(self.computers)
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
+        self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)
+        self.computers.environments = self.environments
         self.first_key: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -66,6 +69,7 @@ class Runtime:
             await self.accounts.ensure_key(self.settings.api_key)
         elif not await self.accounts.has_keys():
             self.first_key = await self.accounts.create_key(name="first-start")
+        await self.environments.start()
         await self.computers.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="file-sweeper")
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
 from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
+from opencone.api.wire.environments import environment_response
 from opencone.core.clock import iso
 
 router = APIRouter(tags=["computers"])
@@ -25,10 +26,33 @@ async def create_computer(request: Request, body: ComputerCreate | None = None,
 
 @router.get("/computers")
 async def list_computers(request: Request, type: Literal["live", "persistent"] = Query("live"),
+                         context_id: str | None = Query(None, max_length=256),
                          org: str = Depends(current_org)) -> list[dict[str, Any]]:
-    views = await runtime(request).computers.list(org, type)
+    rt = runtime(request)
+    if type == "persistent":  # the saved environments (core/environments.py)
+        return [environment_response(e) for e in await rt.environments.list(org, context_id)]
+    views = await rt.computers.list(org, type, context_id)
     base = base_url(request)
     return [computer_response(v, base) for v in views]
+
+
+@router.get("/environments")
+async def list_environments(request: Request, context_id: str | None = Query(None, max_length=256),
+                            org: str = Depends(current_org)) -> list[dict[str, Any]]:
+    return [environment_response(e) for e in await runtime(request).environments.list(org, context_id)]
+
+
+@router.get("/environments/{environment_id}")
+async def retrieve_environment(environment_id: str, request: Request,
+                               org: str = Depends(current_org)) -> dict[str, Any]:
+    return environment_response(await runtime(request).environments.get(org, environment_id))
+
+
+@router.delete("/environments/{environment_id}", status_code=204)
+async def delete_environment(environment_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    """Delete a saved environment and its stored state; 404 when it is not this organisation's."""
+    await runtime(request).environments.delete(org, environment_id)
+    return Response(status_code=204)
 
 
 @router.get("/computers/{computer_id}")

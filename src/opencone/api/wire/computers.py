@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from opencone.api.wire.stealth import StealthIn
 from opencone.config import Settings
 from opencone.core.clock import iso
 from opencone.core.computers import ComputerView, CreateSpec
@@ -31,17 +32,28 @@ class ComputerCreate(BaseModel):
     persistent: bool = False
     environment_id: str | None = Field(default=None, max_length=64)
     context_id: str | None = Field(default=None, max_length=256)
-    stealth: dict[str, Any] | None = None
+    stealth: StealthIn | None = None  # strict: an unknown key is a 422 (api/wire/stealth.py)
     use_advanced_proxy: bool = False
     timeout_seconds: int | None = Field(default=None, ge=1, description="Deprecated: max_lifetime_seconds")
     auto_kill: bool | None = Field(default=None, description="Deprecated: idle_timeout_enabled")
 
+    @model_validator(mode="after")
+    def _scale_agrees(self) -> ComputerCreate:
+        dsf = self.stealth.device_scale_factor if self.stealth else None
+        scale = self.display.scale if self.display else None
+        if dsf is not None and scale is not None and dsf != scale:
+            raise ValueError(f"stealth.device_scale_factor ({dsf:g}) and display.scale ({scale:g}) disagree; "
+                             "set one of them (device_scale_factor is display.scale)")
+        return self
+
     def to_spec(self, settings: Settings) -> CreateSpec:
         d = self.display or DisplayIn()
+        if d.scale is None and self.stealth is not None and self.stealth.device_scale_factor is not None:
+            d = DisplayIn(width=d.width, height=d.height, scale=self.stealth.device_scale_factor)
         idle = self.idle_timeout_enabled if self.idle_timeout_enabled is not None else self.auto_kill
         options: dict[str, Any] = {}
         if self.stealth is not None:
-            options["stealth"] = self.stealth
+            options["stealth"] = self.stealth.options()
         if self.use_advanced_proxy:
             options["use_advanced_proxy"] = True
         return CreateSpec(

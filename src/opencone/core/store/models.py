@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -68,3 +68,19 @@ class ComputerRecord(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class EnvironmentRecord(Base):
+    """The saved state of a persistent computer (core/environments.py); its id is that computer's id."""
+
+    __tablename__ = "environments"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    saved_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    path: Mapped[str] = mapped_column(String(1024))
+    context_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    saved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the computer that saved it last
+    last_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)

@@ -19,6 +19,9 @@ from playwright.async_api import Error as PlaywrightError
 from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
 from opencone.drivers.chromium.launcher import ChromiumProcess, launch_chromium
 from opencone.drivers.chromium.screencast import ChromiumScreencast
+from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
+from opencone.drivers.chromium.stealth import StealthConfig
+from opencone.drivers.chromium.stealth import apply as apply_stealth
 from opencone.drivers.chromium.tabs import Tab, TabRegistry
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ class ChromiumComputer:
         # a headless browser gets its viewport from emulation; a headful one in a desktop
         # keeps its real window size
         self.emulate_viewport = emulate_viewport
+        # a headless browser computer is stealth by default (drivers/chromium/stealth.py);
+        # a desktop's own browser (None) is left as it is
+        self.stealth: StealthConfig | None = DEFAULT_STEALTH if emulate_viewport else None
+        self._stealth_scripts: dict[str, str] = {}  # tab id -> its init script's identifier
+        self._version: tuple[str, str] | None = None  # (product, user agent) from Browser.getVersion
         self.tabs = TabRegistry(context, self._prepare_tab)
         self._closing = False
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -119,14 +127,40 @@ class ChromiumComputer:
         return await self.tabs.get(tab)
 
     async def _prepare_tab(self, tab: Tab) -> None:
-        if self.emulate_viewport:
+        if self.stealth is not None:
+            await asyncio.gather(self._emulate(tab), self._stealth(tab))
+        elif self.emulate_viewport:
             await self._emulate(tab)
 
+    async def _stealth(self, tab: Tab) -> None:
+        assert self.stealth is not None
+        if self._version is None:
+            v = await tab.cdp.send("Browser.getVersion")
+            self._version = (v["product"], v["userAgent"])
+        script = await apply_stealth(tab.cdp, self.stealth, *self._version, self._stealth_scripts.get(tab.tab_id))
+        if script is None:
+            self._stealth_scripts.pop(tab.tab_id, None)
+        else:
+            self._stealth_scripts[tab.tab_id] = script
+
+    async def configure_stealth(self, options: dict[str, object] | None) -> None:
+        """Apply a computer's ``stealth`` options to a (pool) browser: its tabs now, new tabs later."""
+        if not self.emulate_viewport:
+            return
+        self.stealth = StealthConfig.from_options(options)
+        await self.tabs.settle()
+        for tab in self.tabs.all():
+            await asyncio.gather(self._emulate(tab), self._stealth(tab))
+
     async def _emulate(self, tab: Tab) -> None:
+        if not self.emulate_viewport:
+            return
         d = self.display
+        screen = self.stealth.screen if self.stealth is not None and self.stealth.screen else None
+        sw, sh = screen or (d.width, d.height)
         await tab.cdp.send("Emulation.setDeviceMetricsOverride", {
             "width": d.width, "height": d.height, "deviceScaleFactor": d.scale, "mobile": False,
-            "screenWidth": d.width, "screenHeight": d.height,
+            "screenWidth": sw, "screenHeight": sh,
         })
 
     def _css(self, v: float) -> float:

@@ -64,6 +64,23 @@ class BrowserFactory:
             raise
         return computer
 
+    def new_profile_dir(self) -> Path:
+        """A fresh, unused profile directory under the run dir (for a restored profile)."""
+        return self._run_dir / f"browser-{secrets.token_hex(6)}"
+
+    async def create_with_profile(self, display: Display, profile: Path, *,
+                                  use_advanced_proxy: bool = False) -> ChromiumComputer:
+        """A browser launched cold on ``profile`` (a restored one): never from the warm pool."""
+        assert self._playwright is not None, "factory not started"
+        if use_advanced_proxy and not self.advanced_proxy_url:
+            raise DriverError("use_advanced_proxy needs an advanced proxy, and this server has none configured "
+                              "(set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)")
+        return await ProxiedChromium.launch_proxied(
+            self._playwright, self._executable, profile, Display(display.width, display.height, display.scale),
+            connect_timeout=self._proxy_connect_timeout,
+            upstream=self.advanced_proxy_url if use_advanced_proxy else None,
+        )
+
     async def stop(self) -> None:
         await self.pool.close()
         if self._playwright is not None:

@@ -54,6 +54,9 @@ BASE_FLAGS = [
     "--metrics-recording-only",
     "--mute-audio",
     "--force-color-profile=srgb",
+    # navigator.webdriver false from the first document on (stealth, drivers/chromium/stealth.py);
+    # a computer with stealth {"enabled": false} gets it back per tab (Emulation.setAutomationOverride)
+    "--disable-blink-features=AutomationControlled",
     f"--disable-features={DISABLED_FEATURES}",
 ]
 

@@ -1,0 +1,314 @@
+"""Saved environments: the state of a ``persistent`` computer, kept after it ends.
+
+When a persistent computer ends (delete, expiry, server shutdown) its state is
+packed into one archive, ``<data_dir>/environments/<env_id>.tar``:
+
+- browser: the Chromium profile (cookies, localStorage, IndexedDB, service
+  workers, history), after Chromium has exited cleanly; caches are left out
+  (drivers/chromium/profiles.py);
+- desktop: the home directory and the ``/workspace`` of its exec sandbox.
+
+The environment's id is the id of the computer that first saved it. A computer
+created with ``environment_id`` starts from that state; if it is persistent as
+well, its state replaces the saved one when it ends (under the same id),
+otherwise the saved state is left as it was.
+
+Saving is atomic: the archive is written to a temporary file in the same
+directory, fsynced, then renamed over the previous one, so a crash or kill at
+any moment leaves either the previous complete state or the new complete
+state. Temporary files left by a crash are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import tarfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from opencone.config import Settings
+from opencone.core.clock import Clock
+from opencone.core.errors import Conflict, InvalidInput, NotFound, StartFailed
+from opencone.core.store.models import EnvironmentRecord
+from opencone.drivers.chromium import profiles
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_SUFFIX = ".tar"
+_TMP_MARK = ".tmp-"
+SAVED = "saved"
+
+Keep = Callable[[Path, bool], bool]
+
+
+def _keep_all(_relative: Path, _is_dir: bool) -> bool:
+    return True
+
+
+# -- archives (blocking; run in a thread) ---------------------------------------------------
+def pack(sources: dict[str, tuple[Path, Keep]], dest: Path) -> int:
+    """Write ``sources`` (archive prefix -> (dir, filter)) to ``dest`` and fsync it; return its size."""
+    with open(dest, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for prefix, (root, keep) in sources.items():
+                tar.add(root, arcname=prefix, recursive=False)
+                if not root.is_dir():
+                    continue
+                for dirpath, dirnames, filenames in os.walk(root):
+                    here = Path(dirpath)
+                    rel_dir = here.relative_to(root)
+                    dirnames[:] = [d for d in dirnames if keep(rel_dir / d, True)]
+                    for name in [*dirnames, *filenames]:
+                        path = here / name
+                        is_dir = name in dirnames
+                        if not is_dir and not keep(rel_dir / name, False):
+                            continue
+                        try:
+                            tar.add(path, arcname=f"{prefix}/{rel_dir / name}", recursive=False)
+                        except (FileNotFoundError, PermissionError):
+                            continue  # gone or unreadable meanwhile (a live desktop's files)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return dest.stat().st_size
+
+
+def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None  # skip, never write outside ``dest``
+
+
+def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None = None) -> None:
+    """Extract the ``prefix/`` part of ``archive`` into ``dest`` (made if missing)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, mode="r") as tar:
+        members = []
+        for m in tar.getmembers():
+            if m.name == prefix or not m.name.startswith(prefix + "/"):
+                continue
+            m.name = m.name[len(prefix) + 1:]
+            members.append(m)
+        tar.extractall(dest, members=members, filter=_safe)
+    if owner is not None:
+        for dirpath, dirnames, filenames in os.walk(dest):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in [*dirnames, *filenames])]:
+                with contextlib.suppress(OSError):
+                    os.lchown(name, *owner)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def environment_dict(row: EnvironmentRecord) -> dict[str, Any]:
+    return {
+        "id": row.id, "kind": row.kind, "status": SAVED, "created_at": row.created_at, "saved_at": row.saved_at,
+        "size_bytes": row.size_bytes, "context_id": row.context_id, "saved_by": row.saved_by,
+        "last_error": row.last_error,
+    }
+
+
+class EnvironmentService:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker,  # type: ignore[type-arg]
+                 clock: Clock, browsers: Any, workspaces: Any) -> None:
+        self.settings = settings
+        self.root = (settings.data_dir / "environments").resolve()
+        self._sessions = sessions
+        self._clock = clock
+        self._browsers = browsers
+        self._workspaces = workspaces
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        """Make the directory; drop temporary files a crashed save left behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in self.root.iterdir():
+            if _TMP_MARK in path.name:
+                log.warning("removing %s, left by an interrupted save", path.name)
+                path.unlink(missing_ok=True)
+
+    def path(self, env_id: str) -> Path:
+        return self.root / f"{env_id}{ARCHIVE_SUFFIX}"
+
+    # -- records --------------------------------------------------------------------------
+    async def _get(self, org_id: str, env_id: str) -> EnvironmentRecord | None:
+        async with self._sessions() as s:
+            row = await s.get(EnvironmentRecord, env_id)
+        return row if row is not None and row.org_id == org_id else None
+
+    async def get(self, org_id: str, env_id: str) -> dict[str, Any]:
+        row = await self._get(org_id, env_id)
+        if row is None:
+            raise NotFound(f"no saved environment {env_id!r}", field="environment_id")
+        return environment_dict(row)
+
+    async def usage(self, org_id: str) -> int:
+        async with self._sessions() as s:
+            total = (await s.execute(
+                select(func.coalesce(func.sum(EnvironmentRecord.size_bytes), 0))
+                .where(EnvironmentRecord.org_id == org_id)
+            )).scalar_one()
+        return int(total)
+
+    async def list(self, org_id: str, context_id: str | None = None) -> list[dict[str, Any]]:
+        q = select(EnvironmentRecord).where(EnvironmentRecord.org_id == org_id)
+        if context_id is not None:
+            q = q.where(EnvironmentRecord.context_id == context_id)
+        async with self._sessions() as s:
+            rows = (await s.execute(q.order_by(EnvironmentRecord.created_at))).scalars().all()
+        return [environment_dict(r) for r in rows]
+
+    async def delete(self, org_id: str, env_id: str) -> None:
+        async with self._lock(env_id):
+            if await self._get(org_id, env_id) is None:
+                raise NotFound(f"no saved environment {env_id!r}")
+            async with self._sessions() as s, s.begin():
+                await s.execute(delete(EnvironmentRecord).where(EnvironmentRecord.id == env_id))
+            self.path(env_id).unlink(missing_ok=True)
+        log.info("environment %s deleted", env_id)
+
+    def _lock(self, env_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(env_id, asyncio.Lock())
+
+    # -- create ---------------------------------------------------------------------------
+    async def check_create(self, org_id: str, spec: Any) -> None:
+        """Before anything starts: the environment exists for this org and fits; the org has room."""
+        if spec.environment_id is not None:
+            row = await self._get(org_id, spec.environment_id)
+            if row is None:
+                raise NotFound(f"no saved environment {spec.environment_id!r}; list them with "
+                               "GET /computers?type=persistent", field="environment_id")
+            if row.kind != spec.kind:
+                raise InvalidInput(f"environment {row.id} is a saved {row.kind}, not a {spec.kind}",
+                                   field="environment_id")
+            if not self.path(row.id).is_file():
+                raise Conflict(f"the saved state of environment {row.id} is missing on this server",
+                               field="environment_id")
+        if spec.persistent:
+            cap = self.settings.environment_storage_cap_bytes
+            used = await self.usage(org_id)
+            if used >= cap:
+                raise InvalidInput(
+                    f"saved environments of this organisation use {used} bytes, at or over the cap of {cap} "
+                    "bytes (OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES); delete some with "
+                    "DELETE /environments/{id} before creating a persistent computer",
+                    field="persistent", used_bytes=used, cap_bytes=cap,
+                )
+
+    async def launch_browser(self, spec: Any) -> Any:
+        """A browser on a fresh copy of the saved profile (cold: a pool browser has its own profile)."""
+        profile = self._browsers.new_profile_dir()
+        archive = self.path(spec.environment_id)
+        try:
+            await asyncio.to_thread(unpack, archive, "profile", profile)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, profile, True)
+            raise
+        computer = await self._browsers.create_with_profile(
+            spec.display, profile, use_advanced_proxy=bool(spec.options.get("use_advanced_proxy")))
+        await profiles.restore_session_cookies(computer)
+        return computer
+
+    async def restore_desktop(self, comp: Any) -> None:
+        """Put a saved home and /workspace into a just-created desktop."""
+        from opencone.drivers.sandbox.workspaces import sandbox_ids
+
+        archive = self.path(comp.spec.environment_id)
+        home = comp.driver.workdir / "home"
+        owner = sandbox_ids()
+        try:
+            await asyncio.to_thread(unpack, archive, "home", home, owner)
+            workspace = self._workspaces.ensure(comp.id)
+            await asyncio.to_thread(unpack, archive, "workspace", workspace, owner)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self._workspaces.remove(comp.id)
+            log.exception("restoring environment %s into %s failed", comp.spec.environment_id, comp.id)
+            raise StartFailed(f"could not restore environment {comp.spec.environment_id}: {exc}") from exc
+
+    # -- save -----------------------------------------------------------------------------
+    async def save(self, comp: Any) -> None:
+        """Save ``comp``'s state under its environment id, bounded in time; errors are logged."""
+        env_id = comp.spec.environment_id or comp.id
+        try:
+            async with asyncio.timeout(self.settings.environment_save_timeout_seconds):
+                await self._save(comp, env_id)
+        except Exception as exc:
+            log.exception("saving computer %s into environment %s failed", comp.id, env_id)
+            await self._record_error(env_id, f"save from {comp.id} failed: {exc or type(exc).__name__}")
+
+    async def _sources(self, comp: Any) -> dict[str, tuple[Path, Keep]]:
+        if comp.kind == "browser":
+            profile = await profiles.stop_for_save(comp.driver, self.settings.environment_save_grace_seconds)
+            return {"profile": (profile, profiles.keep)}
+        sources: dict[str, tuple[Path, Keep]] = {"home": (comp.driver.workdir / "home", _keep_all)}
+        workspace = self._workspaces.path(comp.id)
+        if workspace.is_dir():
+            sources["workspace"] = (workspace, _keep_all)
+        return sources
+
+    async def _save(self, comp: Any, env_id: str) -> None:
+        started = asyncio.get_running_loop().time()
+        sources = await self._sources(comp)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{env_id}{ARCHIVE_SUFFIX}{_TMP_MARK}{secrets.token_hex(4)}"
+        try:
+            size = await asyncio.to_thread(pack, sources, tmp)
+            async with self._lock(env_id):
+                async with self._sessions() as s:
+                    row = await s.get(EnvironmentRecord, env_id)
+                others = await self.usage(comp.org_id) - (row.size_bytes if row is not None else 0)
+                cap = self.settings.environment_storage_cap_bytes
+                if others + size > cap:
+                    msg = (f"not saved: {size} bytes would take the organisation to {others + size} bytes, "
+                           f"over its cap of {cap} bytes; the previous state is kept")
+                    log.warning("environment %s (from computer %s): %s", env_id, comp.id, msg)
+                    await self._record_error(env_id, msg)
+                    return
+                if self.settings.test_save_delay_seconds:  # test only: widen the window for a kill
+                    await asyncio.sleep(self.settings.test_save_delay_seconds)
+                final = self.path(env_id)
+                await asyncio.to_thread(os.replace, tmp, final)
+                await asyncio.to_thread(_fsync_dir, self.root)
+                await self._upsert(comp, env_id, size, final)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        log.info("computer %s saved into environment %s: %d bytes in %.0f ms", comp.id, env_id, size,
+                 (asyncio.get_running_loop().time() - started) * 1000)
+
+    async def _upsert(self, comp: Any, env_id: str, size: int, final: Path) -> None:
+        now: datetime = self._clock.now()
+        async with self._sessions() as s, s.begin():
+            row = await s.get(EnvironmentRecord, env_id)
+            if row is None:
+                s.add(EnvironmentRecord(
+                    id=env_id, org_id=comp.org_id, kind=comp.kind, created_at=now, saved_at=now, size_bytes=size,
+                    path=final.name, context_id=comp.spec.context_id, saved_by=comp.id, last_error=None,
+                ))
+            else:
+                row.saved_at, row.size_bytes, row.saved_by, row.last_error = now, size, comp.id, None
+                if comp.spec.context_id is not None:
+                    row.context_id = comp.spec.context_id
+
+    async def _record_error(self, env_id: str, message: str) -> None:
+        with contextlib.suppress(Exception):
+            async with self._sessions() as s, s.begin():
+                row = await s.get(EnvironmentRecord, env_id)
+                if row is not None:
+                    row.last_error = message[:1024]
