@@ -173,3 +173,32 @@ def test_use_advanced_proxy_without_one_configured_is_a_clear_422(tmp_path: Path
             srv.client().computers.create(kind="browser", use_advanced_proxy=True)
     finally:
         srv.stop()
+
+
+def test_a_desktop_routes_its_browser_and_networked_exec_through_its_proxy(
+        tmp_path: Path, net: Net) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_EXEC_NETWORK": "true",
+                                      "OPENCONE_PROXY_CONNECT_TIMEOUT_SECONDS": "2"})
+    try:
+        client = srv.client()
+        comp = client.computers.create(kind="desktop")
+        try:
+            before_a = len(net.a.seen)
+            _loads(client, comp.id, f"{net.site.url}/desktop-direct")
+            assert not any("/desktop-direct" in seen for seen in net.a.seen[before_a:])
+            changed = client.computers.change_proxy(comp.id, proxy_url=net.a_url)
+            assert changed.status == "success", changed.error_message
+            _loads(client, comp.id, f"{net.site.url}/desktop-via-a")
+            assert f"GET {net.site.url}/desktop-via-a" in net.a.seen[before_a:]
+            # a shell command with network goes the same way (curl honours http_proxy)
+            out = client.computers.exec.sync(
+                comp.id, command=f"curl -s -o /dev/null -w '%{{http_code}}' {net.site.url}/desktop-exec")
+            assert out.stdout == "200", (out.stdout, out.stderr)
+            assert f"GET {net.site.url}/desktop-exec" in net.a.seen[before_a:]
+            with srv.http() as http:
+                proxy = http.get(f"/computers/{comp.id}/status").json()["proxy"]
+            assert proxy["upstream"].startswith("http://alice:***@") and proxy["bytes_received"] > 0
+        finally:
+            client.computers.delete(comp.id)
+    finally:
+        srv.stop()

@@ -230,8 +230,12 @@ class ExecService:
         try:
             workspace = self._sandbox.workspace(comp.id)
             _check_cwd(workspace, req.cwd)
+            env = req.env
+            proxy_env = getattr(comp.driver, "proxy_env", None)
+            if self._sandbox.network and callable(proxy_env):
+                env = {**proxy_env(), **req.env}  # the computer's own route, unless the request says otherwise
             execution = await self._sandbox.spawn(
-                comp.id, req.command, cwd=req.cwd, env=req.env, timeout=req.timeout_seconds,
+                comp.id, req.command, cwd=req.cwd, env=env, timeout=req.timeout_seconds,
                 x_display=display_number(getattr(comp.driver, "x_display", None)), max_output_bytes=limit,
             )
         except SandboxUnavailable as exc:

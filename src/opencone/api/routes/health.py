@@ -21,4 +21,5 @@ async def health(request: Request) -> dict[str, Any]:
         "computers": rt.computers.live_count,
         "max_computers": rt.settings.max_computers,
         "warm_browsers": rt.browsers.pool.ready_count,
+        "warm_desktops": rt.desktops.pool.ready_count,
     }

@@ -18,9 +18,10 @@ from opencone.drivers.base import Display, DriverError
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
 from opencone.drivers.proxy import ForwardingProxy
+from opencone.drivers.proxy.control import RoutedThroughProxy
 
 
-class ProxiedChromium(ChromiumComputer):
+class ProxiedChromium(RoutedThroughProxy, ChromiumComputer):
     proxy: ForwardingProxy | None = None
 
     @classmethod
@@ -44,22 +45,6 @@ class ProxiedChromium(ChromiumComputer):
         finally:
             if self.proxy is not None:
                 await self.proxy.close()
-
-    async def change_proxy(self, proxy_url: str | None) -> dict[str, Any]:
-        """Switch the upstream (None or "" = direct); the browser is not restarted."""
-        assert self.proxy is not None
-        try:
-            self.proxy.set_upstream(proxy_url)
-        except ValueError as exc:
-            raise DriverError(f"invalid proxy_url: {exc}") from None
-        return self.proxy_status()
-
-    def proxy_status(self) -> dict[str, Any]:
-        """For the computer's status: the route (password masked) and the bytes through it."""
-        if self.proxy is None:
-            return {"upstream": None, "bytes_sent": 0, "bytes_received": 0}
-        s = self.proxy.stats()
-        return {"upstream": s["upstream"], "bytes_sent": s["bytes_sent"], "bytes_received": s["bytes_received"]}
 
     async def navigate(self, url: str, timeout: float, tab: str | None) -> None:
         """As the base class, with the error a browser without the forwarder would give.

@@ -30,6 +30,7 @@ from Xlib.display import Display as XDisplay
 
 from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
 from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.chromium.launcher import proxy_flags
 from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
 from opencone.drivers.desktop.keyboard import NoSpareKeycode
 from opencone.drivers.desktop.screen import Screen, ScreenSizeError
@@ -37,6 +38,8 @@ from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
 from opencone.drivers.desktop.xserver import XServer, start_xvfb
 from opencone.drivers.processes import kill_group, write_pidfile
+from opencone.drivers.proxy.control import RoutedThroughProxy
+from opencone.drivers.proxy.forwarder import ForwardingProxy
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class _XConnection:
             self.display.close()
 
 
-class DesktopComputer:
+class DesktopComputer(RoutedThroughProxy):
     kind = "desktop"
 
     def __init__(self, workdir: Path, pidfile: Path, xserver: XServer, playwright: Playwright,
@@ -103,6 +106,7 @@ class DesktopComputer:
         self._gone_callbacks: list[Callable[[str], None]] = []
         self._event_callbacks: list[Callable[[str, dict[str, Any]], None]] = []  # the browser's tab events
         self._watch = asyncio.create_task(self._watch_x(), name=f"watch-x{xserver.name}")
+        self.proxy: ForwardingProxy | None = None  # the desktop's browser and networked exec go through it
 
     # -- life ---------------------------------------------------------------------------
     @classmethod
@@ -125,6 +129,7 @@ class DesktopComputer:
             desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
             desktop._apps["xterm"] = await start_xterm(xserver.name, workdir / "home")
             desktop._record_pids()
+            desktop.proxy = await ForwardingProxy(None).start()  # direct until change-proxy says otherwise
             # the browser starts alongside: openbox maximizes its window whichever comes up first
             done = await asyncio.gather(desktop._connect(), desktop._start_browser(), return_exceptions=True)
             for outcome in done:
@@ -198,6 +203,9 @@ class DesktopComputer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._thread, self._x.close), 2)
         self._thread.shutdown(wait=False, cancel_futures=True)
+        if self.proxy is not None:
+            with contextlib.suppress(Exception):
+                await self.proxy.close()
         self._pidfile.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 
@@ -285,7 +293,8 @@ class DesktopComputer:
         browser = await ChromiumComputer.launch(
             self._playwright, self._chromium_path, self.workdir / f"chromium-{self._browsers_started}",
             self.display, headless=False, env=x_env(self.x_display, self.workdir), emulate_viewport=False,
-            extra_args=["--window-position=0,0", "--start-maximized", "--test-type"],
+            extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
+                        *(proxy_flags(self.proxy.url) if self.proxy else [])],
         )
         browser.x_display = self.x_display
         browser.on_gone(lambda _reason: self._browser_gone(browser))
