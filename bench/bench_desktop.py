@@ -4,6 +4,7 @@ Run by hand, never in CI (a few minutes; wants a quiet machine):
 
     .venv/bin/python bench/bench_desktop.py             # 20 samples per figure
     .venv/bin/python bench/bench_desktop.py --quick     # smoke run, 5 samples
+    .venv/bin/python bench/bench_desktop.py --actions-only --samples 100   # skip the create rows
 
 API figures are calls of the official ``tzafon`` SDK to a real ``opencone serve``
 process. Raw figures are the same operation done here directly: Xvfb started with
@@ -11,7 +12,15 @@ process. Raw figures are the same operation done here directly: Xvfb started wit
 xterm, a headful Chromium with the same flags, connected over CDP); an mss (XShm) grab
 encoded by simplejpeg; a python-xlib XTest click and 20-character type on a display
 that shows the same page as the server's desktop. Raw and API samples alternate so
-background load hits both alike.
+background load hits both alike. ``--settle MS`` pauses before each sample, as an agent
+leaves time between actions: no sample then pays for the browser still handling the input
+before it, but every process wakes from idle, which on a small VM costs each hop
+(client -> server -> X thread -> Xvfb and back) more than back-to-back calls do.
+
+The "API floor" rows are SDK calls that reach the server and do nothing on the desktop
+(``GET /computers/{id}/status``, ``POST .../keepalive``): the HTTP + SDK + auth cost every
+action pays. The "-floor" column is an action's API p50 minus the status p50 of the same
+run, i.e. what the server adds on top of the raw operation and that round trip.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import subprocess
@@ -52,6 +62,8 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bench</title><
 <body style="font:16px sans-serif;margin:20px"><h1>opencone desktop bench</h1>
 <input id="box" style="position:absolute;left:20px;top:100px;width:600px;height:30px">
 <p style="position:absolute;top:200px">A small static page with an input.</p></body></html>"""
+FLOOR_ROW = "API floor (GET status)"
+ACTION_ROWS = ("screenshot (URL)", "screenshot (base64)", "click", "type 20 chars")
 CLICK_AT = (200, 200)  # page (20..620, 100..130) sits below the browser's ~87 px of tabs and toolbar
 
 
@@ -207,17 +219,22 @@ class Results:
         self.rows.setdefault(row, {"api": [], "raw": []})[side].append(value)
 
     def table(self) -> tuple[str, list[dict[str, Any]]]:
-        head = f"{'operation':34} {'API p50':>9} {'API p95':>9}   {'raw p50':>8} {'raw p95':>8}  {'ratio':>6}"
-        lines = [head + "  raw is (all in ms)", "-" * 110]
+        head = (f"{'operation':34} {'API p50':>9} {'API p95':>9}   {'raw p50':>8} {'raw p95':>8}  {'ratio':>6}"
+                f"  {'-floor':>7}")
+        lines = [head + "  raw is (all in ms)", "-" * 120]
         out = []
+        floor = summary(self.rows.get(FLOOR_ROW, {}).get("api", []))["p50"]
         for row, sides in self.rows.items():
             a, r = summary(sides["api"]), summary(sides["raw"])
             ratio = a["p50"] / r["p50"] if a["p50"] and r["p50"] else None
             cells = [f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in (a["p50"], a["p95"])]
             raw = [f"{v:8.2f}" if v is not None else f"{'-':>8}" for v in (r["p50"], r["p95"])]
             rtxt = f"{ratio:6.1f}" if ratio else f"{'-':>6}"
-            lines.append(f"{row:34} {cells[0]} {cells[1]}   {raw[0]} {raw[1]}  {rtxt}  {self.raw_label.get(row, '')}")
-            out.append({"operation": row, "api_ms": a, "raw_ms": r, "ratio_p50": ratio,
+            over = a["p50"] - floor if floor is not None and a["p50"] is not None and row in ACTION_ROWS else None
+            otxt = f"{over:7.1f}" if over is not None else f"{'-':>7}"
+            lines.append(f"{row:34} {cells[0]} {cells[1]}   {raw[0]} {raw[1]}  {rtxt}  {otxt}  "
+                         f"{self.raw_label.get(row, '')}")
+            out.append({"operation": row, "api_ms": a, "raw_ms": r, "ratio_p50": ratio, "api_minus_floor_p50": over,
                         "raw_is": self.raw_label.get(row, "")})
         return "\n".join(lines), out
 
@@ -240,9 +257,12 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=20)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-json", action="store_true")
+    ap.add_argument("--actions-only", action="store_true", help="skip the create rows (cold and pool)")
+    ap.add_argument("--settle", type=float, default=0.0, metavar="MS", help="pause before each action sample")
     args = ap.parse_args()
     n = 5 if args.quick else args.samples
     n_create = max(3, n // 2)
+    settle = args.settle / 1000
     executable = Settings().chromium_path
     tmp = Path(tempfile.mkdtemp(prefix="opencone-bench-desktop-"))
     (tmp / "site").mkdir()
@@ -264,8 +284,9 @@ def main() -> int:
     cold = start_server(tmp, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_DESKTOP_POOL_SIZE": "0"})
     try:
         client = cold.client(timeout=120)
-        print(f"cold creates ({n_create}) ...", flush=True)
-        for i in range(n_create + 1):
+        if not args.actions_only:
+            print(f"cold creates ({n_create}) ...", flush=True)
+        for i in range(0 if args.actions_only else n_create + 1):
             t0 = time.perf_counter()
             comp = client.computers.create(kind="desktop")
             api = ms(t0)
@@ -290,26 +311,44 @@ def main() -> int:
         ops = RawOps(desk)
         ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click")
         ops.click()
+        shuffler = random.Random(1)
+        for row in (FLOOR_ROW, "API floor (POST keepalive)", *ACTION_ROWS):  # the table's order
+            res.rows.setdefault(row, {"api": [], "raw": []})
         for i in range(n + 3):
             samples = {
                 "screenshot (URL)": (lambda: ok(client.computers.screenshot(comp.id), "screenshot"), ops.screenshot),
+                FLOOR_ROW: (lambda: client.computers.retrieve_status(comp.id), None),
                 "screenshot (base64)": (lambda: ok(client.computers.screenshot(comp.id, base64=True), "shot"),
                                         ops.screenshot),
+                "API floor (POST keepalive)": (lambda: client.computers.keepalive(comp.id), None),
                 "click": (lambda: ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click"),
                           ops.click),
                 "type 20 chars": (lambda: ok(client.computers.type(comp.id, text=TEXT20), "type"), ops.type20),
             }
-            for row, (api_fn, raw_fn) in samples.items():
-                a, r = timed(api_fn), raw_fn()
+            # 20 typed keys keep both browsers busy for several ms: whichever sample comes next pays
+            # for it (in a fixed order that was always the URL screenshot). A shuffled order spreads it.
+            order = list(samples.items())
+            shuffler.shuffle(order)
+            for row, (api_fn, raw_fn) in order:
+                time.sleep(settle)
+                a = timed(api_fn)
+                time.sleep(settle)
+                r = raw_fn() if raw_fn else None
                 if i >= 3:
                     res.add(row, "api", a)
-                    res.add(row, "raw", r)
+                    if r is not None:
+                        res.add(row, "raw", r)
         ops.close()
         raw.close(desk)
         client.computers.delete(comp.id)
     finally:
         cold.stop()
 
+    if args.actions_only:
+        raw.stop()
+        site.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        return report(res, args, n, load_before)
     warm = start_server(tmp, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_DESKTOP_POOL_SIZE": "1"})
     try:
         client = warm.client(timeout=120)
@@ -332,7 +371,10 @@ def main() -> int:
         raw.stop()
         site.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    return report(res, args, n, load_before)
 
+
+def report(res: Results, args: argparse.Namespace, n: int, load_before: tuple[float, float, float]) -> int:
     text, rows = res.table()
     load_after = loadavg()
     print()
@@ -343,7 +385,8 @@ def main() -> int:
         out = Path(__file__).with_name("results")
         out.mkdir(exist_ok=True)
         path = out / f"desktop-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        path.write_text(json.dumps({"samples": n, "load": [load_before, load_after], "rows": rows}, indent=2))
+        path.write_text(json.dumps({"samples": n, "settle_ms": args.settle, "load": [load_before, load_after],
+                                   "rows": rows}, indent=2))
         print(f"\nwrote {path}")
     return 0
 

@@ -7,13 +7,16 @@ a crash. The config has one workspace (a wheel click on the background never
 switches desktops) and no mouse bindings on application windows: such a
 binding makes openbox grab every click and freeze the pointer until it has
 looked at it, so clicks would reach applications late, after the action
-returned. XInput focuses the clicked window itself instead.
+returned. XInput focuses the clicked window itself instead. Every key binding
+holds Alt, so XInput waits for openbox after a chord only when it holds Alt
+(WM_CHORD_MODIFIERS is read from the config below).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -66,6 +69,25 @@ OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
   </applications>
 </openbox_config>
 """
+
+
+_MODIFIER_NAMES = {"A": "Alt", "M": "Alt", "C": "Control", "S": "Shift", "W": "Meta"}
+
+
+def _wm_chord_modifiers(rc: str) -> frozenset[str] | None:
+    """The modifiers every key binding of ``rc`` holds (canonical names), or None when one holds none."""
+    found: set[str] = set()
+    for key in re.findall(r'<keybind key="([^"]+)"', rc):
+        mods = key.split("-")[:-1]
+        if not mods:
+            return None
+        found.update(_MODIFIER_NAMES.get(m, m) for m in mods)
+    return frozenset(found)
+
+
+# Only a chord holding one of these can be a window manager shortcut (XInput waits for openbox
+# on those alone); None: any chord can
+WM_CHORD_MODIFIERS = _wm_chord_modifiers(OPENBOX_RC)
 
 
 class AppError(RuntimeError):

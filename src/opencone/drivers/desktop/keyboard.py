@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from Xlib import X
 from Xlib.display import Display
@@ -48,8 +48,9 @@ class NoSpareKeycode(RuntimeError):
 
 
 class KeyMap:
-    def __init__(self, display: Display) -> None:
+    def __init__(self, display: Display, on_event: Callable[[object], None] | None = None) -> None:
         self.d = display
+        self._on_event = on_event  # gets the other events this class reads off the connection
         self._where: dict[int, tuple[int, int]] = {}  # keysym -> (keycode, level 0 or 1)
         self._spare: OrderedDict[int, float] = OrderedDict()  # keycode -> last press; LRU first
         self._load()
@@ -129,7 +130,9 @@ class KeyMap:
                              deviceid=self._bounce_device)
         self.d.sync()
         while self.d.pending_events():  # the grabbed key events come to this connection: drop them
-            self.d.next_event()
+            ev = self.d.next_event()
+            if self._on_event is not None:
+                self._on_event(ev)
 
     def pressed(self, keycode: int) -> None:
         if keycode in self._spare:

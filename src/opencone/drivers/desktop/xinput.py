@@ -8,12 +8,20 @@ which returns once the X server has processed the events, so the next action
 A click first asks the window manager to focus the window under the pointer
 and waits until it has (openbox itself binds no clicks on windows: see
 apps.py), so the keys of the next action go where a person would expect.
+The active window (_NET_ACTIVE_WINDOW) is known without asking: the connection
+listens for property changes on the root and reads the property again only
+after it changed, so a click on the window that already has the focus costs
+one round trip (QueryPointer) besides the final sync, and a focus change is
+seen the moment the window manager announces it.
 """
 
 from __future__ import annotations
 
 import math
+import select
 import time
+from collections.abc import Iterable
+from typing import Any
 
 from Xlib import X, Xatom
 from Xlib import error as xerror
@@ -22,6 +30,7 @@ from Xlib.ext import xtest
 from Xlib.protocol import event as xevent
 from Xlib.xobject.drawable import Window
 
+from opencone.drivers.desktop.apps import WM_CHORD_MODIFIERS
 from opencone.drivers.desktop.keyboard import KeyMap
 from opencone.drivers.desktop.keymap import SHIFT, char_keysym, key_keysym, typeable
 
@@ -40,7 +49,7 @@ class XInput:
     def __init__(self, display: Display) -> None:
         self.d = display
         self.root = display.screen().root
-        self.keys = KeyMap(display)
+        self.keys = KeyMap(display, on_event=self._on_event)
         self._held: dict[str, list[int]] = {}  # canonical key -> keycodes pressed for it
         self._clients: dict[int, int | None] = {}  # top-level (frame) window -> its client window
         self._net_active = display.intern_atom("_NET_ACTIVE_WINDOW")
@@ -48,6 +57,11 @@ class XInput:
         self._frame_extents = display.intern_atom("_NET_FRAME_EXTENTS")
         self._request_extents = display.intern_atom("_NET_REQUEST_FRAME_EXTENTS")
         self._probe: Window | None = None  # an unmapped window for wm_sync
+        self._answered = False  # the window manager set the probe's property (wm_sync)
+        # _NET_ACTIVE_WINDOW as last read, and whether a PropertyNotify said it changed since
+        self.root.change_attributes(event_mask=X.PropertyChangeMask)
+        self._active_id = 0
+        self._active_stale = True
 
     # -- keys ---------------------------------------------------------------------------
     def _shift(self) -> int:
@@ -73,7 +87,7 @@ class XInput:
             self._tap(keysym)
             if i % _SYNC_EVERY == _SYNC_EVERY - 1:
                 self.d.sync()
-        self.d.sync()
+        self._sync()
 
     def _down(self, key: str) -> None:
         keycode, level = self.keys.locate(key_keysym(key))
@@ -92,56 +106,99 @@ class XInput:
         for code in reversed(codes):
             xtest.fake_input(self.d, X.KeyRelease, code)
 
+    @staticmethod
+    def _wm_chord(keys: Iterable[str]) -> bool:
+        """Whether held ``keys`` can make a window manager shortcut (its bindings: apps.py)."""
+        return WM_CHORD_MODIFIERS is None or any(k in WM_CHORD_MODIFIERS for k in keys)
+
     def press_keys(self, keys: list[str]) -> None:
         self.keys.prepare(key_keysym(k) for k in keys)
+        wm = len(keys) > 1 and self._wm_chord(keys)  # Control+A is the page's business alone
         done: list[str] = []
         try:
             for key in keys:
                 self._down(key)
                 done.append(key)
-            if len(keys) > 1:
+            if wm:
                 # a window manager shortcut (Alt+Tab) grabs the keyboard when it sees the chord and
                 # ends when it sees the modifier go up: let it grab before the keys go up
                 self.wm_sync()
         finally:
             for key in reversed(done):
                 self._up(key)
-            self.d.sync()
-        if len(keys) > 1:
+            self._sync()
+        if wm:
             self.wm_sync()  # and let it move the focus before the next action types
 
     def wm_sync(self) -> None:
         """Wait until the window manager has handled every event sent before now.
 
         It answers a _NET_REQUEST_FRAME_EXTENTS (for a window of ours that it does not
-        manage) after everything ahead of it in its queue, by setting a property.
+        manage) after everything ahead of it in its queue, by setting a property; the
+        PropertyNotify of that ends the wait.
         """
         if self._probe is None:
-            self._probe = self.root.create_window(-10, -10, 1, 1, 0, X.CopyFromParent)
+            self._probe = self.root.create_window(-10, -10, 1, 1, 0, X.CopyFromParent,
+                                                  event_mask=X.PropertyChangeMask)
         self._probe.delete_property(self._frame_extents)
+        self._drain()  # an answer to an earlier ask that came late must not end this wait
+        self._answered = False
         ask = xevent.ClientMessage(window=self._probe, client_type=self._request_extents,
                                    data=(32, [0, 0, 0, 0, 0]))
         self.root.send_event(ask, event_mask=X.SubstructureRedirectMask | X.SubstructureNotifyMask)
         self.d.flush()
         deadline = time.monotonic() + _FOCUS_WAIT
         while time.monotonic() < deadline:
-            if self._probe.get_full_property(self._frame_extents, X.AnyPropertyType) is not None:
+            self._drain()
+            if self._answered:
                 return
-            time.sleep(0.0005)
+            self._wait_event(deadline)
 
     def key_down(self, key: str) -> None:
         self._down(key)
-        self.d.sync()
+        self._sync()
 
     def key_up(self, key: str) -> None:
+        wm = self._wm_chord([key, *self._held])
         self._up(key)
-        self.d.sync()
-        self.wm_sync()  # the end of a held chord: the window manager may act on it
+        self._sync()
+        if wm:
+            self.wm_sync()  # the end of a held chord: the window manager may act on it
 
     # -- click to focus -----------------------------------------------------------------
+    def _on_event(self, ev: Any) -> None:
+        if getattr(ev, "type", None) != X.PropertyNotify:
+            return
+        if ev.atom == self._net_active:
+            self._active_stale = True
+        elif ev.atom == self._frame_extents and ev.state == X.PropertyNewValue and self._probe is not None \
+                and ev.window.id == self._probe.id:
+            self._answered = True
+
+    def _drain(self) -> None:
+        """Handle the events this connection has received (without waiting for more)."""
+        while self.d.pending_events():
+            self._on_event(self.d.next_event())
+
+    def _sync(self) -> None:
+        """Wait until the X server has processed every request so far; keep the event queue short."""
+        self.d.sync()
+        self._drain()
+
     def _active(self) -> int:
-        prop = self.root.get_full_property(self._net_active, Xatom.WINDOW)
-        return int(prop.value[0]) if prop is not None and len(prop.value) else 0
+        """The window manager's active window. Events that reached the connection are
+        handled first, so this is as fresh as the last reply this connection read."""
+        self._drain()
+        if self._active_stale:
+            self._active_stale = False  # before the read: a change during it marks it stale again
+            prop = self.root.get_full_property(self._net_active, Xatom.WINDOW)
+            self._active_id = int(prop.value[0]) if prop is not None and len(prop.value) else 0
+        return self._active_id
+
+    def _wait_event(self, deadline: float) -> None:
+        """Sleep until the X server sends this connection something, or until ``deadline``."""
+        if not self.d.pending_events():
+            select.select([self.d], [], [], max(0.0, min(deadline - time.monotonic(), 0.05)))
 
     def _client_of(self, frame: object) -> int | None:
         """The managed client window inside a top-level window (the one carrying WM_STATE)."""
@@ -164,7 +221,11 @@ class XInput:
         return found
 
     def _focus_under_pointer(self) -> None:
-        """Ask the window manager to focus and raise the window under the pointer; wait until it has."""
+        """Ask the window manager to focus and raise the window under the pointer; wait until it has.
+
+        The QueryPointer reply comes after every event the server sent before it, so a
+        focus change made meanwhile (Alt+Tab, a new window) is known by the comparison.
+        """
         try:
             child = self.root.query_pointer().child
             if not child:
@@ -178,9 +239,10 @@ class XInput:
             self.d.flush()
             deadline = time.monotonic() + _FOCUS_WAIT
             while self._active() != client and time.monotonic() < deadline:
-                time.sleep(0.002)
+                self._wait_event(deadline)  # openbox announces the change with a PropertyNotify
         except xerror.XError:  # the window went away meanwhile
             self._clients.clear()
+            self._active_stale = True
 
     # -- pointer ------------------------------------------------------------------------
     def _motion(self, x: float, y: float) -> None:
@@ -188,7 +250,7 @@ class XInput:
 
     def move(self, x: float, y: float) -> None:
         self._motion(x, y)
-        self.d.sync()
+        self._sync()
 
     def click(self, x: float, y: float, button: str, count: int) -> None:
         b = BUTTONS[button]
@@ -200,7 +262,7 @@ class XInput:
                 time.sleep(_CLICK_GAP)
             xtest.fake_input(self.d, X.ButtonPress, b)
             xtest.fake_input(self.d, X.ButtonRelease, b)
-        self.d.sync()
+        self._sync()
 
     def button(self, x: float | None, y: float | None, button: str, down: bool) -> None:
         if x is not None and y is not None:
@@ -208,7 +270,7 @@ class XInput:
         if down:
             self._focus_under_pointer()
         xtest.fake_input(self.d, X.ButtonPress if down else X.ButtonRelease, BUTTONS[button])
-        self.d.sync()
+        self._sync()
 
     def drag(self, path: list[tuple[float, float]], button: str) -> None:
         b = BUTTONS[button]
@@ -226,7 +288,7 @@ class XInput:
                 time.sleep(0.002)  # separate motion events, as a hand makes them
             x, y = nx, ny
         xtest.fake_input(self.d, X.ButtonRelease, b)
-        self.d.sync()
+        self._sync()
 
     def scroll(self, x: float, y: float, dx: float, dy: float) -> None:
         self._motion(x, y)
@@ -238,4 +300,4 @@ class XInput:
             for _ in range(clicks):
                 xtest.fake_input(self.d, X.ButtonPress, b)
                 xtest.fake_input(self.d, X.ButtonRelease, b)
-        self.d.sync()
+        self._sync()
