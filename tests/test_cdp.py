@@ -14,14 +14,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import tzafon
-from conftest import Server, page_state
+from conftest import Server, page_state, wait_until
 from playwright.sync_api import Browser, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from tzafon import Lightcone
@@ -29,15 +29,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 NODE_DIR = Path(__file__).with_name("node")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +299,7 @@ def test_policy_rewrites_downloads_and_keeps_uploads_inside_the_computer(tmp_pat
     (files / "escape").symlink_to("/etc/passwd")
     policy = CdpPolicy(str(files))
     v = policy.check(json.dumps({"id": 1, "method": "Browser.setDownloadBehavior",
-                                 "params": {"behavior": "allow", "downloadPath": "/root/.ssh"}}))
+                                 "params": {"behavior": "allow", "downloadPath": "/etc/cron.d"}}))
     assert v.forward is not None and json.loads(v.forward)["params"]["downloadPath"] == str(files.resolve())
     ok = policy.check(json.dumps({"id": 2, "method": "DOM.setFileInputFiles",
                                   "params": {"files": [str(files / "ok.txt")], "nodeId": 1}}))

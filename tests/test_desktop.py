@@ -13,24 +13,15 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
-from conftest import Server, jpeg_size, page_state, start_server
+from conftest import Server, jpeg_size, page_state, start_server, wait_until
 from tzafon import Lightcone
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 class Desk:

@@ -22,19 +22,10 @@ import httpx
 import psutil
 import pytest
 import tzafon
-from conftest import Server, start_server
+from conftest import Server, start_server, wait_until
 from tzafon import Lightcone
 
 from opencone.drivers.sandbox import choose_root
-
-
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def workspace_of(server: Server, computer_id: str) -> Path:

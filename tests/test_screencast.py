@@ -15,13 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, jpeg_size
+from conftest import Server, jpeg_size, wait_until
 from tzafon import Lightcone
 
 FPS_FLOOR = 5.0  # far below the ~60 fps of a quiet machine: a loaded 2-core CI runner must pass it
@@ -84,15 +84,6 @@ class Cast:
         assert wait_until(lambda: len(self.frames(since)) >= n, timeout), \
             f"{len(self.frames(since))} of {n} frames in {timeout}s (error: {self.error!r})"
         return self.frames(since)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
 def decode(frame: Event) -> bytes:
