@@ -57,6 +57,12 @@ async def stop_for_save(computer: Any, grace: float) -> Path:
         cookies = await asyncio.wait_for(computer.context.cookies(), 3)
         (profile / SESSION_COOKIES).write_text(json.dumps(cookies))
     computer._gone_reason = computer._gone_reason or "saved"  # an exit we asked for, not a crash
+    # Close the pages first: that commits their localStorage. Without it a value set just
+    # before the end was lost on SIGTERM about 1 time in 8 on a loaded machine (measured:
+    # 7/8 kept without closing, 16/16 with).
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(
+            asyncio.gather(*(page.close() for page in list(computer.context.pages)), return_exceptions=True), 3)
     # SIGTERM the browser process alone: it shuts its network and storage services down in order,
     # and they flush cookies and localStorage on the way; a signal to the whole group kills them first
     process = computer.process.process
