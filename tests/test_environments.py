@@ -3,14 +3,18 @@
 The browser tests log in on tests/pages/login.html (a cookie, a session cookie,
 localStorage and an IndexedDB record), end the computer, and check a new
 computer created from the environment is still logged in: on the same server,
-after a restart, and after a server killed in the middle of a save.
+after a restart, and after a server killed in the middle of a save. The
+desktop test does the same in a desktop's own browser, and writes a file in its
+home through its terminal and one in /workspace through exec.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -19,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import tzafon
-from conftest import Server, page_state, start_server
+from conftest import Server, page_state, start_server, wait_until
 from tzafon import Lightcone
 
 
@@ -212,20 +216,143 @@ def test_saved_state_survives_a_restart_and_a_kill_during_a_save(tmp_path: Path,
         srv.stop()
 
 
-def test_desktop_workspace_is_saved_and_restored(server: Server, client: Lightcone) -> None:
-    a = client.computers.create(kind="desktop", persistent=True)
+def _desktop_dirs(server: Server) -> set[Path]:
+    return {p for p in (server.data_dir / "run").resolve().glob("desktop-*") if p.is_dir()}
+
+
+def _new_desktop(client: Lightcone, server: Server, **create: Any) -> tuple[str, Path]:
+    """Create a desktop; its id and its home directory on the host (the terminal's HOME)."""
+    before = _desktop_dirs(server)
+    comp = client.computers.create(kind="desktop", **create)
+    [workdir] = _desktop_dirs(server) - before
+    return comp.id, workdir / "home"
+
+
+def _in_terminal(client: Lightcone, cid: str, command: str) -> None:
+    """Type ``command`` into the desktop's xterm, which sits behind its maximized browser."""
+    assert client.computers.hotkey(cid, keys=["alt", "tab"]).status == "success"  # openbox: focus the xterm
+    time.sleep(0.3)
+    assert client.computers.type(cid, text=command + "\n").status == "success"
+
+
+def _read(path: Path) -> str:
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def test_desktop_home_workspace_and_browser_are_saved_and_restored(server: Server, client: Lightcone,
+                                                                   site: str) -> None:
+    a, home_a = _new_desktop(client, server, persistent=True)
     try:
-        res = client.computers.exec.sync(a.id, command="mkdir -p sub && echo kept > sub/note.txt")
-        if res.exit_code != 0:
-            pytest.skip(f"exec is not available here: {res}")
+        assert _state(client, a, site, login="alice")["logged_in"]  # in the desktop's own Chromium
+        _in_terminal(client, a, "echo kept-home > note.txt")
+        assert wait_until(lambda: _read(home_a / "note.txt") == "kept-home", 10), "the terminal did not write"
+        res = client.computers.exec.sync(a, command="mkdir -p sub && echo kept > sub/note.txt")
+        has_exec = res.exit_code == 0  # exec needs bubblewrap; the rest does not
     finally:
-        client.computers.delete(a.id)
-    saved = _saved(client, a.id)
-    assert saved is not None and saved["kind"] == "desktop"
-    b = client.computers.create(kind="desktop", environment_id=a.id)
+        client.computers.delete(a)
+    saved = _saved(client, a)
+    assert saved is not None and saved["kind"] == "desktop" and saved["status"] == "saved", saved
+    archive = _env_dir(server) / f"{a}.tar"
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "home/note.txt" in names and any(n.startswith("browser/") for n in names), names
+
+    # restored: the home file (as the terminal sees it), /workspace, and the browser still logged in
+    b, home_b = _new_desktop(client, server, environment_id=a)
     try:
-        assert client.computers.exec.sync(b.id, command="cat sub/note.txt").stdout.strip() == "kept"
+        assert _read(home_b / "note.txt") == "kept-home"
+        state = _state(client, b, site)
+        assert state["logged_in"], state
+        assert state["local_storage"] == "alice" and state["cookie"] == "c-alice"
+        assert state["indexed_db"] == "t-alice" and state["session_cookie"] == "s-alice"
+        _in_terminal(client, b, "cat note.txt > seen.txt")
+        assert wait_until(lambda: _read(home_b / "seen.txt") == "kept-home", 10), "the terminal cannot read it"
+        if has_exec:
+            assert client.computers.exec.sync(b, command="cat sub/note.txt").stdout.strip() == "kept"
     finally:
-        client.computers.delete(b.id)
+        client.computers.delete(b)
+
+    # an archive from before desktops saved their browser (no browser/ part) still restores
+    old = archive.with_name("old.tar")
+    with tarfile.open(archive) as src, tarfile.open(old, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src.getmembers():
+            if member.name != "browser" and not member.name.startswith("browser/"):
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    os.replace(old, archive)
+    c, home_c = _new_desktop(client, server, environment_id=a)
+    try:
+        assert _read(home_c / "note.txt") == "kept-home"
+        assert not _state(client, c, site)["logged_in"]  # a fresh browser, working
+    finally:
+        client.computers.delete(c)
     with server.http() as http:
-        assert http.delete(f"/environments/{a.id}").status_code == 204
+        assert http.delete(f"/environments/{a}").status_code == 204
+
+
+def test_a_first_save_over_the_cap_is_shown_and_cannot_be_restored(tmp_path: Path, site: str) -> None:
+    srv = start_server(tmp_path, env={"OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES": "1"})
+    try:
+        client = srv.client()
+        a = client.computers.create(kind="browser", persistent=True, context_id="capped")
+        assert _state(client, a.id, site, login="alice")["logged_in"]
+        client.computers.delete(a.id)
+
+        listed = _saved(client, a.id)
+        assert listed is not None, "a failed first save left no trace"
+        assert listed["status"] == "not_saved" and listed["size_bytes"] == 0 and listed["saved_at"] is None
+        assert listed["kind"] == "browser" and listed["context_id"] == "capped" and listed["endpoints"] == {}
+        assert "cap" in listed["last_error"], listed
+        assert not (_env_dir(srv) / f"{a.id}.tar").exists()
+        with srv.http() as http:
+            got = http.get(f"/environments/{a.id}").json()
+            assert got["status"] == "not_saved" and got["last_error"] == listed["last_error"]
+            assert got.items() <= listed.items()  # the listing (via the SDK) has the same fields, and more None
+            r = http.post("/computers", json={"kind": "browser", "environment_id": a.id})
+            assert r.status_code == 409, r.text
+            assert "nothing was saved" in r.json()["detail"] and "cap" in r.json()["detail"]
+            # nothing stored counts for nothing: a persistent create is still allowed
+            b = http.post("/computers", json={"kind": "browser", "persistent": True}).json()
+            assert http.delete(f"/computers/{b['id']}").status_code == 204
+            assert http.delete(f"/environments/{a.id}").status_code == 204
+            assert http.get(f"/environments/{a.id}").status_code == 404
+        assert not any(p.name.endswith(".tar") for p in _env_dir(srv).iterdir())
+    finally:
+        srv.stop()
+
+
+def test_stray_archives_and_temporary_files_are_removed_at_start(tmp_path: Path, site: str) -> None:
+    data = tmp_path / "data"
+    srv = start_server(_mk(tmp_path / "s1"), data_dir=data)
+    try:
+        client = srv.client()
+        a = client.computers.create(kind="browser", persistent=True)
+        assert _state(client, a.id, site, login="alice")["logged_in"]
+        client.computers.delete(a.id)
+        size = _saved(client, a.id)["size_bytes"]  # type: ignore[index]
+    finally:
+        srv.stop()
+
+    envs = data / "environments"
+    kept = envs / f"{a.id}.tar"
+    # a save renamed into place just before a crash: the archive is newer than its row's size
+    with open(kept, "ab") as f:
+        f.write(b"\0" * 10240)
+    stray = [envs / "comp_neverrecorded.tar", envs / f"{a.id}.tar.tmp-0123abcd", envs / "comp_x.tar.tmp-ffff0000"]
+    for path in stray:
+        path.write_bytes(b"half a save")
+    other = envs / "notes.txt"  # not ours to judge: left alone
+    other.write_text("keep me")
+
+    srv = start_server(_mk(tmp_path / "s2"), data_dir=data)
+    try:
+        assert not [p.name for p in stray if p.exists()]
+        assert kept.is_file() and other.read_text() == "keep me"
+        client = srv.client()
+        assert _saved(client, a.id)["size_bytes"] == size + 10240  # type: ignore[index]
+        b = client.computers.create(kind="browser", environment_id=a.id)
+        try:
+            assert _state(client, b.id, site)["local_storage"] == "alice"
+        finally:
+            client.computers.delete(b.id)
+    finally:
+        srv.stop()

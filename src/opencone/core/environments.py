@@ -6,17 +6,25 @@ packed into one archive, ``<data_dir>/environments/<env_id>.tar``:
 - browser: the Chromium profile (cookies, localStorage, IndexedDB, service
   workers, history), after Chromium has exited cleanly; caches are left out
   (drivers/chromium/profiles.py);
-- desktop: the home directory and the ``/workspace`` of its exec sandbox.
+- desktop: the home directory, the ``/workspace`` of its exec sandbox, and
+  the profile of the desktop's own Chromium (saved as for a browser, when that
+  browser is running at the end; an archive from before has no ``browser``
+  part and restores with a fresh browser).
 
 The environment's id is the id of the computer that first saved it. A computer
 created with ``environment_id`` starts from that state; if it is persistent as
 well, its state replaces the saved one when it ends (under the same id),
-otherwise the saved state is left as it was.
+otherwise the saved state is left as it was. When a computer's first save
+fails (over the storage cap, a timeout) the environment is still recorded, with
+no archive, size 0, status ``not_saved`` and ``last_error`` saying why, so the
+user sees it; creating a computer from it is a 409.
 
 Saving is atomic: the archive is written to a temporary file in the same
 directory, fsynced, then renamed over the previous one, so a crash or kill at
 any moment leaves either the previous complete state or the new complete
-state. Temporary files left by a crash are removed at the next start.
+state. At the next start, temporary files left by a crash are removed, and so
+is an archive renamed into place just before a crash that left it without a
+database row (its computer's end never finished; nobody can restore it).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ log = logging.getLogger(__name__)
 ARCHIVE_SUFFIX = ".tar"
 _TMP_MARK = ".tmp-"
 SAVED = "saved"
+NOT_SAVED = "not_saved"  # a first save failed: the row carries the reason, there is no archive
 
 Keep = Callable[[Path, bool], bool]
 
@@ -89,8 +98,9 @@ def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         return None  # skip, never write outside ``dest``
 
 
-def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None = None) -> None:
-    """Extract the ``prefix/`` part of ``archive`` into ``dest`` (made if missing)."""
+def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None = None) -> int:
+    """Extract the ``prefix/`` part of ``archive`` into ``dest`` (made if missing); return how many
+    entries it had (0: the archive has no such part)."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, mode="r") as tar:
         members = []
@@ -105,6 +115,7 @@ def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None
             for name in [dirpath, *(os.path.join(dirpath, n) for n in [*dirnames, *filenames])]:
                 with contextlib.suppress(OSError):
                     os.lchown(name, *owner)
+    return len(members)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -115,11 +126,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def has_state(row: EnvironmentRecord) -> bool:
+    """Whether anything was ever saved: an archive is never 0 bytes (tar's end blocks alone are 1 KiB)."""
+    return row.size_bytes > 0
+
+
 def environment_dict(row: EnvironmentRecord) -> dict[str, Any]:
+    saved = has_state(row)
     return {
-        "id": row.id, "kind": row.kind, "status": SAVED, "created_at": row.created_at, "saved_at": row.saved_at,
-        "size_bytes": row.size_bytes, "context_id": row.context_id, "saved_by": row.saved_by,
-        "last_error": row.last_error,
+        "id": row.id, "kind": row.kind, "status": SAVED if saved else NOT_SAVED, "created_at": row.created_at,
+        "saved_at": row.saved_at if saved else None, "size_bytes": row.size_bytes, "context_id": row.context_id,
+        "saved_by": row.saved_by, "last_error": row.last_error,
     }
 
 
@@ -135,12 +152,35 @@ class EnvironmentService:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
-        """Make the directory; drop temporary files a crashed save left behind."""
+        """Make the directory and clean up after a crash (the database is migrated by now).
+
+        Removed: temporary files of interrupted saves, and archives without a row (renamed
+        into place by a save whose row was never written). An archive whose row exists is
+        kept even if the row's size is stale (the crash fell between the rename and the row
+        update); its size is corrected so the storage cap counts what is on disk.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
+        async with self._sessions() as s:
+            rows = {r.id: r.size_bytes for r in (await s.execute(select(EnvironmentRecord))).scalars()}
+        sizes: dict[str, int] = {}
         for path in self.root.iterdir():
             if _TMP_MARK in path.name:
                 log.warning("removing %s, left by an interrupted save", path.name)
                 path.unlink(missing_ok=True)
+            elif path.name.endswith(ARCHIVE_SUFFIX) and path.is_file():
+                env_id = path.name[: -len(ARCHIVE_SUFFIX)]
+                if env_id not in rows:
+                    log.warning("removing %s: no environment records it (a save cut short by a crash)", path.name)
+                    path.unlink(missing_ok=True)
+                elif (size := path.stat().st_size) != rows[env_id]:
+                    sizes[env_id] = size
+        if sizes:
+            async with self._sessions() as s, s.begin():
+                for env_id, size in sizes.items():
+                    row = await s.get(EnvironmentRecord, env_id)
+                    if row is not None:
+                        log.warning("environment %s: size %d -> %d bytes, as on disk", env_id, row.size_bytes, size)
+                        row.size_bytes = size
 
     def path(self, env_id: str) -> Path:
         return self.root / f"{env_id}{ARCHIVE_SUFFIX}"
@@ -196,6 +236,10 @@ class EnvironmentService:
             if row.kind != spec.kind:
                 raise InvalidInput(f"environment {row.id} is a saved {row.kind}, not a {spec.kind}",
                                    field="environment_id")
+            if not has_state(row):
+                raise Conflict(f"environment {row.id} cannot be restored: nothing was saved: {row.last_error}; "
+                               f"delete it with DELETE /environments/{row.id}", field="environment_id",
+                               last_error=row.last_error)
             if not self.path(row.id).is_file():
                 raise Conflict(f"the saved state of environment {row.id} is missing on this server",
                                field="environment_id")
@@ -225,16 +269,25 @@ class EnvironmentService:
         return computer
 
     async def restore_desktop(self, comp: Any) -> None:
-        """Put a saved home and /workspace into a just-created desktop."""
+        """Put a saved home, /workspace and browser profile into a just-created desktop."""
         from opencone.drivers.sandbox.workspaces import sandbox_ids
 
         archive = self.path(comp.spec.environment_id)
-        home = comp.driver.workdir / "home"
+        desktop = comp.driver
+        home = desktop.workdir / "home"
         owner = sandbox_ids()
         try:
             await asyncio.to_thread(unpack, archive, "home", home, owner)
             workspace = self._workspaces.ensure(comp.id)
             await asyncio.to_thread(unpack, archive, "workspace", workspace, owner)
+            # the browser runs as the server's user, so its profile keeps our ownership
+            profile = desktop.workdir / "chromium-saved"
+            if await asyncio.to_thread(unpack, archive, "browser", profile):
+                # the desktop came with a browser on a fresh profile: swap it for one on the saved profile
+                browser = await desktop.restart_browser_with_profile(profile)
+                await profiles.restore_session_cookies(browser)
+            else:  # saved before desktops saved their browser, or with the browser closed
+                await asyncio.to_thread(shutil.rmtree, profile, True)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 self._workspaces.remove(comp.id)
@@ -250,7 +303,7 @@ class EnvironmentService:
                 await self._save(comp, env_id)
         except Exception as exc:
             log.exception("saving computer %s into environment %s failed", comp.id, env_id)
-            await self._record_error(env_id, f"save from {comp.id} failed: {exc or type(exc).__name__}")
+            await self._record_error(comp, env_id, f"save from {comp.id} failed: {exc or type(exc).__name__}")
 
     async def _sources(self, comp: Any) -> dict[str, tuple[Path, Keep]]:
         if comp.kind == "browser":
@@ -260,6 +313,12 @@ class EnvironmentService:
         workspace = self._workspaces.path(comp.id)
         if workspace.is_dir():
             sources["workspace"] = (workspace, _keep_all)
+        # the desktop's own Chromium keeps its profile outside the home (drivers/desktop/computer.py);
+        # a browser its user closed took its profile with it, so there is none to save then
+        browser = comp.driver.browser
+        if browser is not None and browser.alive:
+            profile = await profiles.stop_for_save(browser, self.settings.environment_save_grace_seconds)
+            sources["browser"] = (profile, profiles.keep)
         return sources
 
     async def _save(self, comp: Any, env_id: str) -> None:
@@ -275,10 +334,13 @@ class EnvironmentService:
                 others = await self.usage(comp.org_id) - (row.size_bytes if row is not None else 0)
                 cap = self.settings.environment_storage_cap_bytes
                 if others + size > cap:
-                    msg = (f"not saved: {size} bytes would take the organisation to {others + size} bytes, "
-                           f"over its cap of {cap} bytes; the previous state is kept")
+                    msg = (f"the save from {comp.id} was refused: its {size} bytes would take the organisation to "
+                           f"{others + size} bytes, over its cap of {cap} bytes "
+                           "(OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES)")
+                    if row is not None and has_state(row):
+                        msg += "; the previous state is kept"
                     log.warning("environment %s (from computer %s): %s", env_id, comp.id, msg)
-                    await self._record_error(env_id, msg)
+                    await self._record_error(comp, env_id, msg)
                     return
                 if self.settings.test_save_delay_seconds:  # test only: widen the window for a kill
                     await asyncio.sleep(self.settings.test_save_delay_seconds)
@@ -306,9 +368,19 @@ class EnvironmentService:
                 if comp.spec.context_id is not None:
                     row.context_id = comp.spec.context_id
 
-    async def _record_error(self, env_id: str, message: str) -> None:
-        with contextlib.suppress(Exception):
+    async def _record_error(self, comp: Any, env_id: str, message: str) -> None:
+        """Put a failed save's reason on the environment; on a first save, record the environment
+        itself (no archive, size 0) so the user sees the error instead of nothing."""
+        now: datetime = self._clock.now()
+        try:
             async with self._sessions() as s, s.begin():
                 row = await s.get(EnvironmentRecord, env_id)
                 if row is not None:
                     row.last_error = message[:1024]
+                else:
+                    s.add(EnvironmentRecord(
+                        id=env_id, org_id=comp.org_id, kind=comp.kind, created_at=now, saved_at=now, size_bytes=0,
+                        path="", context_id=comp.spec.context_id, saved_by=comp.id, last_error=message[:1024],
+                    ))
+        except Exception:
+            log.exception("could not record the failed save of environment %s", env_id)

@@ -288,10 +288,16 @@ class DesktopComputer(RoutedThroughProxy):
             await self.browser.set_viewport(self.display)  # no emulation: the window follows the screen
 
     # -- the desktop's browser --------------------------------------------------------------
-    async def _start_browser(self) -> ChromiumComputer:
+    async def _start_browser(self, profile: Path | None = None) -> ChromiumComputer:
+        """Start the desktop's browser on ``profile``, or on a fresh one in the run dir.
+
+        The profile is outside the home directory: the browser runs as the server's user,
+        while under a root server the terminal (and so the home) belongs to nobody. Saved
+        state (core/environments.py) finds it as ``browser.process.user_data_dir``.
+        """
         self._browsers_started += 1
         browser = await ChromiumComputer.launch(
-            self._playwright, self._chromium_path, self.workdir / f"chromium-{self._browsers_started}",
+            self._playwright, self._chromium_path, profile or self.workdir / f"chromium-{self._browsers_started}",
             self.display, headless=False, env=x_env(self.x_display, self.workdir), emulate_viewport=False,
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
                         *(proxy_flags(self.proxy.url) if self.proxy else [])],
@@ -302,6 +308,21 @@ class DesktopComputer(RoutedThroughProxy):
         self.browser = browser
         self._record_pids()
         return browser
+
+    async def restart_browser_with_profile(self, profile: Path) -> ChromiumComputer:
+        """Replace the running browser with one on ``profile`` (a restored, saved profile).
+
+        A desktop always comes with its browser running (launched with it, or warm from
+        the pool) on a fresh profile; Chromium cannot switch profiles, so that one is closed.
+        """
+        async with self._browser_lock:
+            old, self.browser = self.browser, None
+            if old is not None:
+                await old.close()  # closing first: no "gone" callback, and its fresh profile goes
+            try:
+                return await self._start_browser(profile)
+            except Exception as exc:
+                raise DriverError(f"could not start the desktop's browser on its saved profile: {exc}") from exc
 
     def _browser_gone(self, browser: ChromiumComputer) -> None:
         if self.browser is browser:
