@@ -130,6 +130,8 @@ def test_dangerous_commands_are_refused(server: Server, client: Lightcone, comp_
         assert "only" in created["error"]["message"] and "file:" in created["error"]["message"]
         unknown = raw.send("Target.closeTarget", {"targetId": "0123456789ABCDEF0123456789ABCDEF"})
         assert "not part of this computer" in unknown["error"]["message"]
+        own_proxy = raw.send("Target.createBrowserContext", {"proxyServer": "http://127.0.0.1:9"})
+        assert "change-proxy" in own_proxy["error"]["message"]
         picked = raw.send("DOM.setFileInputFiles", {"files": ["/etc/passwd"], "nodeId": 1})
         assert "setFileInputFiles" in picked["error"]["message"]
         [page] = [t for t in raw.send("Target.getTargets")["result"]["targetInfos"] if t["type"] == "page"]

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Server, start_server
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
 from proxy_servers import (
     LoopThread,
     RecordingHttpProxy,
@@ -106,6 +108,29 @@ def test_change_proxy_moves_traffic_in_the_same_tab(proxy_server: Server, net: N
 
         tabs = client.computers.tabs.list(comp.id).result["tabs"]
         assert len(tabs) == 1  # the same tab throughout: the browser was never restarted
+    finally:
+        client.computers.delete(comp.id)
+
+
+def test_a_context_a_cdp_client_creates_goes_through_the_computer_proxy(proxy_server: Server, net: Net) -> None:
+    client = proxy_server.client()
+    comp = client.computers.create(kind="browser")
+    try:
+        res = client.computers.change_proxy(comp.id, proxy_url=net.a_url)
+        assert res.status == "success", res.error_message
+        with sync_playwright() as pw:
+            browser = pw.chromium.connect_over_cdp(
+                f"{proxy_server.base_url}/computers/{comp.id}/cdp?token={proxy_server.api_key}")
+            try:
+                page = browser.new_context().new_page()  # a context of its own, no proxy of its own
+                page.goto(f"{net.site.url}/cdp-context")
+                assert "page /cdp-context" in page.content()
+                with pytest.raises(PlaywrightError, match="change-proxy"):
+                    browser.new_context(proxy={"server": net.b.url("bob", "hunter2")})
+            finally:
+                browser.close()
+        assert f"GET {net.site.url}/cdp-context" in net.a.seen
+        assert not any("cdp-context" in line for line in net.b.seen)
     finally:
         client.computers.delete(comp.id)
 

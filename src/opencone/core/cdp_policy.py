@@ -14,6 +14,9 @@ except what would end the computer or reach past it into the server:
   read the server's files, other computers' profiles included.
 - downloads go to the computer's own files directory whatever path the client
   names, and ``DOM.setFileInputFiles`` may only pick files from there.
+- a browser context may not bring its own proxy (``Target.createBrowserContext``
+  with ``proxyServer``): every context goes through the computer's forwarder,
+  so byte counts and ``change-proxy`` hold for all of its traffic.
 - Chromium itself answers for a ``targetId`` or ``browserContextId`` it does not
   know; the proxy relabels that error to say the id is not part of this computer.
 """
@@ -110,6 +113,11 @@ class CdpPolicy:
         if method in DOWNLOAD_METHODS and "downloadPath" in params:
             msg["params"] = {**params, "downloadPath": self.files_dir}  # the server's disk stays out of reach
             return Verdict(forward=json.dumps(msg))
+        if method == "Target.createBrowserContext" and ("proxyServer" in params or "proxyBypassList" in params):
+            return Verdict(reply=_error(
+                msg, "Target.createBrowserContext: a context may not set its own proxyServer on an opencone "
+                     "computer: every context goes through the computer's proxy; create the context without "
+                     "one and route the computer with POST /computers/{id}/change-proxy"))
         if method == "DOM.setFileInputFiles":
             files = params.get("files")
             if not isinstance(files, list) or not all(_inside(f, self.files_dir) for f in files):
