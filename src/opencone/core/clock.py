@@ -19,5 +19,9 @@ def iso(ts: datetime | None) -> str | None:
     """UTC ISO-8601 with a ``Z`` suffix, millisecond precision: ``2026-11-22T12:00:00.123Z``."""
     if ts is None:
         return None
-    ts = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    elif ts.utcoffset():
+        ts = ts.astimezone(UTC)
+    # isoformat is C code: a third of strftime's cost, and this runs several times per action
+    return ts.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

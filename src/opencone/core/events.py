@@ -30,24 +30,51 @@ TERMINATED = "terminated"
 MAX_EVENT_STRING = 1 << 20  # longer strings in results (html, data URLs) are clipped, so one event fits a queue
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    seq: int | None
-    type: str
-    body: dict[str, Any]
-    frame: bytes  # the whole SSE block, encoded once for every subscriber
+    """One event. Its SSE block is encoded on first use, once for every subscriber: most
+    actions run with nobody subscribed, and then only the replay history keeps them."""
+
+    __slots__ = ("seq", "type", "body", "_frame")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.seq: int | None = body.get("seq")
+        self.type = str(body["type"])
+        self.body = body
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        """The whole SSE block: ``id:`` only for events with a ``seq``; the JSON is one line
+        (json.dumps escapes newlines)."""
+        if self._frame is None:
+            data = json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), default=str)
+            head = f"id: {self.seq}\n" if self.seq is not None else ""
+            self._frame = f"{head}data: {data}\n\n".encode()
+        return self._frame
 
     @property
     def size(self) -> int:
         return len(self.frame)
 
+    @property
+    def weight(self) -> int:
+        """Its size if encoded, else a cheap estimate (for the history's byte bound)."""
+        return len(self._frame) if self._frame is not None else 32 + _estimate(self.body)
+
+
+def _estimate(value: Any) -> int:
+    """Roughly the JSON size of ``value``, without encoding it."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, dict):
+        return sum(len(k) + 4 + _estimate(v) for k, v in value.items()) + 2
+    if isinstance(value, list | tuple):
+        return sum(_estimate(v) + 1 for v in value) + 2
+    return 8
+
 
 def encode(body: dict[str, Any]) -> Event:
-    """An SSE block: ``id:`` only for events with a ``seq``; the JSON is one line (json.dumps escapes newlines)."""
-    data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), default=str)
-    seq = body.get("seq")
-    head = f"id: {seq}\n" if seq is not None else ""
-    return Event(seq, str(body["type"]), body, f"{head}data: {data}\n\n".encode())
+    return Event(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +175,7 @@ class _Channel:
     def __init__(self, computer_id: str) -> None:
         self.computer_id = computer_id
         self.next_seq = 1
-        self.history: deque[Event] = deque()
+        self.history: deque[tuple[Event, int]] = deque()  # with the weight counted for it
         self.history_bytes = 0
         self.subscribers: set[Subscription] = set()
         self.final: Event | None = None
@@ -202,7 +229,7 @@ class EventBus:
             return None
         sub = Subscription(computer_id, self.limits, self._clock)
         if after_seq is not None:
-            kept = [ev for ev in ch.history if ev.seq is not None and ev.seq > after_seq]
+            kept = [ev for ev, _w in ch.history if ev.seq is not None and ev.seq > after_seq]
             oldest = kept[0].seq if kept else ch.next_seq
             assert oldest is not None
             if ch.final is None and oldest - after_seq - 1 > 0:
@@ -242,10 +269,11 @@ class EventBus:
 
     def _remember(self, ch: _Channel, ev: Event) -> None:
         lim = self.limits
-        ch.history.append(ev)
-        ch.history_bytes += ev.size
+        weight = ev.weight
+        ch.history.append((ev, weight))
+        ch.history_bytes += weight
         while ch.history and (len(ch.history) > lim.history_events or ch.history_bytes > lim.history_bytes):
-            ch.history_bytes -= ch.history.popleft().size
+            ch.history_bytes -= ch.history.popleft()[1]
 
 
 def meta(computer_id: str, type: str, clock: Clock, **fields: Any) -> Event:

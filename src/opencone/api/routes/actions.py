@@ -6,12 +6,11 @@ reports; running them is the services' job.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request
 
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
+from opencone.api.json_body import JsonBody
 from opencone.api.wire import actions as w
 from opencone.core import actions as a
 from opencone.core.computers import Step
@@ -20,12 +19,12 @@ router = APIRouter(tags=["actions"])
 
 
 async def _run(request: Request, org: str, computer_id: str, actions: list[a.Action],
-               body: w._Body) -> dict[str, Any]:
+               body: w._Body) -> JsonBody:
     rt = runtime(request)
     step = Step(actions, body.tab_id, body.include_context)
     reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id,
                                          render=w.renderer(rt.files, base_url(request)))
-    return w.action_result(reports[-1], rt.files, base_url(request))
+    return JsonBody(w.action_result(reports[-1], rt.files, base_url(request)))
 
 
 def _pt(b: w.PointBody) -> dict[str, float]:
@@ -34,73 +33,73 @@ def _pt(b: w.PointBody) -> dict[str, float]:
 
 @router.post("/computers/{computer_id}/click")
 async def click(computer_id: str, body: w.PointBody, request: Request,
-                org: str = Depends(current_org)) -> dict[str, Any]:
+                org: str = Depends(current_org)) -> JsonBody:
     return await _run(request, org, computer_id, [w.build("body", {"kind": "click", "at": _pt(body)})], body)
 
 
 @router.post("/computers/{computer_id}/double-click")
 async def double_click(computer_id: str, body: w.PointBody, request: Request,
-                       org: str = Depends(current_org)) -> dict[str, Any]:
+                       org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "click", "at": _pt(body), "count": 2})
     return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/right-click")
 async def right_click(computer_id: str, body: w.PointBody, request: Request,
-                      org: str = Depends(current_org)) -> dict[str, Any]:
+                      org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "click", "at": _pt(body), "button": "right"})
     return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/mouse-down")
 async def mouse_down(computer_id: str, body: w.PointBody, request: Request,
-                     org: str = Depends(current_org)) -> dict[str, Any]:
+                     org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "mouse_down", "at": _pt(body)})
     return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/mouse-up")
 async def mouse_up(computer_id: str, body: w.PointBody, request: Request,
-                   org: str = Depends(current_org)) -> dict[str, Any]:
+                   org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "mouse_up", "at": _pt(body)})
     return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/drag")
 async def drag(computer_id: str, body: w.DragBody, request: Request,
-               org: str = Depends(current_org)) -> dict[str, Any]:
+               org: str = Depends(current_org)) -> JsonBody:
     path = [{"x": body.x1, "y": body.y1}, {"x": body.x2, "y": body.y2}]
     return await _run(request, org, computer_id, [w.build("body", {"kind": "drag", "path": path})], body)
 
 
 @router.post("/computers/{computer_id}/type")
 async def type_text(computer_id: str, body: w.TypeBody, request: Request,
-                    org: str = Depends(current_org)) -> dict[str, Any]:
+                    org: str = Depends(current_org)) -> JsonBody:
     return await _run(request, org, computer_id, [w.build("body", {"kind": "type", "text": body.text})], body)
 
 
 @router.post("/computers/{computer_id}/hotkey")
 async def hotkey(computer_id: str, body: w.HotkeyBody, request: Request,
-                 org: str = Depends(current_org)) -> dict[str, Any]:
+                 org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "press_keys", "keys": body.keys})
     return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/key-down")
 async def key_down(computer_id: str, body: w.KeyBody, request: Request,
-                   org: str = Depends(current_org)) -> dict[str, Any]:
+                   org: str = Depends(current_org)) -> JsonBody:
     return await _run(request, org, computer_id, [w.build("body", {"kind": "key_down", "key": body.key})], body)
 
 
 @router.post("/computers/{computer_id}/key-up")
 async def key_up(computer_id: str, body: w.KeyBody, request: Request,
-                 org: str = Depends(current_org)) -> dict[str, Any]:
+                 org: str = Depends(current_org)) -> JsonBody:
     return await _run(request, org, computer_id, [w.build("body", {"kind": "key_up", "key": body.key})], body)
 
 
 @router.post("/computers/{computer_id}/scroll")
 async def scroll(computer_id: str, body: w.ScrollBody, request: Request,
-                 org: str = Depends(current_org)) -> dict[str, Any]:
+                 org: str = Depends(current_org)) -> JsonBody:
     at = None if body.x is None or body.y is None else {"x": body.x, "y": body.y}
     step = w.build("body", {"kind": "scroll", "at": at, "dx": body.dx, "dy": body.dy})
     return await _run(request, org, computer_id, [step], body)
@@ -108,13 +107,13 @@ async def scroll(computer_id: str, body: w.ScrollBody, request: Request,
 
 @router.post("/computers/{computer_id}/navigate")
 async def navigate(computer_id: str, body: w.NavigateBody, request: Request,
-                   org: str = Depends(current_org)) -> dict[str, Any]:
+                   org: str = Depends(current_org)) -> JsonBody:
     return await _run(request, org, computer_id, [w.build("body", {"kind": "navigate", "url": body.url})], body)
 
 
 @router.post("/computers/{computer_id}/screenshot")
 async def screenshot(computer_id: str, request: Request, body: w.ScreenshotBody | None = None,
-                     org: str = Depends(current_org)) -> dict[str, Any]:
+                     org: str = Depends(current_org)) -> JsonBody:
     body = body or w.ScreenshotBody()
     step = w.build("body", {"kind": "screenshot", "base64": body.base64})
     return await _run(request, org, computer_id, [step], body)
@@ -122,14 +121,14 @@ async def screenshot(computer_id: str, request: Request, body: w.ScreenshotBody 
 
 @router.post("/computers/{computer_id}/html")
 async def html(computer_id: str, request: Request, body: w.HtmlBody | None = None,
-               org: str = Depends(current_org)) -> dict[str, Any]:
+               org: str = Depends(current_org)) -> JsonBody:
     body = body or w.HtmlBody()
     return await _run(request, org, computer_id, [w.build("body", {"kind": "get_html"})], body)
 
 
 @router.post("/computers/{computer_id}/viewport")
 async def viewport(computer_id: str, body: w.ViewportBody, request: Request,
-                   org: str = Depends(current_org)) -> dict[str, Any]:
+                   org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "set_viewport", "width": body.width, "height": body.height,
                             "scale_factor": body.scale_factor})
     return await _run(request, org, computer_id, [step], body)
@@ -137,7 +136,7 @@ async def viewport(computer_id: str, body: w.ViewportBody, request: Request,
 
 @router.post("/computers/{computer_id}/debug")
 async def debug(computer_id: str, body: w.DebugBody, request: Request,
-                org: str = Depends(current_org)) -> dict[str, Any]:
+                org: str = Depends(current_org)) -> JsonBody:
     step = w.build("body", {"kind": "run_command", "command": body.command,
                             "timeout_seconds": body.timeout_seconds,
                             "max_output_length": body.max_output_length})
@@ -146,7 +145,7 @@ async def debug(computer_id: str, body: w.DebugBody, request: Request,
 
 @router.post("/computers/{computer_id}/change-proxy")
 async def change_proxy(computer_id: str, request: Request, body: w.ProxyBody | None = None,
-                       org: str = Depends(current_org)) -> dict[str, Any]:
+                       org: str = Depends(current_org)) -> JsonBody:
     body = body or w.ProxyBody()
     step = w.build("body", {"kind": "change_proxy", "proxy_url": body.proxy_url})
     return await _run(request, org, computer_id, [step], body)
@@ -154,18 +153,18 @@ async def change_proxy(computer_id: str, request: Request, body: w.ProxyBody | N
 
 @router.post("/computers/{computer_id}/execute")
 async def execute(computer_id: str, body: w.ExecuteBody, request: Request,
-                  org: str = Depends(current_org)) -> dict[str, Any]:
+                  org: str = Depends(current_org)) -> JsonBody:
     actions, tab = w.translate(body.action, "action")
     step = Step(actions, tab, body.include_context or bool(body.action.include_context))
     rt = runtime(request)
     reports = await rt.computers.perform(org, computer_id, [step], request_id=body.request_id,
                                          render=w.renderer(rt.files, base_url(request)))
-    return w.action_result(reports[-1], rt.files, base_url(request))
+    return JsonBody(w.action_result(reports[-1], rt.files, base_url(request)))
 
 
 @router.post("/computers/{computer_id}/batch")
 async def batch(computer_id: str, body: w.BatchBody, request: Request,
-                org: str = Depends(current_org)) -> dict[str, Any]:
+                org: str = Depends(current_org)) -> JsonBody:
     """Run ``actions`` in order, stopping at the first error; every result so far is returned.
 
     Every action is translated before any runs, so a malformed one rejects the
@@ -181,11 +180,11 @@ async def batch(computer_id: str, body: w.BatchBody, request: Request,
                                          render=w.renderer(rt.files, base))
     results = [w.action_result(r, rt.files, base) for r in reports]
     failed = next((r for r in results if r["status"] != "success"), None)
-    return {
+    return JsonBody({
         "status": "error" if failed else "success",
         "error_message": failed["error_message"] if failed else None,
         "results": results,
         "completed": sum(r["status"] == "success" for r in results),
         "total": len(body.actions),
         "request_id": body.request_id,
-    }
+    })

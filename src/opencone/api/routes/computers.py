@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
+from opencone.api.json_body import JsonBody
 from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
 from opencone.api.wire.environments import environment_response
 from opencone.core.clock import iso
@@ -57,9 +58,9 @@ async def delete_environment(environment_id: str, request: Request, org: str = D
 
 @router.get("/computers/{computer_id}")
 async def retrieve_computer(computer_id: str, request: Request,
-                            org: str = Depends(current_org)) -> dict[str, Any]:
+                            org: str = Depends(current_org)) -> JsonBody:
     view = await runtime(request).computers.get(org, computer_id)
-    return computer_response(view, base_url(request))
+    return JsonBody(computer_response(view, base_url(request)))
 
 
 @router.delete("/computers/{computer_id}", status_code=204)
@@ -69,13 +70,13 @@ async def delete_computer(computer_id: str, request: Request, org: str = Depends
 
 
 @router.get("/computers/{computer_id}/status")
-async def computer_status(computer_id: str, request: Request, org: str = Depends(current_org)) -> dict[str, Any]:
-    return status_response(await runtime(request).computers.get(org, computer_id))
+async def computer_status(computer_id: str, request: Request, org: str = Depends(current_org)) -> JsonBody:
+    return JsonBody(status_response(await runtime(request).computers.get(org, computer_id)))
 
 
 @router.post("/computers/{computer_id}/keepalive")
-async def keepalive(computer_id: str, request: Request, org: str = Depends(current_org)) -> dict[str, Any]:
+async def keepalive(computer_id: str, request: Request, org: str = Depends(current_org)) -> JsonBody:
     view = await runtime(request).computers.keepalive(org, computer_id)
     body = status_response(view)
     body["message"] = f"idle timer reset; idle until {iso(view.idle_expires_at) or 'never'}"
-    return body
+    return JsonBody(body)
