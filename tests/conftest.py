@@ -1,128 +1,36 @@
 """Shared fixtures: a local web site, and real opencone servers as processes.
 
-Every test drives a real server (``python -m opencone serve``) with real
-Chromium through the official ``tzafon`` SDK or httpx; pages come from a web
-server these fixtures start on 127.0.0.1, so nothing reaches the internet.
+Every test drives a real server (``python -m opencone serve``, started by
+``opencone.testing.start_server``) with real Chromium through the official
+``tzafon`` SDK or httpx; pages come from a web server these fixtures start on
+127.0.0.1, so nothing reaches the internet.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
-import os
 import re
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
 import pytest
-from tzafon import AsyncLightcone, Lightcone
+from tzafon import Lightcone
+
+from opencone.testing import Server, Site, free_port, start_server
+
+__all__ = ["Server", "free_port", "jpeg_size", "page_state", "start_server", "wait_until"]
 
 PAGES = Path(__file__).with_name("pages")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[str]:
     """Base URL of the test pages (tests/pages), served on 127.0.0.1."""
-    handler = functools.partial(_QuietHandler, directory=str(PAGES))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-@dataclass
-class Server:
-    base_url: str
-    api_key: str
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def client(self, **kw: Any) -> Lightcone:
-        return Lightcone(api_key=self.api_key, base_url=self.base_url, max_retries=0, **kw)
-
-    def async_client(self, **kw: Any) -> AsyncLightcone:
-        return AsyncLightcone(api_key=self.api_key, base_url=self.base_url, max_retries=0, **kw)
-
-    def http(self, key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=60,
-                            headers={"authorization": f"Bearer {key or self.api_key}"})
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def chromium_pids(self) -> set[int]:
-        """Live processes whose command line points into this server's run dir."""
-        needle = str((self.data_dir / "run").resolve())
-        pids = set()
-        for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-            with contextlib.suppress(psutil.Error):
-                if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                    continue
-                if any(needle in part for part in proc.info["cmdline"] or []):
-                    pids.add(proc.pid)
-        return pids
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-
-def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 60) -> Server:
-    """Start ``opencone serve`` as a process and wait until /health answers."""
-    port = free_port()
-    data_dir = data_dir or tmp / f"data-{port}"
-    api_key = api_key or f"test-{secrets.token_hex(8)}"
-    log_path = tmp / f"server-{port}.log"
-    full_env = {**os.environ, "OPENCONE_API_KEY": api_key, "OPENCONE_POOL_SIZE": "1", **(env or {})}
-    log_file = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "opencone", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
-    )
-    server = Server(f"http://127.0.0.1:{port}", api_key, data_dir, proc, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.1)
-    server.stop()
-    raise RuntimeError(f"server did not start in {timeout}s:\n{server.log()}")
+    pages = Site(PAGES)
+    yield pages.url
+    pages.close()
 
 
 @pytest.fixture(scope="session")
