@@ -289,6 +289,36 @@ def test_desktop_home_workspace_and_browser_are_saved_and_restored(server: Serve
         assert http.delete(f"/environments/{a}").status_code == 204
 
 
+def _close_browser_window(client: Lightcone, cid: str) -> None:
+    """Close the desktop browser's only window as a user would: Chromium then exits."""
+    assert client.computers.click(cid, x=500, y=400).status == "success"  # focus the page
+    assert client.computers.hotkey(cid, keys=["ctrl", "shift", "w"]).status == "success"
+    assert wait_until(lambda: client.computers.html(cid).status == "error", 15), "the browser did not close"
+
+
+def test_a_closed_desktop_browser_keeps_its_profile_and_it_is_saved(server: Server, client: Lightcone,
+                                                                    site: str) -> None:
+    a, _home = _new_desktop(client, server, persistent=True)
+    try:
+        assert _state(client, a, site, login="alice")["logged_in"]
+        _close_browser_window(client, a)
+        # the next navigate starts the browser again, on the same profile: still logged in
+        assert _state(client, a, site)["logged_in"]
+        _close_browser_window(client, a)  # and the desktop ends with its browser closed
+    finally:
+        client.computers.delete(a)
+    with tarfile.open(_env_dir(server) / f"{a}.tar") as tar:
+        assert any(n.startswith("browser/") for n in tar.getnames())
+    b, _home = _new_desktop(client, server, environment_id=a)
+    try:
+        state = _state(client, b, site)
+        assert state["logged_in"] and state["local_storage"] == "alice", state
+    finally:
+        client.computers.delete(b)
+    with server.http() as http:
+        assert http.delete(f"/environments/{a}").status_code == 204
+
+
 def test_a_first_save_over_the_cap_is_shown_and_cannot_be_restored(tmp_path: Path, site: str) -> None:
     srv = start_server(tmp_path, env={"OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES": "1"})
     try:

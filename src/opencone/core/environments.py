@@ -314,11 +314,14 @@ class EnvironmentService:
         if workspace.is_dir():
             sources["workspace"] = (workspace, _keep_all)
         # the desktop's own Chromium keeps its profile outside the home (drivers/desktop/computer.py);
-        # a browser its user closed took its profile with it, so there is none to save then
-        browser = comp.driver.browser
+        # a running one exits cleanly first, one its user closed left its profile behind as it is
+        desktop = comp.driver
+        browser = desktop.browser
         if browser is not None and browser.alive:
             profile = await profiles.stop_for_save(browser, self.settings.environment_save_grace_seconds)
             sources["browser"] = (profile, profiles.keep)
+        elif desktop.browser_profile.is_dir():
+            sources["browser"] = (desktop.browser_profile, profiles.keep)
         return sources
 
     async def _save(self, comp: Any, env_id: str) -> None:

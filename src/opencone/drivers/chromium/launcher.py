@@ -72,6 +72,7 @@ class ChromiumProcess:
     process: asyncio.subprocess.Process
     ws_url: str
     user_data_dir: Path
+    keep_profile: bool = False  # a desktop's browser: its profile outlives one Chromium (a closed window)
     _drain: asyncio.Task[None] | None = None
 
     @property
@@ -79,7 +80,7 @@ class ChromiumProcess:
         return self.process.pid
 
     async def terminate(self, grace: float = 0.0) -> None:
-        """End Chromium and every process in its group, then drop its profile.
+        """End Chromium and every process in its group, then drop its profile (unless kept).
 
         ``grace`` > 0 lets Chromium flush its profile first (SIGTERM, then SIGKILL).
         With ``grace`` 0 the group is SIGKILLed and is gone when this returns; reaping
@@ -100,7 +101,8 @@ class ChromiumProcess:
             await asyncio.wait_for(self.process.wait(), 2)
         if self._drain:
             self._drain.cancel()
-        await asyncio.to_thread(shutil.rmtree, self.user_data_dir, True)
+        if not self.keep_profile:
+            await asyncio.to_thread(shutil.rmtree, self.user_data_dir, True)
 
 
 # background clean-ups still running; referenced so they are not garbage-collected
@@ -157,6 +159,7 @@ async def launch_chromium(
     extra_args: list[str] | None = None,
     proxy_server: str | None = None,
     timeout: float = 30.0,
+    keep_profile: bool = False,
 ) -> ChromiumProcess:
     user_data_dir.mkdir(parents=True, exist_ok=True)
     cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server)
@@ -186,8 +189,9 @@ async def launch_chromium(
                     break
     except BaseException:
         await kill_group(proc.pid, grace=0.2)
-        await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
+        if not keep_profile:
+            await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
         raise
-    chromium = ChromiumProcess(proc, match.group(1).decode(), user_data_dir)
+    chromium = ChromiumProcess(proc, match.group(1).decode(), user_data_dir, keep_profile)
     chromium._drain = asyncio.create_task(_drain(proc.stderr))
     return chromium

@@ -100,7 +100,9 @@ class DesktopComputer(RoutedThroughProxy):
         self._x: _XConnection | None = None
         self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         self._browser_lock = asyncio.Lock()
-        self._browsers_started = 0
+        # one profile for every browser this desktop starts, as on a real desktop: a user who
+        # closes the window and navigates again finds their cookies (removed with the workdir)
+        self.browser_profile = workdir / "chromium-profile"
         self._closing = False
         self._gone_reason: str | None = None
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -289,18 +291,20 @@ class DesktopComputer(RoutedThroughProxy):
 
     # -- the desktop's browser --------------------------------------------------------------
     async def _start_browser(self, profile: Path | None = None) -> ChromiumComputer:
-        """Start the desktop's browser on ``profile``, or on a fresh one in the run dir.
+        """Start the desktop's browser on its profile (``profile`` becomes it when given).
 
         The profile is outside the home directory: the browser runs as the server's user,
         while under a root server the terminal (and so the home) belongs to nobody. Saved
-        state (core/environments.py) finds it as ``browser.process.user_data_dir``.
+        state (core/environments.py) finds it as ``browser_profile``.
         """
-        self._browsers_started += 1
+        if profile is not None:
+            self.browser_profile = profile
         browser = await ChromiumComputer.launch(
-            self._playwright, self._chromium_path, profile or self.workdir / f"chromium-{self._browsers_started}",
+            self._playwright, self._chromium_path, self.browser_profile,
             self.display, headless=False, env=x_env(self.x_display, self.workdir), emulate_viewport=False,
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
                         *(proxy_flags(self.proxy.url) if self.proxy else [])],
+            keep_profile=True,
         )
         browser.x_display = self.x_display
         browser.on_gone(lambda _reason: self._browser_gone(browser))
@@ -318,7 +322,8 @@ class DesktopComputer(RoutedThroughProxy):
         async with self._browser_lock:
             old, self.browser = self.browser, None
             if old is not None:
-                await old.close()  # closing first: no "gone" callback, and its fresh profile goes
+                await old.close()  # closing first: no "gone" callback
+                await asyncio.to_thread(shutil.rmtree, old.process.user_data_dir, True)  # its fresh profile
             try:
                 return await self._start_browser(profile)
             except Exception as exc:
