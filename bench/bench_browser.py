@@ -257,8 +257,13 @@ def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: in
         ]
         for name, api_op, raw_op in ops:
             for i in range(warmup + samples):
-                a = timed(api_op)
-                r = raw.run(raw_op())
+                # alternate which side goes first, so neither always follows the other's work
+                if i % 2:
+                    r = raw.run(raw_op())
+                    a = timed(api_op)
+                else:
+                    a = timed(api_op)
+                    r = raw.run(raw_op())
                 if i >= warmup:
                     res.add(name, "api", a)
                     res.add(name, "raw", r)
