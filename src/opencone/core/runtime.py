@@ -85,4 +85,5 @@ class Runtime:
         await self.screencasts.stop()
         await self.computers.stop()
         self.exec.stop()
+        await asyncio.to_thread(self.files.close)
         await self.engine.dispose()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from opencone.api.deps import runtime
 from opencone.core.errors import NotFound
@@ -12,9 +12,12 @@ router = APIRouter(tags=["files"])
 
 
 @router.get("/files/{token}")
-async def get_file(token: str, request: Request) -> FileResponse:
-    found = runtime(request).files.open(token)
-    if found is None:
+async def get_file(token: str, request: Request) -> Response:
+    blob = runtime(request).files.open(token)
+    if blob is None:
         raise NotFound("unknown or expired file link; take a new screenshot")
-    path, media_type = found
-    return FileResponse(path, media_type=media_type, headers={"cache-control": "private, max-age=3600"})
+    headers = {"cache-control": "private, max-age=3600"}
+    if blob.data is not None:  # just taken: its file is still being written
+        return Response(blob.data, media_type=blob.media_type, headers=headers)
+    assert blob.path is not None
+    return FileResponse(blob.path, media_type=blob.media_type, headers=headers)
