@@ -20,8 +20,7 @@ from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverErro
 from opencone.drivers.chromium.launcher import ChromiumProcess, launch_chromium
 from opencone.drivers.chromium.screencast import ChromiumScreencast
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
-from opencone.drivers.chromium.stealth import StealthConfig
-from opencone.drivers.chromium.stealth import apply as apply_stealth
+from opencone.drivers.chromium.stealth import StealthConfig, StealthTargets
 from opencone.drivers.chromium.tabs import Tab, TabRegistry
 
 log = logging.getLogger(__name__)
@@ -62,8 +61,7 @@ class ChromiumComputer:
         # a headless browser computer is stealth by default (drivers/chromium/stealth.py);
         # a desktop's own browser (None) is left as it is
         self.stealth: StealthConfig | None = DEFAULT_STEALTH if emulate_viewport else None
-        self._stealth_scripts: dict[str, str] = {}  # tab id -> its init script's identifier
-        self._version: tuple[str, str] | None = None  # (product, user agent) from Browser.getVersion
+        self.stealth_targets: StealthTargets | None = None  # applies self.stealth to every target
         self.tabs = TabRegistry(context, self._prepare_tab)
         self._closing = False
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -81,6 +79,8 @@ class ChromiumComputer:
             browser = await playwright.chromium.connect_over_cdp(process.ws_url)
             context = browser.contexts[0] if browser.contexts else await browser.new_context()
             computer = cls(process, browser, context, display, emulate_viewport)
+            if computer.stealth is not None:  # before any tab: popups and workers get it before they run
+                computer.stealth_targets = await StealthTargets.start(process.ws_url, context, computer.stealth)
             await computer.tabs.adopt_existing()
             if not computer.tabs.all():
                 await computer.tabs.register(await context.new_page())
@@ -114,6 +114,8 @@ class ChromiumComputer:
             return
         self._closing = True
         await self.process.terminate()  # kill first: a graceful Browser.close costs ~100 ms
+        if self.stealth_targets is not None:
+            await self.stealth_targets.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.browser.close(), 2)
 
@@ -127,21 +129,8 @@ class ChromiumComputer:
         return await self.tabs.get(tab)
 
     async def _prepare_tab(self, tab: Tab) -> None:
-        if self.stealth is not None:
-            await asyncio.gather(self._emulate(tab), self._stealth(tab))
-        elif self.emulate_viewport:
-            await self._emulate(tab)
-
-    async def _stealth(self, tab: Tab) -> None:
-        assert self.stealth is not None
-        if self._version is None:
-            v = await tab.cdp.send("Browser.getVersion")
-            self._version = (v["product"], v["userAgent"])
-        script = await apply_stealth(tab.cdp, self.stealth, *self._version, self._stealth_scripts.get(tab.tab_id))
-        if script is None:
-            self._stealth_scripts.pop(tab.tab_id, None)
-        else:
-            self._stealth_scripts[tab.tab_id] = script
+        # (stealth is not the tab's: self.stealth_targets applied it before the tab ran)
+        await self._emulate(tab)
 
     async def configure_stealth(self, options: dict[str, object] | None) -> None:
         """Apply a computer's ``stealth`` options to a (pool) browser: its tabs now, new tabs later."""
@@ -149,8 +138,10 @@ class ChromiumComputer:
             return
         self.stealth = StealthConfig.from_options(options)
         await self.tabs.settle()
+        if self.stealth_targets is not None:
+            await self.stealth_targets.configure(self.stealth)
         for tab in self.tabs.all():
-            await asyncio.gather(self._emulate(tab), self._stealth(tab))
+            await self._emulate(tab)
 
     async def _emulate(self, tab: Tab) -> None:
         if not self.emulate_viewport:
@@ -158,10 +149,11 @@ class ChromiumComputer:
         d = self.display
         screen = self.stealth.screen if self.stealth is not None and self.stealth.screen else None
         sw, sh = screen or (d.width, d.height)
-        await tab.cdp.send("Emulation.setDeviceMetricsOverride", {
-            "width": d.width, "height": d.height, "deviceScaleFactor": d.scale, "mobile": False,
-            "screenWidth": sw, "screenHeight": sh,
-        })
+        metrics = {"width": d.width, "height": d.height, "deviceScaleFactor": d.scale, "mobile": False,
+                   "screenWidth": sw, "screenHeight": sh}
+        if self.stealth_targets is not None:  # a popup's first document gets them too
+            self.stealth_targets.page_metrics = metrics
+        await tab.cdp.send("Emulation.setDeviceMetricsOverride", metrics)
 
     def _css(self, v: float) -> float:
         """Screenshot pixels to CSS pixels."""

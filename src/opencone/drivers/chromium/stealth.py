@@ -2,14 +2,52 @@
 
 Process-wide, the launcher passes ``--disable-blink-features=AutomationControlled``
 (``navigator.webdriver`` is false from the first document on, popups included).
-Per tab, at registration, ``apply`` sends a handful of pipelined CDP commands:
+The rest is applied per target by ``StealthTargets``, a CDP connection of its own
+to the browser that auto-attaches (``Target.setAutoAttach`` with
+``waitForDebuggerOnStart``) to every page, popup, out-of-process iframe and worker
+and, the moment one is announced, queues its overrides and then its
+``Runtime.runIfWaitingForDebugger`` (so a target is never left paused, whatever
+the overrides answer):
 
-- ``Emulation.setUserAgentOverride``: the browser's own user agent with
-  ``HeadlessChrome`` → ``Chrome``, matching ``userAgentMetadata`` (so
-  ``navigator.userAgentData`` agrees) and ``acceptLanguage`` (``navigator.languages``
-  and the ``Accept-Language`` header);
-- ``Page.addScriptToEvaluateOnNewDocument`` (``runImmediately``): ``INIT_SCRIPT``;
-- when asked for: ``Emulation.setLocaleOverride`` and ``Emulation.setTimezoneOverride``.
+- pages and iframes: ``Emulation.setUserAgentOverride`` (the browser's own user
+  agent with ``HeadlessChrome`` → ``Chrome``, matching ``userAgentMetadata`` so
+  ``navigator.userAgentData`` agrees, ``acceptLanguage`` for ``navigator.languages``
+  and the ``Accept-Language`` header), for a new page the tab's device metrics, and
+  when asked for ``Emulation.setLocaleOverride`` / ``Emulation.setTimezoneOverride``;
+- workers (dedicated, shared, service): ``Network.setUserAgentOverride`` (the same
+  metadata and languages), the locale and timezone, and ``Runtime.evaluate`` of the
+  script below (shared and service workers start with the browser's own user agent
+  string, which no CDP override reaches; the script sets it).
+
+The script (WebGL vendor, ``window.chrome``, permissions; ``navigator.userAgent``
+where no override reached it) goes to documents through Playwright's
+``context.add_init_script``: Playwright installs it on a new target before it
+resumes that target itself. Playwright cannot carry the overrides: user agent,
+locale and timezone are options of contexts that Playwright creates, and a
+computer uses the default context of a browser launched before its options were
+known (the warm pool).
+
+Which targets wait for the overrides (measured on Chromium 156): Chromium holds a
+page in a renderer process of its own (a new tab, a ``target=_blank`` or
+``noopener`` popup), an out-of-process iframe, a dedicated and a service worker
+until every client that asked to wait has resumed it: all of the above is there
+before their first script. The others start as soon as the *first* client lets
+them go, which is Playwright, so the overrides race there:
+
+- a popup that keeps its opener, same site (``window.open``): it starts in its
+  opener's renderer, which already has the locale and timezone, and Playwright
+  resumes it after installing the script (so ``navigator.userAgent`` and WebGL are
+  right); its user agent override (header and client hints) and languages won
+  their race 60 times in 60, half of them with the event loop kept busy;
+- a popup that keeps its opener and goes to another site: its first document there
+  is not held at all, for Playwright's script either (each missed it about once
+  in 30), and it has the locale only when ``_reassert`` is quick enough (4 to 14
+  times in 30); its next documents have everything;
+- a shared worker: Playwright lets it go by detaching at once; it misses the
+  script and user agent about once in 30, up to 1 in 5 with a busy event loop.
+
+Blink keeps one locale and one timezone per renderer process, owned by the session
+that set it (see ``StealthTargets._reassert``).
 
 New headless Chromium already has desktop Chrome's plugin set (5 PDF viewer plugins,
 2 mime types) and consistent notification permissions; the script only fills what
@@ -19,9 +57,21 @@ is missing or wrong, and every function it replaces still looks native.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+if TYPE_CHECKING:
+    from playwright.async_api import BrowserContext, Disposable
+
+log = logging.getLogger(__name__)
 
 STEALTH_KEYS = ("enabled", "user_agent", "locale", "languages", "timezone", "screen", "device_scale_factor")
 
@@ -84,9 +134,10 @@ def user_agent_metadata(product: str) -> dict[str, Any]:
     }
 
 
-# Runs before any page script in every document (and once in the current one).
-# Replaced functions are Proxies of the originals, and Function.prototype.toString
-# answers for them as for the originals, so neither their source nor their name leaks.
+# Runs before any other script of every document (Playwright's init script) and of
+# every worker (evaluated while the worker waits for the debugger). Replaced
+# functions are Proxies of the originals, and Function.prototype.toString answers
+# for them as for the originals, so neither their source nor their name leaks.
 INIT_SCRIPT = r"""(() => {
   const hidden = new WeakMap();
   const define = (o, k, v, e = false) =>
@@ -114,9 +165,26 @@ INIT_SCRIPT = r"""(() => {
     hidden.set(f, 'function ' + name + '() { [native code] }');
     return f;
   };
-  // WebGL: the software renderer (SwiftShader) is a headless giveaway
+  const getter = (obj, key, value) => {
+    // an accessor like the native one: same flags, prints as the native getter
+    const d = Object.getOwnPropertyDescriptor(obj, key);
+    if (!d || typeof d.get !== 'function') return;
+    const get = Object.getOwnPropertyDescriptor({get [key]() { return value; }}, key).get;
+    hidden.set(get, d.get);
+    Object.defineProperty(obj, key, {...d, get});
+  };
+  const g = self;  // the window, or a worker's global scope
+  // user agent: the CDP override reached neither shared nor service workers (they start
+  // with the browser's own), nor a same-process popup whose override lost its race
+  const UA = %(user_agent)s;
+  if (UA && navigator.userAgent !== UA) {
+    const proto = Object.getPrototypeOf(navigator);
+    getter(proto, 'userAgent', UA);
+    getter(proto, 'appVersion', UA.replace(/^Mozilla\//, ''));
+  }
+  // WebGL (documents and OffscreenCanvas in workers): the software renderer is a headless giveaway
   const VENDOR = %(vendor)s, RENDERER = %(renderer)s;
-  for (const ctx of [window.WebGLRenderingContext, window.WebGL2RenderingContext]) {
+  for (const ctx of [g.WebGLRenderingContext, g.WebGL2RenderingContext]) {
     if (!ctx) continue;
     wrap(ctx.prototype, 'getParameter', (target, self, args) => {
       if (args[0] === 0x9245) return VENDOR;   // UNMASKED_VENDOR_WEBGL
@@ -125,7 +193,7 @@ INIT_SCRIPT = r"""(() => {
     });
   }
   // permissions: notifications agree with Notification.permission
-  if (window.Permissions && window.Notification) {
+  if (g.Permissions && g.Notification) {
     wrap(Permissions.prototype, 'query', (target, self, args) => {
       const p = Reflect.apply(target, self, args);
       const name = args[0] && args[0].name;
@@ -137,6 +205,7 @@ INIT_SCRIPT = r"""(() => {
       });
     });
   }
+  if (typeof window === 'undefined') return;  // window.chrome is a document's, not a worker's
   // window.chrome as on desktop Chrome: app, csi, loadTimes, runtime
   if (!window.chrome) define(window, 'chrome', {}, true);
   const chrome = window.chrome;
@@ -161,52 +230,342 @@ INIT_SCRIPT = r"""(() => {
 })();"""
 
 
-def init_script() -> str:
-    return INIT_SCRIPT % {"vendor": json.dumps(WEBGL_VENDOR), "renderer": json.dumps(WEBGL_RENDERER)}
+def init_script(user_agent: str = "") -> str:
+    """The script for one user agent (``""``: leave ``navigator.userAgent`` alone)."""
+    return INIT_SCRIPT % {"user_agent": json.dumps(user_agent), "vendor": json.dumps(WEBGL_VENDOR),
+                          "renderer": json.dumps(WEBGL_RENDERER)}
 
 
-_SCRIPT = init_script()
+Command = tuple[str, dict[str, Any]]
 
 
-async def apply(cdp: Any, config: StealthConfig, product: str, raw_user_agent: str,
-                previous_script: str | None) -> str | None:
-    """Configure one tab; returns the identifier of its init script (None when disabled).
-
-    ``cdp`` is the tab's CDP session; ``product``/``raw_user_agent`` come from
-    ``Browser.getVersion``. Re-applying (a pool browser given its computer's options)
-    replaces the previous script and overrides.
-    """
-    calls: list[Any] = []
-    if previous_script is not None and not config.enabled:
-        # (the current document keeps its patches until it navigates; the script is the
-        # same whatever the options, so an enabled tab keeps it)
-        calls.append(cdp.send("Page.removeScriptToEvaluateOnNewDocument", {"identifier": previous_script}))
-    languages = config.accept_languages()
+def page_overrides(config: StealthConfig, product: str, raw_user_agent: str) -> list[Command]:
+    """What a page or iframe target gets; ``product``/``raw_user_agent`` come from ``Browser.getVersion``."""
+    languages = ",".join(config.accept_languages())
+    commands: list[Command]
     if config.enabled:
-        calls.append(cdp.send("Emulation.setUserAgentOverride", {
+        commands = [("Emulation.setUserAgentOverride", {
             "userAgent": config.user_agent or chrome_user_agent(raw_user_agent),
-            "acceptLanguage": ",".join(languages),
-            "platform": "Linux x86_64",
+            "acceptLanguage": languages, "platform": "Linux x86_64",
             "userAgentMetadata": user_agent_metadata(product),
-        }))
+        })]
     else:
         # the browser's own headless values: its user agent, navigator.webdriver true
-        calls.append(cdp.send("Emulation.setUserAgentOverride", {
-            "userAgent": config.user_agent or raw_user_agent,
-            **({"acceptLanguage": ",".join(languages)} if config.languages or config.locale else {}),
-        }))
-        calls.append(cdp.send("Emulation.setAutomationOverride", {"enabled": True}))
+        commands = [
+            ("Emulation.setUserAgentOverride", {
+                "userAgent": config.user_agent or raw_user_agent,
+                **({"acceptLanguage": languages} if config.languages or config.locale else {}),
+            }),
+            ("Emulation.setAutomationOverride", {"enabled": True}),
+        ]
+    return commands + process_overrides(config)
+
+
+def process_overrides(config: StealthConfig) -> list[Command]:
+    """Locale and timezone: Blink keeps one of each per renderer process, owned by the session that set it."""
+    commands: list[Command] = []
     if config.locale:
-        calls.append(cdp.send("Emulation.setLocaleOverride", {"locale": config.locale}))
+        commands.append(("Emulation.setLocaleOverride", {"locale": config.locale}))
     if config.timezone:
-        calls.append(cdp.send("Emulation.setTimezoneOverride", {"timezoneId": config.timezone}))
-    script = None
-    if config.enabled and previous_script is not None:
-        await asyncio.gather(*calls)
-        return previous_script
+        commands.append(("Emulation.setTimezoneOverride", {"timezoneId": config.timezone}))
+    return commands
+
+
+def worker_overrides(config: StealthConfig, product: str, raw_user_agent: str, script: str | None) -> list[Command]:
+    """What a worker target gets; ``script`` is evaluated only in a worker that has not started yet.
+
+    (A worker may be alone in its renderer process, so it asks for the locale and timezone too.)
+    """
+    languages = ",".join(config.accept_languages())
+    commands: list[Command] = []
     if config.enabled:
-        calls.append(cdp.send("Page.enable"))  # the renderer runs new-document scripts of enabled sessions only
-        script = cdp.send("Page.addScriptToEvaluateOnNewDocument", {"source": _SCRIPT, "runImmediately": True})
-        calls.append(script)
-    results = await asyncio.gather(*calls)
-    return results[-1]["identifier"] if script is not None else None
+        commands.append(("Network.setUserAgentOverride", {
+            "userAgent": config.user_agent or chrome_user_agent(raw_user_agent),
+            "acceptLanguage": languages, "platform": "Linux x86_64",
+            "userAgentMetadata": user_agent_metadata(product),
+        }))
+        if script is not None:
+            commands.append(("Runtime.evaluate", {"expression": script, "silent": True}))
+    elif config.user_agent or config.languages or config.locale:
+        commands.append(("Network.setUserAgentOverride", {"userAgent": config.user_agent or raw_user_agent,
+                                                          "acceptLanguage": languages}))
+    return commands + process_overrides(config)
+
+
+class _Cdp:
+    """A minimal flat-session CDP client: commands are queued and sent in order, never awaited to send."""
+
+    def __init__(self, ws: ClientConnection, on_event: Callable[[str, dict[str, Any], str | None], None]) -> None:
+        self._ws = ws
+        self._on_event = on_event
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.closed = False
+        self._writer = asyncio.ensure_future(self._write())
+        self._reader = asyncio.ensure_future(self._read())
+
+    def send(self, method: str, params: dict[str, Any] | None = None,
+             session_id: str | None = None) -> asyncio.Future[dict[str, Any]]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)  # fire-and-forget commands must not log "never retrieved"
+        if self.closed:
+            future.set_exception(ConnectionError("the browser's DevTools connection is closed"))
+            return future
+        msg_id = next(self._ids)
+        self._pending[msg_id] = future
+        message: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
+        if session_id:
+            message["sessionId"] = session_id
+        self._outbox.put_nowait(json.dumps(message))
+        return future
+
+    async def _write(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                await self._ws.send(await self._outbox.get())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self._ws:
+                message = json.loads(raw)
+                if "id" in message:
+                    future = self._pending.pop(message["id"], None)
+                    if future is None or future.done():
+                        continue
+                    if "error" in message:
+                        future.set_exception(RuntimeError(message["error"].get("message", "CDP error")))
+                    else:
+                        future.set_result(message.get("result", {}))
+                else:
+                    try:
+                        self._on_event(message.get("method", ""), message.get("params", {}), message.get("sessionId"))
+                    except Exception:  # one bad event must not stop the others
+                        log.exception("stealth: handling %s failed", message.get("method"))
+        except Exception:
+            pass  # the browser went away; pending commands fail below
+        finally:
+            self.closed = True
+            self._writer.cancel()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the browser's DevTools connection closed"))
+            self._pending.clear()
+
+    async def close(self) -> None:
+        self.closed = True
+        self._writer.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._ws.close(), 1)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# Pages attach their out-of-process iframes and dedicated workers; workers their own
+# workers. Service and shared workers come from the browser-level attach only (a page
+# would attach its service worker a second time).
+_BROWSER_FILTER = [{"type": "page"}, {"type": "shared_worker"}, {"type": "service_worker"}]
+_PAGE_FILTER = [{"type": "iframe"}, {"type": "worker"}]
+_WORKER_FILTER = [{"type": "worker"}]
+_PAGES = ("page", "iframe")
+_WORKERS = ("worker", "shared_worker", "service_worker")
+_SETTLE_TIMEOUT = 10.0
+
+
+def _auto_attach(target_filter: list[dict[str, str]]) -> dict[str, Any]:
+    return {"autoAttach": True, "waitForDebuggerOnStart": True, "flatten": True, "filter": target_filter}
+
+
+class StealthTargets:
+    """Stealth for every target of one browser, applied before the target runs.
+
+    Start it before Playwright opens or adopts any tab; ``configure`` gives the
+    browser (a pool browser) its computer's options, now and for later targets.
+    """
+
+    def __init__(self, cdp_ws: ClientConnection, context: BrowserContext, config: StealthConfig) -> None:
+        self._context = context
+        self.config = config
+        self._product = ""
+        self._raw_user_agent = ""
+        self._sessions: dict[str, str] = {}  # session id -> target type, for every target we keep
+        self._pages: dict[str, str] = {}  # page target id -> our session on it
+        self._preparing: set[asyncio.Future[Any]] = set()
+        self._script: Disposable | None = None  # Playwright's handle of the context init script
+        self._script_source: str | None = None  # that script; also evaluated in every new worker
+        # Emulation.setDeviceMetricsOverride for a new page's first document, until the tab's own
+        # session sets it: Chromium keeps the metrics of the session that attached last
+        self.page_metrics: dict[str, Any] | None = None
+        self._cdp = _Cdp(cdp_ws, self._on_event)
+
+    @classmethod
+    async def start(cls, ws_url: str, context: BrowserContext, config: StealthConfig) -> StealthTargets:
+        ws = await websockets.connect(ws_url, max_size=None, compression=None, ping_interval=None, open_timeout=10)
+        targets = cls(ws, context, config)
+        try:
+            version = await asyncio.wait_for(targets._cdp.send("Browser.getVersion"), _SETTLE_TIMEOUT)
+            targets._product, targets._raw_user_agent = version["product"], version["userAgent"]
+            await targets._sync_script()
+            # attaches the tabs that exist already, then every new target, paused
+            await asyncio.wait_for(targets._cdp.send("Target.setAutoAttach", _auto_attach(_BROWSER_FILTER)),
+                                   _SETTLE_TIMEOUT)
+            # and tells when a page navigates (Target.targetInfoChanged), for _changed
+            await asyncio.wait_for(targets._cdp.send("Target.setDiscoverTargets", {
+                "discover": True, "filter": [{"type": "page"}]}), _SETTLE_TIMEOUT)
+            await targets.settle()
+        except BaseException:
+            await targets.close()
+            raise
+        return targets
+
+    @property
+    def user_agent(self) -> str:
+        """The user agent the pages report (the browser's own when stealth is disabled)."""
+        c = self.config
+        return c.user_agent or (chrome_user_agent(self._raw_user_agent) if c.enabled else self._raw_user_agent)
+
+    async def configure(self, config: StealthConfig) -> None:
+        """New options for the targets there are and those to come."""
+        previous, self.config = self.config, config
+        await self._sync_script()
+        for session_id, kind in list(self._sessions.items()):
+            if kind in _PAGES:
+                commands = page_overrides(config, self._product, self._raw_user_agent)
+                if previous.enabled is False and config.enabled:
+                    commands.append(("Emulation.setAutomationOverride", {"enabled": False}))
+                if previous.timezone and not config.timezone:
+                    commands.append(("Emulation.setTimezoneOverride", {"timezoneId": ""}))
+                if previous.locale and not config.locale:
+                    commands.append(("Emulation.setLocaleOverride", {}))
+            else:  # a running worker keeps its script; its user agent override follows
+                commands = worker_overrides(config, self._product, self._raw_user_agent, None)
+            self._track(session_id, self._send(session_id, commands))
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until the overrides sent so far are answered (or have timed out)."""
+        if self._preparing:
+            await asyncio.gather(*list(self._preparing), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self._cdp.close()
+
+    async def _sync_script(self) -> None:
+        """The context init script: the current one when enabled, none when disabled.
+
+        (A document keeps the script it started with until it navigates.)
+        """
+        source = init_script(self.user_agent) if self.config.enabled else None
+        if source == self._script_source:
+            return
+        if self._script_source is not None:
+            old, self._script, self._script_source = self._script, None, None
+            if old is None:  # an older Playwright returns no handle, and cannot take a script back
+                log.warning("stealth: this Playwright cannot remove the stealth script; documents keep it")
+            else:
+                await old.close()
+        if source is not None:
+            self._script = await self._context.add_init_script(source)
+            self._script_source = source
+
+    # -- targets --------------------------------------------------------------------------
+    def _on_event(self, method: str, params: dict[str, Any], session_id: str | None) -> None:
+        if method == "Target.attachedToTarget":
+            self._attached(params, session_id)
+        elif method == "Target.detachedFromTarget":
+            self._detached(params.get("sessionId", ""), params.get("targetId", ""))
+        elif method == "Target.targetInfoChanged":
+            self._changed(params["targetInfo"]["targetId"])
+
+    def _attached(self, params: dict[str, Any], parent: str | None) -> None:
+        """Queue a new target's overrides, then its resume: all sent before any answer is awaited.
+
+        Runs inside the reader, as soon as the target is announced. Chromium holds a
+        page in a new renderer process, an iframe, a dedicated or a service worker until
+        every client that asked to wait (Playwright too) has resumed it, so the overrides
+        are in place before its first script. A popup in its opener's process and a
+        shared worker start when the first client lets them go, and Playwright is
+        quicker: there the overrides race (see the module docstring).
+        """
+        session_id: str = params["sessionId"]
+        info: dict[str, Any] = params["targetInfo"]
+        kind: str = info["type"]
+        waiting = bool(params.get("waitingForDebugger"))
+        sent: list[asyncio.Future[dict[str, Any]]] = []
+        keep = kind in _PAGES or kind == "worker" or (kind in _WORKERS and parent is None)
+        try:
+            if kind in _PAGES:
+                commands = page_overrides(self.config, self._product, self._raw_user_agent)
+                commands.append(("Target.setAutoAttach", _auto_attach(_PAGE_FILTER)))
+                if kind == "page":
+                    self._pages[info["targetId"]] = session_id
+                    if waiting and self.page_metrics:
+                        commands.append(("Emulation.setDeviceMetricsOverride", self.page_metrics))
+            elif keep:
+                script = self._script_source if waiting else None  # a running worker keeps its globals
+                commands = worker_overrides(self.config, self._product, self._raw_user_agent, script)
+                if kind == "worker":
+                    commands.append(("Target.setAutoAttach", _auto_attach(_WORKER_FILTER)))
+            else:
+                commands = []
+            if keep:
+                self._sessions[session_id] = kind
+            sent = self._send(session_id, commands)
+        finally:
+            if waiting:
+                self._cdp.send("Runtime.runIfWaitingForDebugger", None, session_id)
+            if not keep:  # not ours to change: let it go
+                self._cdp.send("Target.detachFromTarget", {"sessionId": session_id}, parent)
+        self._track(session_id, sent)
+
+    def _detached(self, session_id: str, target_id: str) -> None:
+        kind = self._sessions.pop(session_id, None)
+        if self._pages.get(target_id) == session_id:
+            del self._pages[target_id]
+        if kind is not None:
+            self._reassert()
+
+    def _changed(self, target_id: str) -> None:
+        if target_id in self._pages:  # a page navigated, maybe to another renderer process
+            self._reassert()
+
+    def _reassert(self) -> None:
+        """Give every renderer the locale and timezone again.
+
+        Blink keeps one locale and one timezone per renderer process, owned by the
+        session that set them: the first of ours there; the others are told "already in
+        effect" and, for the locale, keep nothing. When the owner leaves the process
+        (its target closed, or its page navigated to another process), the process loses
+        both, and a popup that started in its opener's process has no locale to take to
+        its own. After any such change every session asks again, and one per process
+        becomes the owner. (A document that starts in between has the host's values.)
+        """
+        commands = process_overrides(self.config)
+        if commands:
+            for session_id in list(self._sessions):
+                self._track(session_id, self._send(session_id, commands))
+
+    def _send(self, session_id: str, commands: list[Command]) -> list[asyncio.Future[dict[str, Any]]]:
+        return [self._cdp.send(method, params, session_id) for method, params in commands]
+
+    def _track(self, session_id: str, sent: list[asyncio.Future[dict[str, Any]]]) -> None:
+        if not sent:
+            return
+        task = asyncio.ensure_future(self._answers(session_id, sent))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _answers(self, session_id: str, sent: list[asyncio.Future[dict[str, Any]]]) -> None:
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), _SETTLE_TIMEOUT)
+        except TimeoutError:
+            log.warning("stealth: target %s did not answer its overrides in %ss", session_id, _SETTLE_TIMEOUT)
+            return
+        for result in results:
+            # "already in effect": another of our sessions in the same renderer owns the locale/timezone
+            if isinstance(result, Exception) and "already in effect" not in str(result):
+                log.debug("stealth: an override of target %s failed: %s", session_id, result)
