@@ -316,6 +316,7 @@ class EnvironmentService:
         # the desktop's own Chromium keeps its profile outside the home (drivers/desktop/computer.py);
         # a running one exits cleanly first, one its user closed left its profile behind as it is
         desktop = comp.driver
+        await desktop.browser_settled()  # a browser whose window was just closed is still writing
         browser = desktop.browser
         if browser is not None and browser.alive:
             profile = await profiles.stop_for_save(browser, self.settings.environment_save_grace_seconds)

@@ -81,6 +81,22 @@ async def stop_for_save(computer: Any, grace: float) -> Path:
     return profile
 
 
+async def wait_for_exit(computer: Any, timeout: float) -> bool:
+    """Wait until a browser that is shutting down by itself (its last window was closed) has
+    exited with every process of its group, so its profile is written; False on timeout."""
+    process = computer.process.process
+    deadline = time.monotonic() + timeout
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        return False
+    while _group_alive(process.pid):  # its network service may still be writing the cookies
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def restore_session_cookies(computer: Any) -> None:
     path: Path = computer.process.user_data_dir / SESSION_COOKIES
     try:

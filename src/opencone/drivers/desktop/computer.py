@@ -29,6 +29,7 @@ from Xlib import error as xerror
 from Xlib.display import Display as XDisplay
 
 from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.chromium import profiles
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
 from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
@@ -48,6 +49,7 @@ T = TypeVar("T")
 GONE_REASON = "desktop_crashed"
 _TWO_FRAMES_JS = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(null))))"
 _NO_BROWSER = "no browser window is open on this desktop; navigate to a URL to open one"
+_EXIT_GRACE = 5.0  # seconds a browser whose window was closed gets to write its profile
 
 
 def _check_scale(display: Display) -> None:
@@ -103,6 +105,7 @@ class DesktopComputer(RoutedThroughProxy):
         # one profile for every browser this desktop starts, as on a real desktop: a user who
         # closes the window and navigates again finds their cookies (removed with the workdir)
         self.browser_profile = workdir / "chromium-profile"
+        self._retiring: dict[ChromiumComputer, asyncio.Task[None]] = {}  # browsers on their way out
         self._closing = False
         self._gone_reason: str | None = None
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -334,7 +337,30 @@ class DesktopComputer(RoutedThroughProxy):
             self.browser = None
             log.info("the browser on desktop %s went away", self.x_display)
         if not self._closing:
-            asyncio.get_running_loop().create_task(browser.close())  # its helpers and profile
+            self._retire(browser)
+
+    def _retire(self, browser: ChromiumComputer) -> None:
+        """Let a browser whose last window closed finish writing its profile (the next browser
+        of this desktop starts on it), then end what is left of it; killing it at once lost
+        the cookies and localStorage it had not flushed yet."""
+        if browser in self._retiring:
+            return
+
+        async def retire() -> None:
+            try:
+                if not await profiles.wait_for_exit(browser, _EXIT_GRACE):
+                    log.warning("the closed browser on desktop %s did not exit in %.0f s; ending it",
+                                self.x_display, _EXIT_GRACE)
+            finally:
+                await browser.close()
+                self._retiring.pop(browser, None)
+
+        self._retiring[browser] = asyncio.get_running_loop().create_task(retire())
+
+    async def browser_settled(self) -> None:
+        """Wait until no browser of this desktop is still on its way out (its profile is written)."""
+        if self._retiring:
+            await asyncio.gather(*self._retiring.values(), return_exceptions=True)
 
     async def _need_browser(self) -> ChromiumComputer:
         """The desktop's browser, started again if it was closed."""
@@ -342,9 +368,10 @@ class DesktopComputer(RoutedThroughProxy):
             raise ComputerGone("the desktop is no longer running")
         async with self._browser_lock:
             if self.browser is not None and self.browser.alive and not len(self.browser.tabs):
-                # its last window was closed and it is on its way out: do not wait for that
+                # its last window was closed and it is on its way out
                 old, self.browser = self.browser, None
-                await old.close()
+                self._retire(old)
+            await self.browser_settled()  # one Chromium at a time on the profile
             if self.browser is None or not self.browser.alive:
                 try:
                     await self._start_browser()
