@@ -240,7 +240,8 @@ def bench_delete_settled(server: Server, res: Results, samples: int, pool: int) 
             res.add("delete (pool refilled first)", "api", delete)
 
 
-def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: int, warmup: int) -> None:
+def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: int, warmup: int,
+                  settle: float = 0.0) -> None:
     client = server.client()
     comp = client.computers.create()
     url_a, url_b = f"{site}/a.html", f"{site}/b.html"
@@ -257,12 +258,17 @@ def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: in
         ]
         for name, api_op, raw_op in ops:
             for i in range(warmup + samples):
-                # alternate which side goes first, so neither always follows the other's work
+                # alternate which side goes first, so neither always follows the other's work;
+                # with --settle, each starts from a browser that has finished the previous input
                 if i % 2:
+                    time.sleep(settle)
                     r = raw.run(raw_op())
+                    time.sleep(settle)
                     a = timed(api_op)
                 else:
+                    time.sleep(settle)
                     a = timed(api_op)
+                    time.sleep(settle)
                     r = raw.run(raw_op())
                 if i >= warmup:
                     res.add(name, "api", a)
@@ -469,6 +475,8 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=60, help="idle computers for the capacity check (0 skips it)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 5 samples, 5 idle computers")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
+    ap.add_argument("--settle", type=float, default=0.0, metavar="MS",
+                    help="pause before each action sample, as an agent leaves time between actions")
     args = ap.parse_args()
     if args.quick:
         args.samples, args.idle = 5, 5
@@ -505,7 +513,7 @@ def main() -> int:
             bench_delete_settled(server, res, cold_samples, pool=2)
             print("· warm server: click / type / screenshot / navigate …", flush=True)
             server.wait_warm(2)
-            bench_actions(server, raw, site.url, res, samples, warmup)
+            bench_actions(server, raw, site.url, res, samples, warmup, args.settle / 1000)
         finally:
             server.stop()
 
