@@ -40,6 +40,25 @@ def test_click_runs_the_buttons_handler(comp: ComputerSession) -> None:
     assert state(comp)["clicks"] == 2
 
 
+def test_held_keys_reach_clicks_and_a_press_without_coordinates_follows_the_last_click(
+        client: Lightcone, site: str) -> None:
+    # a plain click goes on opencone's own CDP connection; with a key held it goes through
+    # Playwright, which adds the key; a later press without coordinates lands where the click was
+    with client.computer.create(kind="browser") as comp:
+        assert comp.navigate(f"{site}/playground.html").status == "success"
+        assert comp.click(110, 70).status == "success"
+        assert comp.key_down("shift").status == "success"
+        assert comp.click(110, 70).status == "success"
+        assert comp.key_up("shift").status == "success"
+        assert comp.click(110, 70).status == "success"
+        assert state(comp)["clickmods"] == ["", "shift", ""]
+        assert comp.click(300, 450).status == "success"
+        res = client.computers.batch(comp.id, actions=[{"type": "mouse_down"}, {"type": "mouse_up"}])
+        assert res["status"] == "success", res
+        s = state(comp)
+        assert s["mousedowns"][-1] == [0, 300, 450] and s["mouseups"][-1] == [0, 300, 450]
+
+
 def test_double_and_right_click(comp: ComputerSession) -> None:
     assert comp.double_click(600, 600).status == "success"
     assert comp.right_click(600, 600).status == "success"

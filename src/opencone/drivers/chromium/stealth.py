@@ -57,16 +57,15 @@ is missing or wrong, and every function it replaces still looks native.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+from opencone.drivers.chromium.cdp_client import CdpConnection
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Disposable
@@ -292,79 +291,6 @@ def worker_overrides(config: StealthConfig, product: str, raw_user_agent: str, s
     return commands + process_overrides(config)
 
 
-class _Cdp:
-    """A minimal flat-session CDP client: commands are queued and sent in order, never awaited to send."""
-
-    def __init__(self, ws: ClientConnection, on_event: Callable[[str, dict[str, Any], str | None], None]) -> None:
-        self._ws = ws
-        self._on_event = on_event
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self.closed = False
-        self._writer = asyncio.ensure_future(self._write())
-        self._reader = asyncio.ensure_future(self._read())
-
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session_id: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_retrieved)  # fire-and-forget commands must not log "never retrieved"
-        if self.closed:
-            future.set_exception(ConnectionError("the browser's DevTools connection is closed"))
-            return future
-        msg_id = next(self._ids)
-        self._pending[msg_id] = future
-        message: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
-        if session_id:
-            message["sessionId"] = session_id
-        self._outbox.put_nowait(json.dumps(message))
-        return future
-
-    async def _write(self) -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                await self._ws.send(await self._outbox.get())
-
-    async def _read(self) -> None:
-        try:
-            async for raw in self._ws:
-                message = json.loads(raw)
-                if "id" in message:
-                    future = self._pending.pop(message["id"], None)
-                    if future is None or future.done():
-                        continue
-                    if "error" in message:
-                        future.set_exception(RuntimeError(message["error"].get("message", "CDP error")))
-                    else:
-                        future.set_result(message.get("result", {}))
-                else:
-                    try:
-                        self._on_event(message.get("method", ""), message.get("params", {}), message.get("sessionId"))
-                    except Exception:  # one bad event must not stop the others
-                        log.exception("stealth: handling %s failed", message.get("method"))
-        except Exception:
-            pass  # the browser went away; pending commands fail below
-        finally:
-            self.closed = True
-            self._writer.cancel()
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(ConnectionError("the browser's DevTools connection closed"))
-            self._pending.clear()
-
-    async def close(self) -> None:
-        self.closed = True
-        self._writer.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._ws.close(), 1)
-
-
-def _retrieved(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 # Pages attach their out-of-process iframes and dedicated workers; workers their own
 # workers. Service and shared workers come from the browser-level attach only (a page
 # would attach its service worker a second time).
@@ -400,7 +326,7 @@ class StealthTargets:
         # Emulation.setDeviceMetricsOverride for a new page's first document, until the tab's own
         # session sets it: Chromium keeps the metrics of the session that attached last
         self.page_metrics: dict[str, Any] | None = None
-        self._cdp = _Cdp(cdp_ws, self._on_event)
+        self._cdp = CdpConnection(cdp_ws, self._on_event)
 
     @classmethod
     async def start(cls, ws_url: str, context: BrowserContext, config: StealthConfig) -> StealthTargets:
@@ -445,6 +371,12 @@ class StealthTargets:
                 commands = worker_overrides(config, self._product, self._raw_user_agent, None)
             self._track(session_id, self._send(session_id, commands))
         await self.settle()
+
+    def page_session(self, target_id: str) -> tuple[CdpConnection, str] | None:
+        """This connection and its session on page ``target_id`` (for input that skips
+        Playwright's driver), or None when it has none."""
+        session_id = self._pages.get(target_id)
+        return None if session_id is None or self._cdp.closed else (self._cdp, session_id)
 
     async def settle(self) -> None:
         """Wait until the overrides sent so far are answered (or have timed out)."""

@@ -23,6 +23,7 @@ class Tab:
     tab_id: str
     page: Page
     cdp: CDPSession
+    target_id: str | None = None  # its page target, once asked (ChromiumComputer._direct)
 
 
 class TabRegistry:
