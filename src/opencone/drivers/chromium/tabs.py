@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from playwright.async_api import BrowserContext, CDPSession, Frame, Page
@@ -23,7 +23,11 @@ class Tab:
     tab_id: str
     page: Page
     cdp: CDPSession
-    target_id: str | None = None  # its page target, once asked (ChromiumComputer._direct)
+    # input state ChromiumComputer keeps beside Playwright's: keys and buttons held by
+    # key_down/mouse_down (Playwright adds them to its clicks), and where a click sent on
+    # opencone's own connection left the pointer (Playwright's mouse does not know)
+    held: set[str] = field(default_factory=set)
+    stale_pointer: tuple[float, float] | None = None
 
 
 class TabRegistry:
