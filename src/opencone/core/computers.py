@@ -42,7 +42,7 @@ class DriverFactory(Protocol):
 
     async def start(self) -> None: ...
     async def create(self, display: Display) -> ComputerDriver: ...
-    # a factory that routes through a proxy also takes create(display, use_advanced_proxy=True)
+    # the browser factory also takes create(display, use_advanced_proxy=…, stealth=…)
     async def stop(self) -> None: ...
 
 
@@ -282,8 +282,10 @@ class ComputerService:
                 factory = self._factories[spec.kind]
                 if spec.environment_id and spec.kind == "browser" and self.environments is not None:
                     driver = await self.environments.launch_browser(spec)  # a restored profile
-                elif spec.options.get("use_advanced_proxy"):
-                    driver = await factory.create(spec.display, use_advanced_proxy=True)  # type: ignore[call-arg]
+                elif spec.kind == "browser":  # (the start-up user agent follows the stealth options)
+                    driver = await factory.create(  # type: ignore[call-arg]
+                        spec.display, use_advanced_proxy=bool(spec.options.get("use_advanced_proxy")),
+                        stealth=spec.options.get("stealth"))
                 else:
                     driver = await factory.create(spec.display)
                 if spec.options.get("stealth") and hasattr(driver, "configure_stealth"):

@@ -264,7 +264,8 @@ class EnvironmentService:
             await asyncio.to_thread(shutil.rmtree, profile, True)
             raise
         computer = await self._browsers.create_with_profile(
-            spec.display, profile, use_advanced_proxy=bool(spec.options.get("use_advanced_proxy")))
+            spec.display, profile, use_advanced_proxy=bool(spec.options.get("use_advanced_proxy")),
+            user_agent=self._browsers.user_agent_for(spec.options.get("stealth")))
         await profiles.restore_session_cookies(computer)
         return computer
 

@@ -73,9 +73,11 @@ class ChromiumComputer:
     @classmethod
     async def launch(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display, *,
                      headless: bool = True, env: dict[str, str] | None = None, emulate_viewport: bool = True,
-                     extra_args: list[str] | None = None, keep_profile: bool = False) -> ChromiumComputer:
+                     extra_args: list[str] | None = None, keep_profile: bool = False,
+                     user_agent: str | None = None) -> ChromiumComputer:
         process = await launch_chromium(executable, profile_dir, display.width, display.height,
-                                        headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile)
+                                        headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile,
+                                        user_agent=user_agent)
         try:
             browser = await playwright.chromium.connect_over_cdp(process.ws_url)
             context = browser.contexts[0] if browser.contexts else await browser.new_context()

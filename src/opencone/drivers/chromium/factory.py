@@ -10,7 +10,10 @@ from playwright.async_api import Playwright, async_playwright
 
 from opencone.drivers.base import Display, DriverError
 from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.chromium.launcher import chromium_major_version
 from opencone.drivers.chromium.proxied import ProxiedChromium
+from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
+from opencone.drivers.chromium.stealth import StealthConfig, launch_user_agent
 from opencone.drivers.pool import WarmPool
 
 
@@ -27,6 +30,8 @@ class BrowserFactory:
         self._default = default
         self._playwright: Playwright | None = None
         self._manager = None
+        self._chrome_major: str | None = None
+        self._pool_user_agent: str | None = None  # what pool browsers start with: the default stealth's
         self.pool: WarmPool[ChromiumComputer] = WarmPool(
             "browser", pool_size, self._launch, self._dispose, healthy=lambda c: c.alive
         )
@@ -34,6 +39,8 @@ class BrowserFactory:
     async def start(self) -> None:
         self._manager = async_playwright()
         self._playwright = await self._manager.start()
+        self._chrome_major = await chromium_major_version(self._executable)
+        self._pool_user_agent = launch_user_agent(DEFAULT_STEALTH, self._chrome_major)
         self.pool.start()
 
     async def _launch(self) -> ChromiumComputer:
@@ -41,16 +48,26 @@ class BrowserFactory:
         profile = self._run_dir / f"browser-{secrets.token_hex(6)}"
         return await ProxiedChromium.launch_proxied(self._playwright, self._executable, profile,
                                                     Display(self._default.width, self._default.height),
-                                                    connect_timeout=self._proxy_connect_timeout)
+                                                    connect_timeout=self._proxy_connect_timeout,
+                                                    user_agent=self._pool_user_agent)
 
     @staticmethod
     async def _dispose(computer: ChromiumComputer) -> None:
         await computer.close()
 
-    async def create(self, display: Display, *, use_advanced_proxy: bool = False) -> ChromiumComputer:
-        if use_advanced_proxy and not self.advanced_proxy_url:
-            raise DriverError("use_advanced_proxy needs an advanced proxy, and this server has none configured "
-                              "(set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)")
+    def user_agent_for(self, stealth: dict[str, object] | None) -> str | None:
+        """The user agent a browser for these ``stealth`` options starts with (see stealth.launch_user_agent)."""
+        return launch_user_agent(StealthConfig.from_options(stealth), self._chrome_major)
+
+    async def create(self, display: Display, *, use_advanced_proxy: bool = False,
+                     stealth: dict[str, object] | None = None) -> ChromiumComputer:
+        """A browser from the warm pool; launched cold when ``stealth`` needs another start-up
+        user agent than the pool's (a custom ``user_agent``, or stealth disabled)."""
+        self._check_advanced_proxy(use_advanced_proxy)
+        user_agent = self.user_agent_for(stealth)
+        if user_agent != self._pool_user_agent:
+            return await self.create_with_profile(display, self.new_profile_dir(),
+                                                  use_advanced_proxy=use_advanced_proxy, user_agent=user_agent)
         computer = await self.pool.take()
         try:
             if use_advanced_proxy and isinstance(computer, ProxiedChromium):
@@ -68,18 +85,21 @@ class BrowserFactory:
         """A fresh, unused profile directory under the run dir (for a restored profile)."""
         return self._run_dir / f"browser-{secrets.token_hex(6)}"
 
-    async def create_with_profile(self, display: Display, profile: Path, *,
-                                  use_advanced_proxy: bool = False) -> ChromiumComputer:
-        """A browser launched cold on ``profile`` (a restored one): never from the warm pool."""
+    async def create_with_profile(self, display: Display, profile: Path, *, use_advanced_proxy: bool = False,
+                                  user_agent: str | None = None) -> ChromiumComputer:
+        """A browser launched cold on ``profile`` (e.g. a restored one): never from the warm pool."""
         assert self._playwright is not None, "factory not started"
-        if use_advanced_proxy and not self.advanced_proxy_url:
-            raise DriverError("use_advanced_proxy needs an advanced proxy, and this server has none configured "
-                              "(set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)")
+        self._check_advanced_proxy(use_advanced_proxy)
         return await ProxiedChromium.launch_proxied(
             self._playwright, self._executable, profile, Display(display.width, display.height, display.scale),
             connect_timeout=self._proxy_connect_timeout,
-            upstream=self.advanced_proxy_url if use_advanced_proxy else None,
+            upstream=self.advanced_proxy_url if use_advanced_proxy else None, user_agent=user_agent,
         )
+
+    def _check_advanced_proxy(self, use_advanced_proxy: bool) -> None:
+        if use_advanced_proxy and not self.advanced_proxy_url:
+            raise DriverError("use_advanced_proxy needs an advanced proxy, and this server has none configured "
+                              "(set ADVANCED_PROXY_URL or OPENCONE_ADVANCED_PROXY_URL)")
 
     async def stop(self) -> None:
         await self.pool.close()

@@ -120,9 +120,11 @@ def proxy_flags(proxy_server: str) -> list[str]:
 
 def chromium_command(
     executable: str, user_data_dir: Path, width: int, height: int, headless: bool = True,
-    extra_args: list[str] | None = None, proxy_server: str | None = None,
+    extra_args: list[str] | None = None, proxy_server: str | None = None, user_agent: str | None = None,
 ) -> list[str]:
     cmd = [executable, *BASE_FLAGS]
+    if user_agent:  # every target has it from its first script (stealth.launch_user_agent)
+        cmd.append(f"--user-agent={user_agent}")
     if proxy_server:
         cmd += proxy_flags(proxy_server)
     if headless:
@@ -139,6 +141,24 @@ def chromium_command(
         "about:blank",
     ]
     return cmd
+
+
+async def chromium_major_version(executable: str) -> str | None:
+    """The major version of the Chromium at ``executable`` (``chromium --version``), or None."""
+    try:
+        proc = await asyncio.create_subprocess_exec(executable, "--version", stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+    except OSError:
+        return None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None
+    match = re.search(rb"\b(\d+)\.\d+\.\d+\.\d+\b", out)
+    return match.group(1).decode() if match else None
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -158,11 +178,12 @@ async def launch_chromium(
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
     proxy_server: str | None = None,
+    user_agent: str | None = None,
     timeout: float = 30.0,
     keep_profile: bool = False,
 ) -> ChromiumProcess:
     user_data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server)
+    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent)
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd,

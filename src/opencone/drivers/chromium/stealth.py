@@ -16,8 +16,14 @@ the overrides answer):
   when asked for ``Emulation.setLocaleOverride`` / ``Emulation.setTimezoneOverride``;
 - workers (dedicated, shared, service): ``Network.setUserAgentOverride`` (the same
   metadata and languages), the locale and timezone, and ``Runtime.evaluate`` of the
-  script below (shared and service workers start with the browser's own user agent
-  string, which no CDP override reaches; the script sets it).
+  script below.
+
+The user agent string itself is also a launch flag (``launch_user_agent``): a headless
+browser starts with ``--user-agent`` set to its computer's (Chromium's own without
+``Headless``, or the one the computer asked for), so every target has it from its
+first script, including those the overrides can miss. Pool browsers start with the
+default; a computer that wants another (a custom ``user_agent``, or stealth disabled)
+gets a browser launched for it (drivers/chromium/factory.py).
 
 The script (WebGL vendor, ``window.chrome``, permissions; ``navigator.userAgent``
 where no override reached it) goes to documents through Playwright's
@@ -29,11 +35,17 @@ known (the warm pool).
 
 Which targets wait for the overrides (measured on Chromium 156): Chromium holds a
 page in a renderer process of its own (a new tab, a ``target=_blank`` or
-``noopener`` popup), an out-of-process iframe, a dedicated and a service worker
-until every client that asked to wait has resumed it: all of the above is there
-before their first script. The others start as soon as the *first* client lets
-them go, which is Playwright, so the overrides race there:
+``noopener`` popup), an out-of-process iframe and a dedicated worker until every
+client that asked to wait has resumed it: all of the above is there before their
+first script (a dedicated worker still had everything with our resume 100 ms late).
+The others start as soon as the *first* client lets them go, which is Playwright,
+so the overrides race there:
 
+- a service worker: Playwright resumes it as soon as it is announced. With our
+  commands 100 ms late its first script missed the script 9 times in 10; sent at
+  once, about 1 in 150 under load. Its user agent (the launch flag), client hints,
+  languages and timezone were right every time; what misses is the script's part
+  (WebGL in an ``OffscreenCanvas``, permissions), which is in place a moment later;
 - a popup that keeps its opener, same site (``window.open``): it starts in its
   opener's renderer, which already has the locale and timezone, and Playwright
   resumes it after installing the script (so ``navigator.userAgent`` and WebGL are
@@ -44,7 +56,7 @@ them go, which is Playwright, so the overrides race there:
   in 30), and it has the locale only when ``_reassert`` is quick enough (4 to 14
   times in 30); its next documents have everything;
 - a shared worker: Playwright lets it go by detaching at once; it misses the
-  script and user agent about once in 30, up to 1 in 5 with a busy event loop.
+  script about once in 30, up to 1 in 5 with a busy event loop.
 
 Blink keeps one locale and one timezone per renderer process, owned by the session
 that set it (see ``StealthTargets._reassert``).
@@ -119,6 +131,21 @@ def chrome_user_agent(raw: str) -> str:
     return raw.replace("HeadlessChrome/", "Chrome/")
 
 
+def launch_user_agent(config: StealthConfig, chrome_major: str | None) -> str | None:
+    """The user agent a headless browser for ``config`` is started with (``--user-agent``), or
+    None for Chromium's own.
+
+    A launch flag is the one user agent every target has from its first script: service
+    and shared workers included, which Playwright lets run before our overrides arrive.
+    """
+    if config.user_agent:
+        return config.user_agent
+    if config.enabled and chrome_major:  # Chromium's own reduced user agent, without "Headless"
+        return f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{chrome_major}.0.0.0 " \
+               "Safari/537.36"
+    return None
+
+
 def user_agent_metadata(product: str) -> dict[str, Any]:
     """``userAgentMetadata`` for desktop Chrome on Linux; ``product`` is e.g. ``HeadlessChrome/156.0.8078.79``."""
     full = product.split("/", 1)[-1] or "0.0.0.0"
@@ -173,8 +200,8 @@ INIT_SCRIPT = r"""(() => {
     Object.defineProperty(obj, key, {...d, get});
   };
   const g = self;  // the window, or a worker's global scope
-  // user agent: the CDP override reached neither shared nor service workers (they start
-  // with the browser's own), nor a same-process popup whose override lost its race
+  // user agent: for a browser started without the launch flag, where the CDP override
+  // reached neither shared nor service workers, nor a same-process popup whose override lost its race
   const UA = %(user_agent)s;
   if (UA && navigator.userAgent !== UA) {
     const proto = Object.getPrototypeOf(navigator);
