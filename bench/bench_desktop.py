@@ -17,6 +17,13 @@ leaves time between actions: no sample then pays for the browser still handling 
 before it, but every process wakes from idle, which on a small VM costs each hop
 (client -> server -> X thread -> Xvfb and back) more than back-to-back calls do.
 
+Screenshots come in two rows. "screen changed": one character is typed on both desktops
+first (not timed) and their browsers are given 30 ms to draw it, so each side grabs and
+encodes a screen that moved. "screen unchanged": both sides took a screenshot just before
+(not timed) and nothing was typed since; the server then hands out its last JPEG again
+when XDAMAGE says nothing was drawn (drivers/desktop/damage.py), while the raw side
+grabs and encodes as always (a blinking caret can still count as a change).
+
 The "API floor" rows are SDK calls that reach the server and do nothing on the desktop
 (``GET /computers/{id}/status``, ``POST .../keepalive``): the HTTP + SDK + auth cost every
 action pays. The "-floor" column is an action's API p50 minus the status p50 of the same
@@ -63,7 +70,9 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bench</title><
 <input id="box" style="position:absolute;left:20px;top:100px;width:600px;height:30px">
 <p style="position:absolute;top:200px">A small static page with an input.</p></body></html>"""
 FLOOR_ROW = "API floor (GET status)"
-ACTION_ROWS = ("screenshot (URL)", "screenshot (base64)", "click", "type 20 chars")
+SHOT_CHANGED_URL, SHOT_CHANGED_B64 = "screenshot, screen changed (URL)", "screenshot, screen changed (b64)"
+SHOT_UNCHANGED = "screenshot, screen unchanged (URL)"
+ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_UNCHANGED, "click", "type 20 chars")
 CLICK_AT = (200, 200)  # page (20..620, 100..130) sits below the browser's ~87 px of tabs and toolbar
 
 
@@ -167,7 +176,7 @@ class RawOps:
     def __init__(self, desk: dict[str, Any]) -> None:
         self.d: Any = desk["display"]
         self.grabber = mss.MSS(display=desk["name"])
-        self.codes = {c: self._code(c) for c in set(TEXT20)}
+        self.codes = {c: self._code(c) for c in set(TEXT20 + "x")}
         self.shift = self.d.keysym_to_keycode(XK.string_to_keysym("Shift_L"))
 
     def _code(self, char: str) -> tuple[int, bool]:
@@ -193,8 +202,11 @@ class RawOps:
         return ms(t0)
 
     def type20(self) -> float:
+        return self.type_text(TEXT20)
+
+    def type_text(self, text: str) -> float:
         t0 = time.perf_counter()
-        for char in TEXT20:
+        for char in text:
             code, shifted = self.codes[char]
             if shifted:
                 xtest.fake_input(self.d, X.KeyPress, self.shift)
@@ -274,8 +286,9 @@ def main() -> int:
         "create desktop, cold (vs Xvfb)": "Xvfb -displayfd up + Xlib connect",
         "create desktop, cold (vs stack)": "Xvfb+openbox+xterm+headful Chromium+CDP",
         "create desktop, from pool": "Xvfb -displayfd up + Xlib connect",
-        "screenshot (URL)": "mss XShm grab + simplejpeg q80 420",
-        "screenshot (base64)": "mss XShm grab + simplejpeg q80 420",
+        SHOT_CHANGED_URL: "mss XShm grab + simplejpeg q80 420",
+        SHOT_CHANGED_B64: "mss XShm grab + simplejpeg q80 420",
+        SHOT_UNCHANGED: "mss XShm grab + simplejpeg q80 420",
         "click": "python-xlib XTest motion+press+release+sync",
         "type 20 chars": "python-xlib XTest 20 keys+sync",
     })
@@ -314,22 +327,35 @@ def main() -> int:
         shuffler = random.Random(1)
         for row in (FLOOR_ROW, "API floor (POST keepalive)", *ACTION_ROWS):  # the table's order
             res.rows.setdefault(row, {"api": [], "raw": []})
+        def change_both() -> None:  # (not timed) both screens move: one more character in the input
+            ok(client.computers.type(comp.id, text="x"), "type")
+            ops.type_text("x")
+            time.sleep(0.03)
+
+        def look_at_both() -> None:  # (not timed) both sides have just taken this screen
+            ok(client.computers.screenshot(comp.id), "screenshot")
+            ops.screenshot()
+
+        url_shot = (lambda: ok(client.computers.screenshot(comp.id), "screenshot"), ops.screenshot)
+        samples: dict[str, tuple[Callable[[], Any], Callable[[], float] | None, Callable[[], None] | None]] = {
+            SHOT_CHANGED_URL: (*url_shot, change_both),
+            FLOOR_ROW: (lambda: client.computers.retrieve_status(comp.id), None, None),
+            SHOT_CHANGED_B64: (lambda: ok(client.computers.screenshot(comp.id, base64=True), "shot"),
+                               ops.screenshot, change_both),
+            SHOT_UNCHANGED: (*url_shot, look_at_both),
+            "API floor (POST keepalive)": (lambda: client.computers.keepalive(comp.id), None, None),
+            "click": (lambda: ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click"),
+                      ops.click, None),
+            "type 20 chars": (lambda: ok(client.computers.type(comp.id, text=TEXT20), "type"), ops.type20, None),
+        }
         for i in range(n + 3):
-            samples = {
-                "screenshot (URL)": (lambda: ok(client.computers.screenshot(comp.id), "screenshot"), ops.screenshot),
-                FLOOR_ROW: (lambda: client.computers.retrieve_status(comp.id), None),
-                "screenshot (base64)": (lambda: ok(client.computers.screenshot(comp.id, base64=True), "shot"),
-                                        ops.screenshot),
-                "API floor (POST keepalive)": (lambda: client.computers.keepalive(comp.id), None),
-                "click": (lambda: ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click"),
-                          ops.click),
-                "type 20 chars": (lambda: ok(client.computers.type(comp.id, text=TEXT20), "type"), ops.type20),
-            }
             # 20 typed keys keep both browsers busy for several ms: whichever sample comes next pays
             # for it (in a fixed order that was always the URL screenshot). A shuffled order spreads it.
             order = list(samples.items())
             shuffler.shuffle(order)
-            for row, (api_fn, raw_fn) in order:
+            for row, (api_fn, raw_fn, prepare) in order:
+                if prepare is not None:
+                    prepare()
                 time.sleep(settle)
                 a = timed(api_fn)
                 time.sleep(settle)

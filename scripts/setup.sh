@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(chromium fonts-liberation xvfb x11-utils x11-xserver-utils openbox xterm bubblewrap
+APT_PACKAGES=(chromium fonts-liberation xvfb x11-utils x11-xserver-utils xdotool openbox xterm bubblewrap
               ca-certificates curl python3-venv)
 EXTRA=""
 [ "${1:-}" = "--test" ] && EXTRA="[test]"

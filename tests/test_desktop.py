@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import simplejpeg
 from conftest import Server, jpeg_size, page_state, start_server, wait_until
 from tzafon import Lightcone
 
@@ -120,6 +121,32 @@ def test_screenshot_is_a_jpeg_of_the_whole_screen(desk: Desk) -> None:
     b64 = desk.ok(desk.client.computers.screenshot(desk.id, base64=True)).result["screenshot_url"]
     assert b64.startswith("data:image/jpeg;base64,")
     assert jpeg_size(base64.b64decode(b64.split(",", 1)[1])) == (1024, 768)
+
+
+def test_a_screenshot_shows_everything_drawn_before_it(server: Server) -> None:
+    # A screen nothing was drawn on gives its last JPEG again (XDAMAGE); it must never hide a
+    # change. xsetroot has drawn when it exits (XCloseDisplay syncs), so the very next
+    # screenshot must show its colour: no waiting, no retries.
+    client = server.client()
+    with client.computer.create(kind="desktop") as comp:
+        hide_windows = "for w in $(xdotool search --onlyvisible --name '.*'); do xdotool windowunmap $w; done"
+        assert client.computers.exec.sync(comp.id, command=f"{{ {hide_windows}; }} 2>/dev/null; true").exit_code == 0
+        seen = []
+        for colour, rgb in [("#ff0000", (255, 0, 0)), ("#0000ff", (0, 0, 255)), ("#00ff00", (0, 255, 0))]:
+            ran = client.computers.exec.sync(comp.id, command=f"xsetroot -solid '{colour}'")
+            assert ran.exit_code == 0, ran.stderr
+            for _ in range(2):  # the second look at the same screen, too
+                seen.append((rgb, _centre_pixel(client, comp.id)))
+    for want, got in seen:
+        assert all(abs(a - b) < 40 for a, b in zip(want, got, strict=True)), seen
+
+
+def _centre_pixel(client: Lightcone, cid: str) -> tuple[int, ...]:
+    shot = client.computers.screenshot(cid, base64=True)
+    assert shot.status == "success", shot.error_message
+    pixels = simplejpeg.decode_jpeg(base64.b64decode(shot.result["screenshot_url"].split(",", 1)[1]))
+    h, w = pixels.shape[:2]
+    return tuple(int(v) for v in pixels[h // 2, w // 2])
 
 
 def test_click_and_unicode_typing_reach_the_page(desk: Desk) -> None:

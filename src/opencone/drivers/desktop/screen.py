@@ -10,6 +10,10 @@ in use, the frame is encoded straight from the segment instead: the X server
 writes it only during the next GetImage, which this thread itself sends. Any
 other backend, or an mss whose internals differ, takes the public ``grab``.
 
+A screen nothing was drawn on since the last screenshot (XDAMAGE says so, after a
+round trip: damage.py) gives that screenshot's JPEG again, without grabbing or
+encoding: agents often look twice at a screen that has not moved.
+
 Xvfb's RandR lets the screen shrink and grow back up to the size Xvfb was
 started with, so desktops start with a large framebuffer and are then set to
 the size asked for.
@@ -25,6 +29,8 @@ import numpy
 import simplejpeg
 from Xlib.display import Display
 from Xlib.ext import randr
+
+from opencone.drivers.desktop.damage import DamageWatch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ class Screen:
         self.width, self.height = geo.width, geo.height
         self._mss: mss.MSS | None = None
         self._zero_copy = _XShmImpl is not None
+        self._changes = _damage_watch(name)
+        self._last: tuple[tuple[int, int, int], bytes] | None = None  # ((width, height, quality), JPEG)
 
     def _grabber(self) -> mss.MSS:
         # mss sizes its shared-memory buffer for the root at creation: make it while the
@@ -62,6 +70,15 @@ class Screen:
 
     def jpeg(self, quality: int) -> bytes:
         w, h = self.width, self.height
+        key = (w, h, quality)
+        drawn = self._changes.take(exact=True) if self._changes is not None else True
+        if not drawn and self._last is not None and self._last[0] == key:
+            return self._last[1]
+        data = self._encode(w, h, quality)
+        self._last = (key, data)
+        return data
+
+    def _encode(self, w: int, h: int, quality: int) -> bytes:
         grabber = self._grabber()
         pixels = self._shared_frame(grabber, w, h)
         if pixels is None:
@@ -145,3 +162,14 @@ class Screen:
         if self._mss is not None:
             self._mss.close()
             self._mss = None
+        if self._changes is not None:
+            self._changes.close()
+            self._changes = None
+
+
+def _damage_watch(name: str) -> DamageWatch | None:
+    try:
+        return DamageWatch(name)
+    except Exception as exc:  # an X server without XDAMAGE: every screenshot is grabbed
+        log.info("no XDAMAGE on %s, screenshots are not reused: %r", name, exc)
+        return None

@@ -24,10 +24,9 @@ from typing import Any, TypeVar
 import mss
 import numpy
 import simplejpeg
-from Xlib.display import Display as XDisplay
-from Xlib.ext import damage
 
 from opencone.drivers.base import ComputerGone, DriverError
+from opencone.drivers.desktop.damage import DamageWatch
 from opencone.drivers.screencast import CursorPosition, Emit, Frame
 
 log = logging.getLogger(__name__)
@@ -48,11 +47,9 @@ class _Watcher:
 
     def __init__(self, name: str, quality: int) -> None:
         self.quality = quality
-        self.display = XDisplay(name)
+        self.changes = DamageWatch(name)
+        self.display = self.changes.display
         self.root = self.display.screen().root
-        self.display.damage_query_version()  # the extension wants its version asked before use
-        self.damage = self.root.damage_create(damage.DamageReportNonEmpty)
-        self.display.sync()
         self._mss: mss.MSS | None = None
         self._mss_size = (0, 0)
         self._last: tuple[int, int, int] | None = None  # (width, height, crc32) of the last frame sent
@@ -68,13 +65,7 @@ class _Watcher:
         return self._mss
 
     def poll(self, size: tuple[int, int]) -> _Poll:
-        damaged = self._first
-        while self.display.pending_events():  # only DamageNotify is selected on this connection
-            self.display.next_event()
-            damaged = True
-        if damaged:
-            # re-arm before the grab, so drawing during the grab reports again
-            self.display.damage_subtract(self.damage, 0, 0)
+        damaged = self.changes.take() or self._first  # (re-armed before the grab)
         ptr = self.root.query_pointer()
         pointer = (int(ptr.root_x), int(ptr.root_y))
         self._first = False
@@ -97,9 +88,7 @@ class _Watcher:
     def close(self) -> None:
         if self._mss is not None:
             self._mss.close()
-        with contextlib.suppress(Exception):
-            self.display.damage_destroy(self.damage)
-            self.display.close()
+        self.changes.close()
 
 
 class DesktopScreencast:
