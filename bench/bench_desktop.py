@@ -11,14 +11,15 @@ process. Raw figures are the same operation done here directly: Xvfb started wit
 ``-displayfd`` and checked with an Xlib connect; the whole desktop (Xvfb, openbox,
 xterm, a headful Chromium with the same flags, connected over CDP); an mss (XShm) grab
 encoded by simplejpeg; a python-xlib XTest click and 20-character type on a display
-that shows the same page as the server's desktop. Raw and API samples alternate so
-background load hits both alike. ``--settle MS`` pauses before each sample, as an agent
-leaves time between actions: no sample then pays for the browser still handling the input
-before it, but every process wakes from idle, which on a small VM costs each hop
-(client -> server -> X thread -> Xvfb and back) more than back-to-back calls do.
+that shows the same page as the server's desktop. Raw and API samples alternate, each
+side going first in every other round, so background load hits both alike.
+``--settle MS`` pauses before each sample, as an agent leaves time between actions: no
+sample then pays for the browser still handling the input before it, but every process
+wakes from idle, which on a small VM costs each hop (client -> server -> X thread -> Xvfb
+and back) more than back-to-back calls do.
 
 Screenshots come in two rows. "screen changed": one character is typed on both desktops
-first (not timed) and their browsers are given 30 ms to draw it, so each side grabs and
+first (not timed) and their browsers are given 50 ms to draw it, so each side grabs and
 encodes a screen that moved. "screen unchanged": both sides took a screenshot just before
 (not timed) and nothing was typed since; the server then hands out its last JPEG again
 when XDAMAGE says nothing was drawn (drivers/desktop/damage.py), while the raw side
@@ -330,7 +331,7 @@ def main() -> int:
         def change_both() -> None:  # (not timed) both screens move: one more character in the input
             ok(client.computers.type(comp.id, text="x"), "type")
             ops.type_text("x")
-            time.sleep(0.03)
+            time.sleep(0.05)
 
         def look_at_both() -> None:  # (not timed) both sides have just taken this screen
             ok(client.computers.screenshot(comp.id), "screenshot")
@@ -356,10 +357,16 @@ def main() -> int:
             for row, (api_fn, raw_fn, prepare) in order:
                 if prepare is not None:
                     prepare()
-                time.sleep(settle)
-                a = timed(api_fn)
-                time.sleep(settle)
-                r = raw_fn() if raw_fn else None
+                # which side goes first alternates: the first one pays for whatever is still running
+                # (after a change, both browsers may still be painting)
+                a = r = None
+                for side in ("api", "raw") if i % 2 else ("raw", "api"):
+                    time.sleep(settle)
+                    if side == "api":
+                        a = timed(api_fn)
+                    elif raw_fn is not None:
+                        r = raw_fn()
+                assert a is not None
                 if i >= 3:
                     res.add(row, "api", a)
                     if r is not None:
