@@ -341,6 +341,9 @@ def test_a_killed_server_takes_its_commands_along(tmp_path: Path) -> None:
 
         threading.Thread(target=run, daemon=True).start()
         assert wait_until(lambda: bool(procs_with(["sleep", "1234.8"])), 10)
+        capped = "without process and memory caps" not in srv.log()
+        groups = control_groups(srv.process.pid)
+        assert bool(groups) == capped, groups
         srv.stop(signal.SIGKILL)
         assert wait_until(lambda: not procs_with(["sleep", "1234.8"]), 5), "a command outlived its server"
         assert host.exists()
@@ -349,9 +352,18 @@ def test_a_killed_server_takes_its_commands_along(tmp_path: Path) -> None:
     again = start_server(tmp_path, data_dir=srv.data_dir, api_key=srv.api_key, env={"OPENCONE_POOL_SIZE": "0"})
     try:
         assert not host.exists(), "the next start wipes workspaces left by a crash"
+        assert not control_groups(srv.process.pid), "the next start removes a dead server's control groups"
+        assert bool(control_groups(again.process.pid)) == capped
     finally:
         again.stop()
     assert not host.parent.exists(), "a clean stop removes the workspace root"
+    assert not control_groups(again.process.pid), "a clean stop removes its control groups"
+
+
+def control_groups(server_pid: int) -> list[Path]:
+    """A server's exec control groups, in either cgroup layout."""
+    root = Path("/sys/fs/cgroup")
+    return [p for p in [root / f"opencone-{server_pid}", *root.glob(f"*/opencone-{server_pid}")] if p.is_dir()]
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -502,3 +514,58 @@ def test_x_display_is_reachable_only_when_given(tmp_path: Path) -> None:
     finally:
         xvfb.kill()
         xvfb.wait()
+
+
+# -- caps: processes and memory per computer (cgroups) ---------------------------------------
+@pytest.fixture(scope="module")
+def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("capped"),
+                          env={"OPENCONE_EXEC_MAX_PROCESSES": "40", "OPENCONE_EXEC_MAX_MEMORY_MB": "128"})
+    try:
+        if "without process and memory caps" in server.log():
+            pytest.skip("this server may not create control groups: " + server.log()[-300:])
+        yield server
+    finally:
+        server.stop()
+
+
+FORK_100 = """
+import os, time
+made, failure = 0, "none"
+for _ in range(100):
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        failure = str(exc)
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    made += 1
+print(made)
+print(failure)
+"""
+
+
+def test_a_fork_bomb_stops_at_the_process_cap(capped: Server) -> None:
+    client = capped.client()
+    with client.computer.create(kind="browser") as comp:
+        # up to 100 sleeping children (they all end with the command's pid namespace)
+        bomb = sync(client, comp.id, f"python3 -c '{FORK_100}'", timeout_seconds=20)
+        assert bomb.exit_code == 0, bomb.stderr
+        made, failure = bomb.stdout.splitlines()
+        assert 20 < int(made) < 40 and "Resource temporarily unavailable" in failure, bomb.stdout
+        # the computer, and the server, carry on
+        after = sync(client, comp.id, "echo still here")
+        assert (after.exit_code, after.stdout) == (0, "still here\n")
+    assert capped.health()["status"] == "ok"
+
+
+def test_memory_over_the_cap_kills_the_command_not_the_server(capped: Server) -> None:
+    client = capped.client()
+    with client.computer.create(kind="browser") as comp:
+        hog = sync(client, comp.id, "python3 -c 'b = bytearray(512 << 20); print(len(b))'", timeout_seconds=30)
+        assert hog.exit_code != 0 and "536870912" not in hog.stdout, (hog.exit_code, hog.stdout, hog.stderr)
+        fits = sync(client, comp.id, "python3 -c 'b = bytearray(16 << 20); print(len(b))'", timeout_seconds=30)
+        assert (fits.exit_code, fits.stdout) == (0, f"{16 << 20}\n"), fits.stderr
+    assert capped.health()["status"] == "ok"

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     exec_max_output_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="Output kept by /exec/sync; the rest is dropped and marked."
     )
+    exec_max_processes: int = Field(
+        default=256, ge=8, le=65536,
+        description="Processes one computer's commands may have at once (cgroup pids.max; needs a server "
+                    "that may create control groups, e.g. running as root).",
+    )
+    exec_max_memory_mb: int = Field(
+        default=2048, ge=16, description="Memory one computer's commands may use together (cgroup memory limit)."
+    )
 
     # -- proxies: every browser computer's traffic goes through its own forwarder (drivers/proxy) --
     advanced_proxy_url: str | None = Field(

@@ -50,7 +50,9 @@ class Runtime:
         self.computers = ComputerService(
             settings, self.sessions, {"browser": self.browsers, "desktop": self.desktops}, self.clock, self.events
         )
-        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network)
+        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
+                          max_processes=settings.exec_max_processes,
+                          max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.screencasts = ScreencastService(self.computers)
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from opencone.drivers.sandbox import bwrap
+from opencone.drivers.sandbox.cgroups import ExecLimits
 from opencone.drivers.sandbox.workspaces import Workspaces, sandbox_ids
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,12 @@ class Execution:
 class Sandbox:
     """Runs commands for computers; owns their workspaces."""
 
-    def __init__(self, workspaces: Workspaces, *, network: bool = False, bwrap_path: str = "bwrap") -> None:
+    def __init__(self, workspaces: Workspaces, *, network: bool = False, bwrap_path: str = "bwrap",
+                 max_processes: int = 256, max_memory_bytes: int = 2 << 30) -> None:
         self.workspaces = workspaces
         self.network = network
+        self.max_processes, self.max_memory_bytes = max_processes, max_memory_bytes
+        self.limits: ExecLimits | None = None  # per-computer caps, where the server may set them
         self._bwrap = shutil.which(bwrap_path)
         # as root, bwrap must start as the sandbox uid (see workspaces.py); setpriv switches to it,
         # which keeps Popen on its fast vfork path (user=/group= would force a fork)
@@ -214,6 +218,8 @@ class Sandbox:
                     log.warning("killed %d sandboxed commands left behind by an earlier server", killed)
             except Exception as exc:
                 self._problem = f"the workspace directory is not usable: {exc}"
+            if not self._problem:
+                self.limits = ExecLimits(self.max_processes, self.max_memory_bytes)
         if self._problem:
             log.warning("exec is unavailable: %s", self._problem)
 
@@ -232,9 +238,18 @@ class Sandbox:
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=bwrap.environment(env or {}, x_display), cwd="/", start_new_session=True,
         )
+        if self.limits is not None:
+            try:
+                self.limits.add(computer_id, proc.pid)
+            except OSError as exc:  # never run a command outside its caps
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise SandboxUnavailable(f"could not cap the command's processes and memory: {exc}") from None
         return Execution(proc, timeout, max_output_bytes)
 
     def stop(self) -> None:
+        if self.limits is not None:
+            self.limits.close()
         self.workspaces.close()
 
     def workspace(self, computer_id: str) -> Path:
@@ -242,4 +257,6 @@ class Sandbox:
         return self.workspaces.ensure(computer_id)
 
     async def remove(self, computer_id: str) -> None:
+        if self.limits is not None:
+            await asyncio.to_thread(self.limits.remove, computer_id)
         await asyncio.to_thread(self.workspaces.remove, computer_id)
