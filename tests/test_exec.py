@@ -503,8 +503,9 @@ def test_x_display_is_reachable_only_when_given(tmp_path: Path) -> None:
                     out += ev.data
                 else:
                     code = ev.code
-            sandbox.workspaces.remove("comp_x")
-            sandbox.workspaces.root.rmdir()
+            await sandbox.remove("comp_x")
+            sandbox.stop()  # (the workspace root, and this process's control group)
+            assert not sandbox.workspaces.root.exists()
             return code, out.decode()
 
         code, out = asyncio.run(run(97))
