@@ -141,8 +141,8 @@ def launch_user_agent(config: StealthConfig, chrome_major: str | None) -> str | 
     if config.user_agent:
         return config.user_agent
     if config.enabled and chrome_major:  # Chromium's own reduced user agent, without "Headless"
-        return f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{chrome_major}.0.0.0 " \
-               "Safari/537.36"
+        return (f"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{chrome_major}.0.0.0 "
+                "Safari/537.36")
     return None
 
 

@@ -38,12 +38,11 @@ class ExecLimits:
         self.max_memory_bytes = max_memory_bytes
         self._bases: list[Path] = []  # one per hierarchy: this server's group
         self._made: set[str] = set()
-        self.problem: str | None = None
         try:
             self._bases = self._setup(root)
         except OSError as exc:
-            self.problem = f"cannot create control groups under {root}: {exc.strerror or exc}"
-            log.warning("exec commands run without process and memory caps: %s", self.problem)
+            log.warning("exec commands run without process and memory caps: cannot create control groups "
+                        "under %s: %s", root, exc.strerror or exc)
 
     def _setup(self, root: Path) -> list[Path]:
         if (root / "cgroup.controllers").exists():  # v2
