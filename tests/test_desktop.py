@@ -141,6 +141,23 @@ def test_a_screenshot_shows_everything_drawn_before_it(server: Server) -> None:
         assert all(abs(a - b) < 40 for a, b in zip(want, got, strict=True)), seen
 
 
+def test_a_command_sees_the_input_sent_before_it(server: Server) -> None:
+    # Input actions return once their events are sent (xinput.py); a command is another X client,
+    # so exec must first wait for the X server to have handled them: the pointer is where the
+    # action just left it, every time, with no waiting between the two calls.
+    client = server.client()
+    with client.computer.create(kind="desktop") as comp:
+        seen = []
+        for x, y in [(11, 700), (1000, 20), (512, 384), (3, 5), (640, 641)]:
+            moved = client.computers.execute(comp.id, action={"type": "move", "x": x, "y": y})
+            assert moved.status == "success", moved.error_message
+            ran = client.computers.exec.sync(comp.id, command="xdotool getmouselocation --shell")
+            assert ran.exit_code == 0, ran.stderr
+            where = dict(line.split("=", 1) for line in ran.stdout.split())
+            seen.append(((x, y), (int(where["X"]), int(where["Y"]))))
+    assert all(want == got for want, got in seen), seen
+
+
 def _centre_pixel(client: Lightcone, cid: str) -> tuple[int, ...]:
     shot = client.computers.screenshot(cid, base64=True)
     assert shot.status == "success", shot.error_message

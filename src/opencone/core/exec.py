@@ -234,6 +234,10 @@ class ExecService:
             proxy_env = getattr(comp.driver, "proxy_env", None)
             if self._sandbox.network and callable(proxy_env):
                 env = {**proxy_env(), **req.env}  # the computer's own route, unless the request says otherwise
+            settle_input = getattr(comp.driver, "settle_input", None)
+            if callable(settle_input):  # a desktop: the command's X clients must see the input sent before it
+                with contextlib.suppress(DriverError):  # (a desktop that is gone: the command finds out)
+                    await settle_input()
             execution = await self._sandbox.spawn(
                 comp.id, req.command, cwd=req.cwd, env=env, timeout=req.timeout_seconds,
                 x_display=display_number(getattr(comp.driver, "x_display", None)), max_output_bytes=limit,

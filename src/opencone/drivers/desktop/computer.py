@@ -66,6 +66,14 @@ class _XConnection:
         self.screen.resize(width, height)
         self.input = XInput(self.display)
 
+    def jpeg(self, quality: int) -> bytes:
+        """The screen as JPEG, showing every input event sent before (as the X server drew it)."""
+        if not self.screen.round_trips:  # (with XDAMAGE its check is that round trip: screen.py)
+            self.input.settle()
+        data = self.screen.jpeg(quality)
+        self.input.settled()
+        return data
+
     def wait_for_wm(self, timeout: float) -> bool:
         """Wait until a window manager runs (it owns _NET_SUPPORTING_WM_CHECK on the root)."""
         atom = self.display.intern_atom("_NET_SUPPORTING_WM_CHECK")
@@ -278,7 +286,12 @@ class DesktopComputer(RoutedThroughProxy):
 
     # -- screen ---------------------------------------------------------------------------
     async def screenshot(self, quality: int, tab: str | None) -> bytes:
-        return await self._xcall(self._xc.screen.jpeg, quality)
+        return await self._xcall(self._xc.jpeg, quality)
+
+    async def settle_input(self) -> None:
+        """Wait until the X server has processed the input sent so far (before another X client looks)."""
+        if self._x is not None and self._x.input.unsettled:
+            await self._xcall(self._x.input.settle)
 
     def screencast(self) -> DesktopScreencast:
         """Frames of the X screen when it changes, and the pointer (see drivers/desktop/screencast.py)."""

@@ -1,10 +1,20 @@
 """Whether anything was drawn on an X screen since the last look (XDAMAGE).
 
-One damage object on the root window, on an X connection of its own, reporting
-only when its region goes from empty to non-empty: one ``DamageNotify`` per
-change, however much is drawn. Taking the change empties the region again
-(``DamageSubtract``), so the next drawing reports anew. Blocking code for the
-desktop's X thread, like the rest of the desktop driver.
+Two ways to ask, both with one damage object on the root window:
+
+- ``DamageWatch`` (the screencast): on an X connection of its own, reporting only
+  when its region goes from empty to non-empty, so one ``DamageNotify`` per change
+  however much is drawn; a poll reads those events without waiting for the server.
+- ``DamageCheck`` (screenshots): one round trip on a connection shared with other
+  work. ``DamageSubtract`` moves the damage into an XFixes region and empties it in
+  one step; ``FetchRegion``'s reply says whether that region was empty. When the
+  reply arrives, every request sent on that connection before (the desktop's input)
+  has been processed, and whatever is drawn after the reset counts next time.
+
+Blocking code for the desktop's X thread, like the rest of the desktop driver.
+python-xlib 0.33 has XDAMAGE but not XFixes regions: the two region requests are
+defined here from the XFixes protocol (CreateRegion is request 5, DestroyRegion 10,
+FetchRegion 19).
 """
 
 from __future__ import annotations
@@ -13,6 +23,23 @@ import contextlib
 
 from Xlib.display import Display as XDisplay
 from Xlib.ext import damage
+from Xlib.protocol import rq, structs
+
+
+class _CreateRegion(rq.Request):
+    _request = rq.Struct(rq.Card8("opcode"), rq.Opcode(5), rq.RequestLength(), rq.Card32("region"),
+                         rq.List("rectangles", structs.Rectangle))
+
+
+class _DestroyRegion(rq.Request):
+    _request = rq.Struct(rq.Card8("opcode"), rq.Opcode(10), rq.RequestLength(), rq.Card32("region"))
+
+
+class _FetchRegion(rq.ReplyRequest):
+    _request = rq.Struct(rq.Card8("opcode"), rq.Opcode(19), rq.RequestLength(), rq.Card32("region"))
+    _reply = rq.Struct(rq.ReplyCode(), rq.Pad(1), rq.Card16("sequence_number"), rq.ReplyLength(),
+                       rq.Object("extents", structs.Rectangle), rq.Pad(16),
+                       rq.List("rectangles", structs.Rectangle))
 
 
 class DamageWatch:
@@ -23,29 +50,48 @@ class DamageWatch:
         self.damage = root.damage_create(damage.DamageReportNonEmpty)
         self.display.sync()
 
-    def take(self, exact: bool = False) -> bool:
+    def take(self) -> bool:
         """True when something was drawn since the last take that said so; re-arms the watch.
 
-        ``exact``: first a round trip, so every drawing the server did before this call
-        counts; and on a change the re-arming is done before returning, so a grab the
-        caller then makes on another connection cannot come before it (drawing during
-        that grab reports again). Without it, a change still on its way counts next time.
+        Without a round trip: a change still on its way counts next time. The re-arming is
+        only sent, so a caller that grabs on another connection makes a round trip first.
         """
-        if exact:
-            self.display.sync()
         drawn = False
         while self.display.pending_events():  # only DamageNotify is selected on this connection
             self.display.next_event()
             drawn = True
         if drawn:
             self.display.damage_subtract(self.damage, 0, 0)
-            if exact:
-                self.display.sync()
-            else:
-                self.display.flush()
+            self.display.flush()
         return drawn
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.display.damage_destroy(self.damage)
             self.display.close()
+
+
+class DamageCheck:
+    """Drawn or not since the last ``take``, on ``display`` (which stays its owner's)."""
+
+    def __init__(self, display: XDisplay) -> None:
+        self.display = display
+        display.damage_query_version()  # both extensions want their version asked before use
+        display.xfixes_query_version()
+        self._opcode = display.display.get_extension_major("XFIXES")
+        self.region = display.display.allocate_resource_id()
+        _CreateRegion(display=display.display, opcode=self._opcode, region=self.region, rectangles=[])
+        self.damage = display.screen().root.damage_create(damage.DamageReportNonEmpty)
+        display.sync()
+
+    def take(self) -> bool:
+        """True when something was drawn since the last take (or ever, the first time)."""
+        self.display.damage_subtract(self.damage, 0, self.region)
+        reply = _FetchRegion(display=self.display.display, opcode=self._opcode, region=self.region)
+        return len(reply.rectangles) > 0
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.display.damage_destroy(self.damage)
+            _DestroyRegion(display=self.display.display, opcode=self._opcode, region=self.region)
+            self.display.flush()

@@ -10,9 +10,11 @@ in use, the frame is encoded straight from the segment instead: the X server
 writes it only during the next GetImage, which this thread itself sends. Any
 other backend, or an mss whose internals differ, takes the public ``grab``.
 
-A screen nothing was drawn on since the last screenshot (XDAMAGE says so, after a
-round trip: damage.py) gives that screenshot's JPEG again, without grabbing or
-encoding: agents often look twice at a screen that has not moved.
+A screen nothing was drawn on since the last screenshot (XDAMAGE says so, in one
+round trip on the desktop's own connection: damage.py) gives that screenshot's JPEG
+again, without grabbing or encoding: agents often look twice at a screen that has
+not moved. That round trip also means the input sent before it on the same
+connection has been processed when the screen is grabbed.
 
 Xvfb's RandR lets the screen shrink and grow back up to the size Xvfb was
 started with, so desktops start with a large framebuffer and are then set to
@@ -30,7 +32,7 @@ import simplejpeg
 from Xlib.display import Display
 from Xlib.ext import randr
 
-from opencone.drivers.desktop.damage import DamageWatch
+from opencone.drivers.desktop.damage import DamageCheck
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class Screen:
         self.width, self.height = geo.width, geo.height
         self._mss: mss.MSS | None = None
         self._zero_copy = _XShmImpl is not None
-        self._changes = _damage_watch(name)
+        self._changes = _damage_check(display)
         self._last: tuple[tuple[int, int, int], bytes] | None = None  # ((width, height, quality), JPEG)
 
     def _grabber(self) -> mss.MSS:
@@ -68,10 +70,15 @@ class Screen:
             self._mss = mss.MSS(display=self.name)
         return self._mss
 
+    @property
+    def round_trips(self) -> bool:
+        """Whether ``jpeg`` makes a round trip on the display's connection before it grabs."""
+        return self._changes is not None
+
     def jpeg(self, quality: int) -> bytes:
         w, h = self.width, self.height
         key = (w, h, quality)
-        drawn = self._changes.take(exact=True) if self._changes is not None else True
+        drawn = self._changes.take() if self._changes is not None else True
         if not drawn and self._last is not None and self._last[0] == key:
             return self._last[1]
         data = self._encode(w, h, quality)
@@ -167,9 +174,9 @@ class Screen:
             self._changes = None
 
 
-def _damage_watch(name: str) -> DamageWatch | None:
+def _damage_check(display: Display) -> DamageCheck | None:
     try:
-        return DamageWatch(name)
-    except Exception as exc:  # an X server without XDAMAGE: every screenshot is grabbed
-        log.info("no XDAMAGE on %s, screenshots are not reused: %r", name, exc)
+        return DamageCheck(display)
+    except Exception as exc:  # an X server without XDAMAGE or XFixes: every screenshot is grabbed
+        log.info("no XDAMAGE on %s, screenshots are not reused: %r", display.get_display_name(), exc)
         return None

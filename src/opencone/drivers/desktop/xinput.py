@@ -1,9 +1,13 @@
 """Mouse and keyboard through one persistent XTest connection.
 
 Every method here is blocking and must run on the desktop's X thread: an
-Xlib ``Display`` is not thread-safe. Each call ends with ``display.sync()``,
-which returns once the X server has processed the events, so the next action
-(a screenshot, say) sees their effect on the server side.
+Xlib ``Display`` is not thread-safe. An action ends once its events are sent,
+without waiting for the X server: that round trip costs more than sending the
+events does. The X server handles one connection's requests in order, so
+the next action on this connection comes after them; the screenshot's damage
+check is a round trip on this same connection, so a screenshot shows them; and
+anything that looks through another connection (a command run on the desktop)
+calls ``settle`` first, which waits for the X server if events were sent since.
 
 A click first asks the window manager to focus the window under the pointer
 and waits until it has (openbox itself binds no clicks on windows: see
@@ -11,8 +15,8 @@ apps.py), so the keys of the next action go where a person would expect.
 The active window (_NET_ACTIVE_WINDOW) is known without asking: the connection
 listens for property changes on the root and reads the property again only
 after it changed, so a click on the window that already has the focus costs
-one round trip (QueryPointer) besides the final sync, and a focus change is
-seen the moment the window manager announces it.
+one round trip (QueryPointer), and a focus change is seen the moment the window
+manager announces it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class XInput:
         self.root.change_attributes(event_mask=X.PropertyChangeMask)
         self._active_id = 0
         self._active_stale = True
+        self.unsettled = False  # events were sent that the X server may not have processed yet
 
     # -- keys ---------------------------------------------------------------------------
     def _shift(self) -> int:
@@ -87,7 +92,7 @@ class XInput:
             self._tap(keysym)
             if i % _SYNC_EVERY == _SYNC_EVERY - 1:
                 self.d.sync()
-        self._sync()
+        self._send()
 
     def _down(self, key: str) -> None:
         keycode, level = self.keys.locate(key_keysym(key))
@@ -126,7 +131,7 @@ class XInput:
         finally:
             for key in reversed(done):
                 self._up(key)
-            self._sync()
+            self._send()
         if wm:
             self.wm_sync()  # and let it move the focus before the next action types
 
@@ -156,12 +161,12 @@ class XInput:
 
     def key_down(self, key: str) -> None:
         self._down(key)
-        self._sync()
+        self._send()
 
     def key_up(self, key: str) -> None:
         wm = self._wm_chord([key, *self._held])
         self._up(key)
-        self._sync()
+        self._send()
         if wm:
             self.wm_sync()  # the end of a held chord: the window manager may act on it
 
@@ -183,6 +188,22 @@ class XInput:
     def _sync(self) -> None:
         """Wait until the X server has processed every request so far; keep the event queue short."""
         self.d.sync()
+        self.settled()
+
+    def _send(self) -> None:
+        """Send what is queued without waiting for the X server (see the module's notes)."""
+        self.d.flush()
+        self._drain()
+        self.unsettled = True
+
+    def settle(self) -> None:
+        """Wait until the X server has processed the events sent so far, if any may be pending."""
+        if self.unsettled:
+            self._sync()
+
+    def settled(self) -> None:
+        """The caller made a round trip on this connection: everything sent before is processed."""
+        self.unsettled = False
         self._drain()
 
     def _active(self) -> int:
@@ -250,7 +271,7 @@ class XInput:
 
     def move(self, x: float, y: float) -> None:
         self._motion(x, y)
-        self._sync()
+        self._send()
 
     def click(self, x: float, y: float, button: str, count: int) -> None:
         b = BUTTONS[button]
@@ -262,7 +283,7 @@ class XInput:
                 time.sleep(_CLICK_GAP)
             xtest.fake_input(self.d, X.ButtonPress, b)
             xtest.fake_input(self.d, X.ButtonRelease, b)
-        self._sync()
+        self._send()
 
     def button(self, x: float | None, y: float | None, button: str, down: bool) -> None:
         if x is not None and y is not None:
@@ -270,7 +291,7 @@ class XInput:
         if down:
             self._focus_under_pointer()
         xtest.fake_input(self.d, X.ButtonPress if down else X.ButtonRelease, BUTTONS[button])
-        self._sync()
+        self._send()
 
     def drag(self, path: list[tuple[float, float]], button: str) -> None:
         b = BUTTONS[button]
@@ -288,7 +309,7 @@ class XInput:
                 time.sleep(0.002)  # separate motion events, as a hand makes them
             x, y = nx, ny
         xtest.fake_input(self.d, X.ButtonRelease, b)
-        self._sync()
+        self._send()
 
     def scroll(self, x: float, y: float, dx: float, dy: float) -> None:
         self._motion(x, y)
@@ -300,4 +321,4 @@ class XInput:
             for _ in range(clicks):
                 xtest.fake_input(self.d, X.ButtonPress, b)
                 xtest.fake_input(self.d, X.ButtonRelease, b)
-        self._sync()
+        self._send()
