@@ -44,3 +44,37 @@ def test_a_screenshot_url_lives_through_its_write_and_a_restart_then_expires(tmp
         assert httpx.get(f"{srv.base_url}/files/..%2Fserver.log").status_code == 404
     finally:
         srv.stop()
+
+
+def test_the_same_screen_again_is_the_same_file_renewed(tmp_path: Path) -> None:
+    # A desktop hands out its last JPEG again while nothing was drawn: that is one file on disk
+    # and one URL, whose expiry each new screenshot renews; a change makes a new one.
+    data = tmp_path / "data"
+    srv = start_server(tmp_path / "s", data_dir=data, env={"OPENCONE_FILE_TTL_SECONDS": "60"})
+    try:
+        client = srv.client()
+        with client.computer.create(kind="desktop") as comp:
+            still = "for w in $(xdotool search --onlyvisible --name '.*'); do xdotool windowunmap $w; done"
+            assert client.computers.exec.sync(comp.id, command=f"{{ {still}; }} 2>/dev/null; true").exit_code == 0
+            first = client.computers.screenshot(comp.id).result["screenshot_url"]
+            token = first.rsplit("/", 1)[1]
+            deadline = time.monotonic() + 5
+            while not (data / "files" / token).is_file():
+                assert time.monotonic() < deadline, "the screenshot was never written to disk"
+                time.sleep(0.05)
+            old = time.time() - 50  # 10 s from expiry
+            os.utime(data / "files" / token, (old, old))
+            again = client.computers.screenshot(comp.id).result["screenshot_url"]
+            assert again == first
+            assert time.time() - (data / "files" / token).stat().st_mtime < 5, "its expiry was not renewed"
+            assert httpx.get(again).status_code == 200
+            assert client.computers.exec.sync(comp.id, command="xsetroot -solid '#123456'").exit_code == 0
+            changed = client.computers.screenshot(comp.id).result["screenshot_url"]
+            assert changed != first
+            assert httpx.get(changed).content != httpx.get(first).content
+        while not (data / "files" / changed.rsplit("/", 1)[1]).is_file():
+            assert time.monotonic() < deadline + 5, "the second screenshot was never written to disk"
+            time.sleep(0.05)
+        assert len(list((data / "files").glob("*.jpg"))) == 2
+    finally:
+        srv.stop()

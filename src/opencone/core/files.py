@@ -14,6 +14,10 @@ there. A reader is served from memory until the file is complete on disk (it is
 written under a temporary name, then renamed), so it never sees one missing or
 half written. A server killed within ``hold`` of a screenshot loses that
 screenshot's file, as it loses the computer that took it.
+
+The very same ``bytes`` put again (a desktop hands out its last JPEG again while
+nothing was drawn: drivers/desktop/screen.py) gets its earlier token back, with
+the file's expiry renewed, instead of another copy on disk.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ from opencone.core.ids import new_token
 log = logging.getLogger(__name__)
 
 _TYPES = {"jpg": "image/jpeg", "png": "image/png", "bin": "application/octet-stream"}
+_RECENT = 64  # blobs remembered for a put of the same object again (one per busy desktop is enough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,7 @@ class FileStore:
         self._held: dict[str, bytes] = {}  # token -> data, until its file is complete
         self._queued: list[str] = []  # tokens not yet handed to the writer
         self._held_bytes = 0
+        self._recent: OrderedDict[int, tuple[bytes, str]] = OrderedDict()  # id(data) -> (data, its token)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._closing = False
@@ -61,13 +68,34 @@ class FileStore:
 
     def put(self, data: bytes, ext: str = "jpg") -> str:
         """Store ``data``; return its token (``<random>.<ext>``). The file is written in the background."""
-        token = f"{new_token(24)}.{ext}"
         with self._lock:
+            again = self._again(data, ext)
+            if again is not None:
+                return again
+            token = f"{new_token(24)}.{ext}"
+            self._recent[id(data)] = (data, token)  # (holding data keeps its id from being reused)
+            if len(self._recent) > _RECENT:
+                self._recent.popitem(last=False)
             self._held[token] = data
             self._queued.append(token)
             self._held_bytes += len(data)
             if len(self._queued) == 1 or self._held_bytes > self.max_held_bytes:
                 self._wake.notify()
+        return token
+
+    def _again(self, data: bytes, ext: str) -> str | None:
+        """The token ``data`` (this very object) was stored under, its expiry renewed; None if there is none."""
+        known = self._recent.get(id(data))
+        if known is None or known[0] is not data or not known[1].endswith(f".{ext}"):
+            return None
+        token = known[1]
+        if token not in self._held:  # on disk: renew its age (a held one gets its mtime when written)
+            try:
+                os.utime(self.root / token)
+            except OSError:  # swept meanwhile: store it anew
+                del self._recent[id(data)]
+                return None
+        self._recent.move_to_end(id(data))
         return token
 
     def open(self, token: str) -> Blob | None:
