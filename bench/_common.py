@@ -9,14 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from opencone.testing import Server, Site, free_port, pids_with, start_server
 
-__all__ = ["Server", "Site", "free_port", "loadavg", "percentile", "pids_with", "pss_kib", "start_server",
-           "summary", "total_pss_mib", "user_data_dirs"]
+__all__ = ["Server", "Site", "free_port", "loadavg", "null_http", "percentile", "pids_with", "pss_kib",
+           "start_server", "summary", "total_pss_mib", "user_data_dirs"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -67,3 +73,24 @@ def user_data_dirs(pids: set[int]) -> set[str]:
                 if part.startswith("--user-data-dir="):
                     dirs.add(part.split("=", 1)[1])
     return dirs
+
+
+@contextlib.contextmanager
+def null_http() -> Iterator[str]:
+    """The base URL of bench/null_http.py, running until the block ends."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("null_http.py")), str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{base}/ready", json={})
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the null HTTP server did not start")
+            time.sleep(0.05)
+        yield base
+    finally:
+        proc.kill()
+        proc.wait()

@@ -28,7 +28,10 @@ grabs and encodes as always (a blinking caret can still count as a change).
 The "API floor" rows are SDK calls that reach the server and do nothing on the desktop
 (``GET /computers/{id}/status``, ``POST .../keepalive``): the HTTP + SDK + auth cost every
 action pays. The "-floor" column is an action's API p50 minus the status p50 of the same
-run, i.e. what the server adds on top of the raw operation and that round trip.
+run, i.e. what the server adds on top of the raw operation and that round trip. "SDK floor"
+is the same SDK click sent to bench/null_http.py, which answers at once without doing
+anything: the least any server could cost a click here (the SDK, httpx and loopback TCP),
+to hold beside the click target (raw XTest + 2 ms).
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ from typing import Any
 import mss
 import numpy
 import simplejpeg
-from _common import Server, Site, loadavg, start_server, summary
+from _common import Server, Site, loadavg, null_http, start_server, summary
 from playwright.async_api import async_playwright
+from tzafon import Lightcone
 from Xlib import XK, X
 from Xlib.display import Display as XDisplay
 from Xlib.ext import xtest
@@ -71,6 +75,7 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bench</title><
 <input id="box" style="position:absolute;left:20px;top:100px;width:600px;height:30px">
 <p style="position:absolute;top:200px">A small static page with an input.</p></body></html>"""
 FLOOR_ROW = "API floor (GET status)"
+NULL_ROW = "SDK floor (click, null server)"
 SHOT_CHANGED_URL, SHOT_CHANGED_B64 = "screenshot, screen changed (URL)", "screenshot, screen changed (b64)"
 SHOT_UNCHANGED = "screenshot, screen unchanged (URL)"
 ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_UNCHANGED, "click", "type 20 chars")
@@ -292,10 +297,12 @@ def main() -> int:
         SHOT_UNCHANGED: "mss XShm grab + simplejpeg q80 420",
         "click": "python-xlib XTest motion+press+release+sync",
         "type 20 chars": "python-xlib XTest 20 keys+sync",
+        NULL_ROW: "python-xlib XTest motion+press+release+sync",
     })
     load_before = loadavg()
     raw = RawDesktop(tmp, executable)
     cold = start_server(tmp, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_DESKTOP_POOL_SIZE": "0"})
+    stack = contextlib.ExitStack()
     try:
         client = cold.client(timeout=120)
         if not args.actions_only:
@@ -326,7 +333,8 @@ def main() -> int:
         ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click")
         ops.click()
         shuffler = random.Random(1)
-        for row in (FLOOR_ROW, "API floor (POST keepalive)", *ACTION_ROWS):  # the table's order
+        null_client = Lightcone(api_key="unused", base_url=stack.enter_context(null_http()), max_retries=0)
+        for row in (FLOOR_ROW, "API floor (POST keepalive)", NULL_ROW, *ACTION_ROWS):  # the table's order
             res.rows.setdefault(row, {"api": [], "raw": []})
         def change_both() -> None:  # (not timed) both screens move: one more character in the input
             ok(client.computers.type(comp.id, text="x"), "type")
@@ -345,6 +353,8 @@ def main() -> int:
                                ops.screenshot, change_both),
             SHOT_UNCHANGED: (*url_shot, look_at_both),
             "API floor (POST keepalive)": (lambda: client.computers.keepalive(comp.id), None, None),
+            NULL_ROW: (lambda: ok(null_client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "null click"),
+                       ops.click, None),
             "click": (lambda: ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click"),
                       ops.click, None),
             "type 20 chars": (lambda: ok(client.computers.type(comp.id, text=TEXT20), "type"), ops.type20, None),
@@ -375,6 +385,7 @@ def main() -> int:
         raw.close(desk)
         client.computers.delete(comp.id)
     finally:
+        stack.close()
         cold.stop()
 
     if args.actions_only:
