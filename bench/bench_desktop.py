@@ -131,6 +131,7 @@ class RawDesktop:
         self.tmp, self.executable = tmp, executable
         self.loop = asyncio.new_event_loop()
         self.pw = self.loop.run_until_complete(async_playwright().start())
+        self.open: list[dict[str, Any]] = []  # desks not closed yet (stop closes them)
 
     def launch(self, url: str | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -159,10 +160,13 @@ class RawDesktop:
         create = ms(t0)
         if url:
             self.loop.run_until_complete(page.goto(url, wait_until="load"))
-        return {"create": create, "xvfb": xvfb, "wm": wm, "term": term, "chromium": chromium, "browser": b,
+        desk = {"create": create, "xvfb": xvfb, "wm": wm, "term": term, "chromium": chromium, "browser": b,
                 "display": d, "name": name, "work": work}
+        self.open.append(desk)
+        return desk
 
     def close(self, desk: dict[str, Any]) -> None:
+        self.open.remove(desk)
         self.loop.run_until_complete(desk["chromium"].terminate())
         with contextlib.suppress(Exception):
             self.loop.run_until_complete(asyncio.wait_for(desk["browser"].close(), 2))
@@ -172,6 +176,9 @@ class RawDesktop:
         shutil.rmtree(desk["work"], ignore_errors=True)
 
     def stop(self) -> None:
+        for desk in list(self.open):  # a run that failed half way
+            with contextlib.suppress(Exception):
+                self.close(desk)
         self.loop.run_until_complete(self.pw.stop())
         self.loop.close()
 
@@ -384,6 +391,9 @@ def main() -> int:
         ops.close()
         raw.close(desk)
         client.computers.delete(comp.id)
+    except BaseException:
+        raw.stop()  # (on success the pool creates below still use it)
+        raise
     finally:
         stack.close()
         cold.stop()
