@@ -56,6 +56,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, step: float 
     return bool(predicate())
 
 
+def hide_all_windows(client: Any, computer_id: str) -> None:
+    """Unmap every window of a desktop, so nothing on it draws by itself (a blinking caret, a page)."""
+    unmap = "for w in $(xdotool search --onlyvisible --name '.*'); do xdotool windowunmap $w; done"
+    assert client.computers.exec.sync(computer_id, command=f"{{ {unmap}; }} 2>/dev/null; true").exit_code == 0
+
+
 STATE = re.compile(r"STATE(\{.*?\})END", re.S)
 
 

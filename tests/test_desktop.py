@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 import simplejpeg
-from conftest import Server, jpeg_size, page_state, start_server, wait_until
+from conftest import Server, hide_all_windows, jpeg_size, page_state, start_server, wait_until
 from tzafon import Lightcone
 
 
@@ -129,8 +129,7 @@ def test_a_screenshot_shows_everything_drawn_before_it(server: Server) -> None:
     # screenshot must show its colour: no waiting, no retries.
     client = server.client()
     with client.computer.create(kind="desktop") as comp:
-        hide_windows = "for w in $(xdotool search --onlyvisible --name '.*'); do xdotool windowunmap $w; done"
-        assert client.computers.exec.sync(comp.id, command=f"{{ {hide_windows}; }} 2>/dev/null; true").exit_code == 0
+        hide_all_windows(client, comp.id)
         seen = []
         for colour, rgb in [("#ff0000", (255, 0, 0)), ("#0000ff", (0, 0, 255)), ("#00ff00", (0, 255, 0))]:
             ran = client.computers.exec.sync(comp.id, command=f"xsetroot -solid '{colour}'")

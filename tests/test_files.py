@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import jpeg_size, start_server
+from conftest import hide_all_windows, jpeg_size, start_server, wait_until
 
 
 def test_a_screenshot_url_lives_through_its_write_and_a_restart_then_expires(tmp_path: Path) -> None:
@@ -54,14 +54,10 @@ def test_the_same_screen_again_is_the_same_file_renewed(tmp_path: Path) -> None:
     try:
         client = srv.client()
         with client.computer.create(kind="desktop") as comp:
-            still = "for w in $(xdotool search --onlyvisible --name '.*'); do xdotool windowunmap $w; done"
-            assert client.computers.exec.sync(comp.id, command=f"{{ {still}; }} 2>/dev/null; true").exit_code == 0
+            hide_all_windows(client, comp.id)
             first = client.computers.screenshot(comp.id).result["screenshot_url"]
             token = first.rsplit("/", 1)[1]
-            deadline = time.monotonic() + 5
-            while not (data / "files" / token).is_file():
-                assert time.monotonic() < deadline, "the screenshot was never written to disk"
-                time.sleep(0.05)
+            assert wait_until((data / "files" / token).is_file, 5), "the screenshot was never written to disk"
             old = time.time() - 50  # 10 s from expiry
             os.utime(data / "files" / token, (old, old))
             again = client.computers.screenshot(comp.id).result["screenshot_url"]
@@ -72,9 +68,8 @@ def test_the_same_screen_again_is_the_same_file_renewed(tmp_path: Path) -> None:
             changed = client.computers.screenshot(comp.id).result["screenshot_url"]
             assert changed != first
             assert httpx.get(changed).content != httpx.get(first).content
-        while not (data / "files" / changed.rsplit("/", 1)[1]).is_file():
-            assert time.monotonic() < deadline + 5, "the second screenshot was never written to disk"
-            time.sleep(0.05)
+        written = (data / "files" / changed.rsplit("/", 1)[1]).is_file
+        assert wait_until(written, 5), "the second screenshot was never written to disk"
         assert len(list((data / "files").glob("*.jpg"))) == 2
     finally:
         srv.stop()
