@@ -8,9 +8,12 @@ through ``html``), and a file a command typed into the xterm wrote.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
+import re
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -157,6 +160,87 @@ def test_a_command_sees_the_input_sent_before_it(server: Server) -> None:
     assert all(want == got for want, got in seen), seen
 
 
+def _open_terminals(client: Lightcone, cid: str, places: dict[str, tuple[int, int]]) -> threading.Thread:
+    """One xterm per name at its place, opened in that order (the last on top), each writing the
+    first line typed into it to /workspace/<name>.txt and closing; they live while the thread runs."""
+    names = list(places)
+    opened = " ".join(
+        f"xterm -T term-{name} -geometry 24x6+{x}+{y} -e sh -c 'read l; echo \"$l\" > /workspace/{name}.txt' & "
+        + (f"xdotool search --sync --onlyvisible --name '^term-{name}$' >/dev/null;" if name != names[-1] else "")
+        for name, (x, y) in places.items())
+    runner = threading.Thread(target=client.computers.exec.sync, args=(cid,),
+                              kwargs={"command": f"{opened} wait", "timeout_seconds": 60}, daemon=True)
+    runner.start()
+    assert wait_until(lambda: client.computers.exec.sync(
+        cid, command=f"xdotool search --onlyvisible --name '^term-{names[-1]}$'").exit_code == 0, 20)
+    return runner
+
+
+def _window_box(client: Lightcone, cid: str, name: str) -> tuple[int, int, int, int]:
+    """x, y, width, height of a window on the screen, by its title (xwininfo: xdotool's
+    getwindowgeometry counts the window manager's frame twice)."""
+    ran = client.computers.exec.sync(cid, command=f"xwininfo -id $(xdotool search --onlyvisible --name '^{name}$')")
+    assert ran.exit_code == 0, ran.stderr
+    info = dict(line.strip().split(":", 1) for line in ran.stdout.splitlines() if line.count(":") == 1)
+    return tuple(int(info[k]) for k in ("Absolute upper-left X", "Absolute upper-left Y",  # type: ignore[return-value]
+                                        "Width", "Height"))
+
+
+def test_keys_go_to_the_window_last_clicked(server: Server) -> None:
+    # A click focuses the window it lands on: the topmost at that point, whatever had the focus,
+    # however many clicks came before, and not a window that has closed since.
+    client = server.client()
+    with client.computer.create(kind="desktop") as comp:
+        c = client.computers
+        runner = _open_terminals(client, comp.id, {"a": (60, 120), "b": (600, 120), "c": (160, 180)})
+        ax, ay, aw, ah = _window_box(client, comp.id, "term-a")
+        cx, cy, cw, ch = _window_box(client, comp.id, "term-c")
+        bx, by, bw, bh = _window_box(client, comp.id, "term-b")
+        assert cx < ax + aw - 10 and cy < ay + ah - 10, "the third terminal must cover part of the first"
+        overlap = ((cx + ax + aw) // 2, (cy + ay + ah) // 2)  # on both a and c: c is on top
+
+        def typed(name: str) -> str:
+            ran = c.exec.sync(comp.id, command=f"cat /workspace/{name}.txt 2>/dev/null")
+            return ran.stdout.strip()
+
+        for _ in range(3):  # the same window again and again: it keeps the focus
+            assert c.click(comp.id, x=bx + bw // 2, y=by + bh // 2).status == "success"
+        assert c.type(comp.id, text="to-b\n").status == "success"
+        assert c.click(comp.id, x=overlap[0], y=overlap[1]).status == "success"
+        assert c.type(comp.id, text="to-c\n").status == "success"
+        assert wait_until(lambda: typed("c") == "to-c", 10), (typed("a"), typed("c"))
+        # c has read its line and closed: the same point is now on a
+        assert c.click(comp.id, x=overlap[0], y=overlap[1]).status == "success"
+        assert c.type(comp.id, text="to-a\n").status == "success"
+        assert wait_until(lambda: typed("a") == "to-a", 10), typed("a")
+        assert typed("b") == "to-b"
+        runner.join(20)
+        assert not runner.is_alive()
+
+
+def test_every_button_press_gets_its_own_time(server: Server) -> None:
+    # Chromium takes a press with the same X timestamp as the last press for that press again,
+    # with its click count. Clicks sent back to back reach the X server together, so it must be
+    # asked to space them: xev prints the time the X server gave each press.
+    client = server.client()
+    with client.computer.create(kind="desktop") as comp:
+        c = client.computers
+        out: list[str] = []
+        xev = threading.Thread(target=lambda: out.append(c.exec.sync(
+            comp.id, command="timeout 8 stdbuf -oL xev -geometry 300x300+0+0 -event button; true").stdout))
+        xev.start()
+        assert wait_until(lambda: c.exec.sync(
+            comp.id, command="xdotool search --onlyvisible --name '^Event Tester$'").exit_code == 0, 10)
+        for act in (lambda: c.double_click(comp.id, x=150, y=150), lambda: c.right_click(comp.id, x=150, y=150),
+                    lambda: c.click(comp.id, x=150, y=150), lambda: c.execute(
+                        comp.id, action={"type": "double_click", "x": 150, "y": 150})):
+            assert act().status == "success"
+        xev.join(15)
+        times = [int(t) for t in re.findall(r"ButtonPress event.*?time (\d+)", out[0], re.S)]
+    assert len(times) == 6, out
+    assert all(b > a for a, b in itertools.pairwise(times)), times
+
+
 def _centre_pixel(client: Lightcone, cid: str) -> tuple[int, ...]:
     shot = client.computers.screenshot(cid, base64=True)
     assert shot.status == "success", shot.error_message
@@ -184,7 +268,7 @@ def test_double_right_and_drag(desk: Desk) -> None:
     desk.ok(c.right_click(desk.id, x=600, y=desk.top + 500))
     desk.ok(c.drag(desk.id, x1=80, y1=desk.top + 330, x2=300, y2=desk.top + 450))
     s = desk.state()
-    assert s["dblclicks"] == 1, (desk.top, json.dumps(s))
+    assert s["dblclicks"] == 1, (desk.top, json.dumps({k: s[k] for k in ("mousedowns", "mouseups")}))
     assert s["contextmenus"] == 1
     assert s["drag"] == [300, 450]
 
@@ -291,6 +375,36 @@ def test_a_dead_x_server_ends_the_desktop(server: Server) -> None:
     assert wait_until(lambda: client.computers.retrieve(comp.id).status == "terminated", 5)
     assert client.computers.retrieve(comp.id).model_extra["termination_reason"] == "desktop_crashed"
     assert wait_until(lambda: not any(_alive(p) for p in procs), 5)
+
+
+def test_a_frozen_x_server_holds_up_only_its_desktop(tmp_path: Path) -> None:
+    # Input that only sends runs on the event loop (xthread.py): an X server that stopped reading
+    # must not stop the server with it. Each scroll below is 400 XTest events (14 KiB), far more
+    # than the X connection's socket takes; a screenshot needs the X server's answer, so it
+    # times out, while every other request is answered. When the X server goes on, so does the desktop.
+    srv = start_server(tmp_path, env={"OPENCONE_ACTION_TIMEOUT_SECONDS": "2"})
+    try:
+        client = srv.client()
+        cid = client.computers.create(kind="desktop").id
+        [xvfb] = [p for p in psutil.Process(srv.process.pid).children(recursive=True) if p.name() == "Xvfb"]
+        xvfb.suspend()
+        try:
+            with srv.http() as http:
+                for _ in range(40):
+                    r = http.post(f"/computers/{cid}/scroll", json={"x": 500, "y": 400, "dx": 0, "dy": 20000})
+                    assert (r.status_code, r.json()["status"]) == (200, "success"), r.text
+                    assert http.get(f"/computers/{cid}").status_code == 200  # the server still answers
+                shot = http.post(f"/computers/{cid}/screenshot", json={})
+                assert (shot.status_code, shot.json()["status"]) == (200, "error"), shot.text
+                assert "timed out" in shot.json()["error_message"]
+                assert http.get(f"/computers/{cid}").status_code == 200
+        finally:
+            xvfb.resume()
+        assert wait_until(lambda: client.computers.screenshot(cid).status == "success", 30)
+        assert client.computers.click(cid, x=10, y=10).status == "success"
+        client.computers.delete(cid)
+    finally:
+        srv.stop()
 
 
 def test_pidfile_leftovers_are_killed_at_start(tmp_path: Path) -> None:

@@ -16,8 +16,7 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from opencone.drivers.desktop.screen import Screen, ScreenSizeError
 from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
 from opencone.drivers.desktop.xserver import XServer, start_xvfb
+from opencone.drivers.desktop.xthread import XThread
 from opencone.drivers.processes import kill_group, write_pidfile
 from opencone.drivers.proxy.control import RoutedThroughProxy
 from opencone.drivers.proxy.forwarder import ForwardingProxy
@@ -105,8 +105,8 @@ class DesktopComputer(RoutedThroughProxy):
         self._pidfile = pidfile
         self._playwright = playwright
         self._chromium_path = chromium_path
-        # Xlib and mss are blocking and not thread-safe: all X calls of this desktop run here
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"x{xserver.name}")
+        # Xlib and mss are blocking and not thread-safe: all X calls of this desktop go through here
+        self._xt = XThread(f"x{xserver.name}")
         self._x: _XConnection | None = None
         self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         self._browser_lock = asyncio.Lock()
@@ -214,8 +214,8 @@ class DesktopComputer(RoutedThroughProxy):
                 await asyncio.wait_for(proc.wait(), 2)
         if self._x is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._thread, self._x.close), 2)
-        self._thread.shutdown(wait=False, cancel_futures=True)
+                await asyncio.wait_for(self._xt.run(self._x.close), 2)
+        self._xt.shutdown()
         if self.proxy is not None:
             with contextlib.suppress(Exception):
                 await self.proxy.close()
@@ -232,13 +232,38 @@ class DesktopComputer(RoutedThroughProxy):
 
     # -- the X thread ---------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await self._xt.run(fn, *args)
 
     async def _xcall(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on the X thread, in turn, its errors said as a driver's."""
+        self._check_running()
+        with self._x_errors():
+            return await self._run(fn, *args)
+
+    async def _xsend(self, fn: Callable[..., T], *args: Any) -> T:
+        """Input that only sends (xthread.py): at once when the X thread is idle, else in turn on it."""
+        self._check_running()
+        ran, result = False, None
+        with self._x_errors():
+            if self._xc.input.can_send():
+                ran, result = self._xt.now(fn, *args)
+        return result if ran else await self._xcall(fn, *args)  # type: ignore[return-value]
+
+    def _then_focus(self, focused: bool) -> None:
+        """Unless the clicked window is known to have the focus, focus the one under the pointer
+        before any later X call runs (xinput.py), without holding up the answer: the next
+        action, screenshot or command queues behind it."""
+        if not focused:
+            self._xt.submit(self._xc.input.focus_under_pointer).add_done_callback(_consume)
+
+    def _check_running(self) -> None:
         if not self.alive or self._x is None:
             raise ComputerGone("the desktop is no longer running")
+
+    @contextlib.contextmanager
+    def _x_errors(self) -> Iterator[None]:
         try:
-            return await self._run(fn, *args)
+            yield
         except (ScreenSizeError, NoSpareKeycode, ScreenShotError, ValueError) as exc:
             raise DriverError(str(exc)) from None
         except (xerror.ConnectionClosedError, OSError) as exc:
@@ -255,22 +280,22 @@ class DesktopComputer(RoutedThroughProxy):
 
     # -- pointer and keyboard: the whole screen, whatever window is on top ----------------
     async def click(self, x: float, y: float, button: str, count: int, tab: str | None) -> None:
-        await self._xcall(self._xc.input.click, x, y, button, count)
+        self._then_focus(await self._xsend(self._xc.input.click, x, y, button, count))
 
     async def move(self, x: float, y: float, tab: str | None) -> None:
-        await self._xcall(self._xc.input.move, x, y)
+        await self._xsend(self._xc.input.move, x, y)
 
     async def mouse_down(self, x: float | None, y: float | None, button: str, tab: str | None) -> None:
-        await self._xcall(self._xc.input.button, x, y, button, True)
+        self._then_focus(await self._xsend(self._xc.input.button, x, y, button, True))
 
     async def mouse_up(self, x: float | None, y: float | None, button: str, tab: str | None) -> None:
-        await self._xcall(self._xc.input.button, x, y, button, False)
+        await self._xsend(self._xc.input.button, x, y, button, False)
 
     async def drag(self, path: list[tuple[float, float]], button: str, tab: str | None) -> None:
         await self._xcall(self._xc.input.drag, path, button)
 
     async def scroll(self, x: float, y: float, dx: float, dy: float, tab: str | None) -> None:
-        await self._xcall(self._xc.input.scroll, x, y, dx, dy)
+        await self._xsend(self._xc.input.scroll, x, y, dx, dy)
 
     async def type_text(self, text: str, tab: str | None) -> None:
         await self._xcall(self._xc.input.type_text, text)
@@ -444,6 +469,12 @@ class DesktopComputer(RoutedThroughProxy):
 
     async def cdp_endpoint(self) -> CdpEndpoint:
         return await (await self._need_browser()).cdp_endpoint()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """A background X call failed (the desktop went away meanwhile): the next call says so."""
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("background X call failed: %r", future.exception())
 
 
 def _kill_all(victims: list[psutil.Process], timeout: float = 2.0) -> None:

@@ -9,14 +9,19 @@ check is a round trip on this same connection, so a screenshot shows them; and
 anything that looks through another connection (a command run on the desktop)
 calls ``settle`` first, which waits for the X server if events were sent since.
 
-A click first asks the window manager to focus the window under the pointer
-and waits until it has (openbox itself binds no clicks on windows: see
-apps.py), so the keys of the next action go where a person would expect.
+After a click (or a button press) the caller asks ``focus_under_pointer`` as a
+call of its own: it asks the window manager to focus and raise the window under
+the pointer and waits until it has (openbox itself binds no clicks on windows:
+see apps.py), so the keys of the next action go where a person would expect.
+Clicking first and focusing after keeps the click itself a send, and the
+window under the pointer is the one the click went to (or the one it opened).
 The active window (_NET_ACTIVE_WINDOW) is known without asking: the connection
 listens for property changes on the root and reads the property again only
-after it changed, so a click on the window that already has the focus costs
-one round trip (QueryPointer), and a focus change is seen the moment the window
-manager announces it.
+after it changed; and the window a click lands on is known from the stacking
+order the connection keeps (stacking.py). So a click on the window that already
+has the focus needs no round trip and no focus call at all, and a focus change
+is seen the moment the window manager announces it. When either is not known
+for sure, the focus call asks the X server (QueryPointer).
 """
 
 from __future__ import annotations
@@ -37,15 +42,21 @@ from Xlib.xobject.drawable import Window
 from opencone.drivers.desktop.apps import WM_CHORD_MODIFIERS
 from opencone.drivers.desktop.keyboard import KeyMap
 from opencone.drivers.desktop.keymap import SHIFT, char_keysym, key_keysym, typeable
+from opencone.drivers.desktop.stacking import UNSURE, WindowStack
 
 BUTTONS = {"left": 1, "middle": 2, "right": 3, "back": 8, "forward": 9}
 _WHEEL = {"up": 4, "down": 5, "left": 6, "right": 7}
 _WHEEL_STEP = 100.0  # pixels of scroll delta per wheel click
 _MAX_WHEEL_CLICKS = 200
 _SYNC_EVERY = 200  # long texts: sync now and then so the server's queue stays short
-# Chromium drops a repeated click whose (millisecond) X timestamp equals the last one's
-# as a duplicate: the clicks of a double click must fall in different milliseconds
-_CLICK_GAP = 0.003
+# Chromium takes a button press whose (millisecond) X timestamp equals the last press's
+# for that same press seen again, with its click count: the second click of a double click
+# would be dropped, and a right click right after a double click would count as a double
+# click. A press sent soon after another asks the X server (XTest's delay) to process it
+# that much later, after every request before it, so the two times differ.
+_PRESS_GAP_MS = 3
+_PRESS_RECENT = 0.1  # seconds: a press sent sooner than this after the last one is held back
+_INLINE_UNSENT = 32 * 1024  # can_send: bytes python-xlib may hold unsent (a socket's room is ~150 KiB)
 _FOCUS_WAIT = 0.5  # seconds to wait for the window manager (a focus change, a sync)
 
 
@@ -63,10 +74,12 @@ class XInput:
         self._probe: Window | None = None  # an unmapped window for wm_sync
         self._answered = False  # the window manager set the probe's property (wm_sync)
         # _NET_ACTIVE_WINDOW as last read, and whether a PropertyNotify said it changed since
-        self.root.change_attributes(event_mask=X.PropertyChangeMask)
+        self.root.change_attributes(event_mask=X.PropertyChangeMask | X.SubstructureNotifyMask)
+        self._stack = WindowStack(self.root)  # after selecting its events: none is missed
         self._active_id = 0
         self._active_stale = True
         self.unsettled = False  # events were sent that the X server may not have processed yet
+        self._last_press = 0.0  # time.monotonic() of the last button press sent
 
     # -- keys ---------------------------------------------------------------------------
     def _shift(self) -> int:
@@ -172,6 +185,10 @@ class XInput:
 
     # -- click to focus -----------------------------------------------------------------
     def _on_event(self, ev: Any) -> None:
+        if self._stack.on_event(ev):
+            if ev.type == X.DestroyNotify:
+                self._clients.pop(ev.window.id, None)  # ids are reused
+            return
         if getattr(ev, "type", None) != X.PropertyNotify:
             return
         if ev.atom == self._net_active:
@@ -195,6 +212,14 @@ class XInput:
         self.d.flush()
         self._drain()
         self.unsettled = True
+
+    def can_send(self) -> bool:
+        """Whether a send cannot block: the socket has room (a Unix socket is writable with three
+        quarters of its buffer free) and python-xlib holds little unsent. Its flush sends only
+        when the socket is writable, and then all it holds at once, which waits for the X server
+        if that is more than the room: after the X server stopped reading for a while."""
+        unsent = len(getattr(self.d.display, "data_send", b""))
+        return unsent < _INLINE_UNSENT and bool(select.select([], [self.d], [], 0)[1])
 
     def settle(self) -> None:
         """Wait until the X server has processed the events sent so far, if any may be pending."""
@@ -241,7 +266,21 @@ class XInput:
         self._clients[key] = found
         return found
 
-    def _focus_under_pointer(self) -> None:
+    def focus_known(self, x: float, y: float) -> bool:
+        """Whether the window at (x, y) is known to have the focus already (or to take none),
+        from the events this connection has read, without a round trip."""
+        self._drain()
+        if self._active_stale:
+            return False
+        frame = self._stack.top_at(x, y)
+        if frame is None:
+            return True  # the background: focus_under_pointer would do nothing either
+        if frame == UNSURE or frame not in self._clients:
+            return False
+        client = self._clients[frame]
+        return client is None or client == self._active_id
+
+    def focus_under_pointer(self) -> None:
         """Ask the window manager to focus and raise the window under the pointer; wait until it has.
 
         The QueryPointer reply comes after every event the server sent before it, so a
@@ -273,32 +312,43 @@ class XInput:
         self._motion(x, y)
         self._send()
 
-    def click(self, x: float, y: float, button: str, count: int) -> None:
+    def _press(self, b: int) -> None:
+        now = time.monotonic()
+        delay = _PRESS_GAP_MS if now - self._last_press < _PRESS_RECENT else 0
+        xtest.fake_input(self.d, X.ButtonPress, b, time=delay)  # (``time`` is XTest's delay in ms)
+        self._last_press = now
+
+    def click(self, x: float, y: float, button: str, count: int) -> bool:
+        """Only sends (the X server spaces the clicks of a double click: _PRESS_GAP_MS).
+        Whether the clicked window is known to have the focus (else: focus_under_pointer)."""
         b = BUTTONS[button]
         self._motion(x, y)
-        self._focus_under_pointer()
-        for i in range(count):
-            if i:
-                self.d.sync()
-                time.sleep(_CLICK_GAP)
-            xtest.fake_input(self.d, X.ButtonPress, b)
+        for _ in range(count):
+            self._press(b)
             xtest.fake_input(self.d, X.ButtonRelease, b)
         self._send()
+        return self.focus_known(x, y)
 
-    def button(self, x: float | None, y: float | None, button: str, down: bool) -> None:
+    def button(self, x: float | None, y: float | None, button: str, down: bool) -> bool:
+        """Press or release; as ``click``, whether no focus call is needed after it."""
         if x is not None and y is not None:
             self._motion(x, y)
         if down:
-            self._focus_under_pointer()
-        xtest.fake_input(self.d, X.ButtonPress if down else X.ButtonRelease, BUTTONS[button])
+            self._press(BUTTONS[button])
+        else:
+            xtest.fake_input(self.d, X.ButtonRelease, BUTTONS[button])
         self._send()
+        if not down:
+            return True
+        return x is not None and y is not None and self.focus_known(x, y)
 
     def drag(self, path: list[tuple[float, float]], button: str) -> None:
         b = BUTTONS[button]
         (x, y), rest = path[0], path[1:]
         self._motion(x, y)
-        self._focus_under_pointer()
-        xtest.fake_input(self.d, X.ButtonPress, b)
+        if not self.focus_known(x, y):  # before the press: the window the drag starts on
+            self.focus_under_pointer()
+        self._press(b)
         self.d.sync()
         for nx, ny in rest:
             # intermediate motion so drag thresholds and sliders see a movement, not a jump
