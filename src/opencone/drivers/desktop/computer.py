@@ -240,13 +240,14 @@ class DesktopComputer(RoutedThroughProxy):
         with self._x_errors():
             return await self._run(fn, *args)
 
-    async def _xsend(self, fn: Callable[..., T], *args: Any) -> T:
-        """Input that only sends (xthread.py): at once when the X thread is idle, else in turn on it."""
+    async def _xsend(self, fn: Callable[..., T], *args: Any, only_if: Callable[[], bool] | None = None) -> T:
+        """Input that only sends (xthread.py): at once when the X thread is idle (and ``only_if()``
+        says this call only sends), else in turn on it."""
         self._check_running()
         ran, result = False, None
         with self._x_errors():
             if self._xc.input.can_send():
-                ran, result = self._xt.now(fn, *args)
+                ran, result = self._xt.now(fn, *args, only_if=only_if)
         return result if ran else await self._xcall(fn, *args)  # type: ignore[return-value]
 
     def _then_focus(self, focused: bool) -> None:
@@ -298,16 +299,21 @@ class DesktopComputer(RoutedThroughProxy):
         await self._xsend(self._xc.input.scroll, x, y, dx, dy)
 
     async def type_text(self, text: str, tab: str | None) -> None:
-        await self._xcall(self._xc.input.type_text, text)
+        # keys only send when each has a keycode and no window manager shortcut is waited for
+        x = self._xc.input
+        await self._xsend(x.type_text, text, only_if=lambda: x.sends_only_typing(text))
 
     async def press_keys(self, keys: list[str], tab: str | None) -> None:
-        await self._xcall(self._xc.input.press_keys, keys)
+        x = self._xc.input
+        await self._xsend(x.press_keys, keys, only_if=lambda: x.sends_only_keys(keys))
 
     async def key_down(self, key: str, tab: str | None) -> None:
-        await self._xcall(self._xc.input.key_down, key)
+        x = self._xc.input
+        await self._xsend(x.key_down, key, only_if=lambda: x.sends_only_keys([key]))
 
     async def key_up(self, key: str, tab: str | None) -> None:
-        await self._xcall(self._xc.input.key_up, key)
+        x = self._xc.input
+        await self._xsend(x.key_up, key, only_if=lambda: x.sends_only_keys([key], up=True))
 
     # -- screen ---------------------------------------------------------------------------
     async def screenshot(self, quality: int, tab: str | None) -> bytes:

@@ -84,6 +84,10 @@ class KeyMap:
                     break
         return keycode, device
 
+    def ready(self, keysyms: Iterable[int]) -> bool:
+        """Whether every keysym has a keycode and clients know the map: typing them only sends."""
+        return not self._stale and all(k in self._where for k in keysyms)
+
     def keycode(self, keysym: int) -> tuple[int, int] | None:
         return self._where.get(keysym)
 

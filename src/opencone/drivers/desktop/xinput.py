@@ -98,8 +98,27 @@ class XInput:
             xtest.fake_input(self.d, X.KeyRelease, shift)
         self.keys.pressed(keycode)
 
+    @staticmethod
+    def _text_keysyms(text: str) -> list[int]:
+        return [char_keysym(c) for c in text.replace("\r\n", "\n") if typeable(c)]
+
+    def sends_only_typing(self, text: str) -> bool:
+        """Whether ``type_text(text)`` only sends: every character has a key, and the text is short."""
+        keysyms = self._text_keysyms(text)
+        return len(keysyms) < _SYNC_EVERY and self.keys.ready(keysyms)
+
+    def sends_only_keys(self, keys: list[str], up: bool = False) -> bool:
+        """Whether ``press_keys(keys)`` (or ``key_down``, or with ``up`` ``key_up``) only sends:
+        every key has a keycode, and no window manager shortcut is made, which it waits for."""
+        try:
+            keysyms = [key_keysym(k) for k in keys]
+        except ValueError:
+            return False  # said in turn, on the X thread
+        chord = self._wm_chord([*keys, *self._held]) if up else len(keys) > 1 and self._wm_chord(keys)
+        return not chord and self.keys.ready(keysyms)
+
     def type_text(self, text: str) -> None:
-        keysyms = [char_keysym(c) for c in text.replace("\r\n", "\n") if typeable(c)]
+        keysyms = self._text_keysyms(text)
         self.keys.prepare(keysyms)
         for i, keysym in enumerate(keysyms):
             self._tap(keysym)

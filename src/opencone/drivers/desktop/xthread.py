@@ -43,9 +43,10 @@ class XThread:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.submit(fn, *args)
 
-    def now(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
-        """Run ``fn`` here, at once, if the thread is idle with nothing queued: (True, its result);
-        (False, None) if it was not run.
+    def now(self, fn: Callable[..., T], *args: Any,
+            only_if: Callable[[], bool] | None = None) -> tuple[bool, T | None]:
+        """Run ``fn`` here, at once, if the thread is idle with nothing queued and ``only_if()``
+        (asked with the connection held) says yes: (True, its result); else (False, None).
 
         Only for calls that send and return without waiting for the X server: the
         event loop must never wait on it.
@@ -53,6 +54,8 @@ class XThread:
         if self._queued or not self._lock.acquire(blocking=False):
             return False, None
         try:
+            if only_if is not None and not only_if():
+                return False, None
             return True, fn(*args)
         finally:
             self._lock.release()
