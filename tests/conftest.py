@@ -9,7 +9,9 @@ Every test drives a real server (``python -m opencone serve``, started by
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +25,21 @@ from opencone.testing import Server, Site, free_port, start_server
 __all__ = ["Server", "free_port", "jpeg_size", "page_state", "start_server", "wait_until"]
 
 PAGES = Path(__file__).with_name("pages")
+
+
+@pytest.fixture()
+def x_display() -> Iterator[str]:
+    """A bare Xvfb (400x300) for driver-level tests of the desktop's X code; its DISPLAY name."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "400x300x24", "-nolisten", "tcp"],
+                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as numbers:
+            yield f":{numbers.readline().strip()}"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -8,33 +8,15 @@ X server's own: the child of the root that QueryPointer reports there.
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-from collections.abc import Iterator
 
-import pytest
 from Xlib import X
 from Xlib.display import Display
 from Xlib.ext import xtest
 
 from opencone.drivers.desktop.stacking import UNSURE, WindowStack
 
-W, H = 400, 300
-
-
-@pytest.fixture()
-def x_display() -> Iterator[str]:
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{W}x{H}x24", "-nolisten", "tcp"],
-                            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd) as numbers:
-            yield f":{numbers.readline().strip()}"
-    finally:
-        proc.kill()
-        proc.wait()
+W, H = 400, 300  # the conftest's x_display
 
 
 def _truth(d: Display, x: int, y: int) -> int | None:

@@ -33,6 +33,7 @@ from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
 from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
 from opencone.drivers.desktop.keyboard import NoSpareKeycode
+from opencone.drivers.desktop.readyshot import ReadyShot
 from opencone.drivers.desktop.screen import Screen, ScreenSizeError
 from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
@@ -108,6 +109,7 @@ class DesktopComputer(RoutedThroughProxy):
         # Xlib and mss are blocking and not thread-safe: all X calls of this desktop go through here
         self._xt = XThread(f"x{xserver.name}")
         self._x: _XConnection | None = None
+        self._ready = ReadyShot(self._look)  # the screen encoded ahead of the next screenshot
         self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         self._browser_lock = asyncio.Lock()
         # one profile for every browser this desktop starts, as on a real desktop: a user who
@@ -198,6 +200,7 @@ class DesktopComputer(RoutedThroughProxy):
         if self._closing:
             return
         self._closing = True
+        self._ready.close()
         self._watch.cancel()
         # children of the terminal live in sessions of their own: note them before their parents go
         victims = await asyncio.to_thread(self._descendants)
@@ -248,7 +251,18 @@ class DesktopComputer(RoutedThroughProxy):
         with self._x_errors():
             if self._xc.input.can_send():
                 ran, result = self._xt.now(fn, *args, only_if=only_if)
-        return result if ran else await self._xcall(fn, *args)  # type: ignore[return-value]
+        if not ran:
+            result = await self._xcall(fn, *args)
+        self._ready.after_input()
+        return result  # type: ignore[return-value]
+
+    def _look(self, quality: int) -> asyncio.Future[bytes] | None:
+        """One look at the screen for ReadyShot, queued on the X thread; None while it has other work."""
+        if self._xt.busy or not self.alive or self._x is None:
+            return None
+        future = self._xt.submit(self._x.jpeg, quality)
+        future.add_done_callback(_consume)
+        return future
 
     def _then_focus(self, focused: bool) -> None:
         """Unless the clicked window is known to have the focus, focus the one under the pointer
@@ -294,6 +308,7 @@ class DesktopComputer(RoutedThroughProxy):
 
     async def drag(self, path: list[tuple[float, float]], button: str, tab: str | None) -> None:
         await self._xcall(self._xc.input.drag, path, button)
+        self._ready.after_input()
 
     async def scroll(self, x: float, y: float, dx: float, dy: float, tab: str | None) -> None:
         await self._xsend(self._xc.input.scroll, x, y, dx, dy)
@@ -317,6 +332,7 @@ class DesktopComputer(RoutedThroughProxy):
 
     # -- screen ---------------------------------------------------------------------------
     async def screenshot(self, quality: int, tab: str | None) -> bytes:
+        self._ready.screenshot_taken(quality)
         return await self._xcall(self._xc.jpeg, quality)
 
     async def settle_input(self) -> None:
@@ -439,6 +455,7 @@ class DesktopComputer(RoutedThroughProxy):
             t = await browser.tabs.get(tab)
             await t.page.bring_to_front()
             await asyncio.wait_for(t.page.evaluate(_TWO_FRAMES_JS), 1.0)
+        self._ready.after_input()
 
     async def html(self, tab: str | None) -> str:
         browser = self._open_browser()

@@ -40,6 +40,11 @@ class XThread:
     def _finished(self, _future: asyncio.Future[Any]) -> None:
         self._queued -= 1
 
+    @property
+    def busy(self) -> bool:
+        """Whether calls are queued or running on the thread."""
+        return self._queued > 0
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.submit(fn, *args)
 
