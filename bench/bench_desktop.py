@@ -18,12 +18,16 @@ sample then pays for the browser still handling the input before it, but every p
 wakes from idle, which on a small VM costs each hop (client -> server -> X thread -> Xvfb
 and back) more than back-to-back calls do.
 
-Screenshots come in two rows. "screen changed": one character is typed on both desktops
-first (not timed) and their browsers are given 50 ms to draw it, so each side grabs and
-encodes a screen that moved. "screen unchanged": both sides took a screenshot just before
-(not timed) and nothing was typed since; the server then hands out its last JPEG again
-when XDAMAGE says nothing was drawn (drivers/desktop/damage.py), while the raw side
-grabs and encodes as always (a blinking caret can still count as a change).
+Screenshots come in three rows. "screen changed": one character is typed on both desktops
+first (not timed) and their browsers are given 50 ms to draw it, as an agent acts and then
+looks; the server uses such a moment to encode the screen ahead (drivers/desktop/readyshot.py)
+and answers with that JPEG when nothing was drawn since, while the raw side grabs and encodes
+as always. "changed by another client": a small window of this process's own is repainted on
+both screens just before (not timed): a change no API input announced, so the server grabs and
+encodes it then, as the raw side does. "screen unchanged": both sides took a screenshot just
+before (not timed) and nothing was typed since; the server then hands out its last JPEG again
+when XDAMAGE says nothing was drawn (drivers/desktop/damage.py), while the raw side grabs and
+encodes as always (a blinking caret can still count as a change).
 
 The "API floor" rows are SDK calls that reach the server and do nothing on the desktop
 (``GET /computers/{id}/status``, ``POST .../keepalive``): the HTTP + SDK + auth cost every
@@ -78,7 +82,8 @@ FLOOR_ROW = "API floor (GET status)"
 NULL_ROW = "SDK floor (click, null server)"
 SHOT_CHANGED_URL, SHOT_CHANGED_B64 = "screenshot, screen changed (URL)", "screenshot, screen changed (b64)"
 SHOT_UNCHANGED = "screenshot, screen unchanged (URL)"
-ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_UNCHANGED, "click", "type 20 chars")
+SHOT_OTHER = "screenshot, changed by other client"
+ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_OTHER, SHOT_UNCHANGED, "click", "type 20 chars")
 CLICK_AT = (200, 200)  # page (20..620, 100..130) sits below the browser's ~87 px of tabs and toolbar
 
 
@@ -234,6 +239,30 @@ class RawOps:
         self.grabber.close()
 
 
+class Painter:
+    """A small window of this process's own on a display, repainted in a new colour on demand:
+    a change no API input caused, so the server has not looked at the screen since."""
+
+    def __init__(self, name: str) -> None:
+        self.d = XDisplay(name)
+        screen = self.d.screen()
+        self.win = screen.root.create_window(WIDTH - 80, HEIGHT - 80, 64, 64, 0, screen.root_depth,
+                                             override_redirect=True, background_pixel=0)
+        self.win.map()
+        self.colour = 0
+        self.d.sync()
+
+    def paint(self) -> None:
+        self.colour = (self.colour + 0x3F1F0F) & 0xFFFFFF
+        self.win.change_attributes(background_pixel=self.colour)
+        self.win.clear_area(0, 0, 0, 0)
+        self.d.sync()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # (its X server may be gone already)
+            self.d.close()
+
+
 # -- results -----------------------------------------------------------------------------------
 class Results:
     def __init__(self) -> None:
@@ -302,6 +331,7 @@ def main() -> int:
         SHOT_CHANGED_URL: "mss XShm grab + simplejpeg q80 420",
         SHOT_CHANGED_B64: "mss XShm grab + simplejpeg q80 420",
         SHOT_UNCHANGED: "mss XShm grab + simplejpeg q80 420",
+        SHOT_OTHER: "mss XShm grab + simplejpeg q80 420",
         "click": "python-xlib XTest motion+press+release+sync",
         "type 20 chars": "python-xlib XTest 20 keys+sync",
         NULL_ROW: "python-xlib XTest motion+press+release+sync",
@@ -348,6 +378,14 @@ def main() -> int:
             ops.type_text("x")
             time.sleep(0.05)
 
+        api_display = ok(client.computers.exec.sync(comp.id, command="echo $DISPLAY"), "exec").stdout.strip()
+        painters = [Painter(api_display), Painter(desk["name"])]
+        stack.callback(lambda: [p.close() for p in painters])
+
+        def paint_both() -> None:  # (not timed) another X client draws on both screens, at once before
+            for painter in painters:
+                painter.paint()
+
         def look_at_both() -> None:  # (not timed) both sides have just taken this screen
             ok(client.computers.screenshot(comp.id), "screenshot")
             ops.screenshot()
@@ -359,6 +397,7 @@ def main() -> int:
             SHOT_CHANGED_B64: (lambda: ok(client.computers.screenshot(comp.id, base64=True), "shot"),
                                ops.screenshot, change_both),
             SHOT_UNCHANGED: (*url_shot, look_at_both),
+            SHOT_OTHER: (*url_shot, paint_both),
             "API floor (POST keepalive)": (lambda: client.computers.keepalive(comp.id), None, None),
             NULL_ROW: (lambda: ok(null_client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "null click"),
                        ops.click, None),
