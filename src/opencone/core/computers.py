@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,8 +41,10 @@ class DriverFactory(Protocol):
     kind: str
 
     async def start(self) -> None: ...
-    async def create(self, display: Display) -> ComputerDriver: ...
-    # the browser factory also takes create(display, use_advanced_proxy=…, stealth=…)
+    async def create(self, display: Display, options: Mapping[str, Any]) -> ComputerDriver:
+        """A computer showing ``display``; ``options`` are the create request's (validated) options,
+        of which each kind reads its own (a browser: ``use_advanced_proxy``, ``stealth``)."""
+        ...
     async def stop(self) -> None: ...
 
 
@@ -282,12 +284,8 @@ class ComputerService:
                 factory = self._factories[spec.kind]
                 if spec.environment_id and spec.kind == "browser" and self.environments is not None:
                     driver = await self.environments.launch_browser(spec)  # a restored profile
-                elif spec.kind == "browser":  # (the start-up user agent follows the stealth options)
-                    driver = await factory.create(  # type: ignore[call-arg]
-                        spec.display, use_advanced_proxy=bool(spec.options.get("use_advanced_proxy")),
-                        stealth=spec.options.get("stealth"))
                 else:
-                    driver = await factory.create(spec.display)
+                    driver = await factory.create(spec.display, spec.options)
                 if spec.options.get("stealth") and hasattr(driver, "configure_stealth"):
                     try:  # a pool browser gets its computer's stealth options (drivers/chromium/stealth.py)
                         await driver.configure_stealth(spec.options["stealth"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Playwright, async_playwright
 
@@ -59,10 +61,12 @@ class BrowserFactory:
         """The user agent a browser for these ``stealth`` options starts with (see stealth.launch_user_agent)."""
         return launch_user_agent(StealthConfig.from_options(stealth), self._chrome_major)
 
-    async def create(self, display: Display, *, use_advanced_proxy: bool = False,
-                     stealth: dict[str, object] | None = None) -> ChromiumComputer:
-        """A browser from the warm pool; launched cold when ``stealth`` needs another start-up
-        user agent than the pool's (a custom ``user_agent``, or stealth disabled)."""
+    async def create(self, display: Display, options: Mapping[str, Any] | None = None) -> ChromiumComputer:
+        """A browser from the warm pool; launched cold when the ``stealth`` option needs another
+        start-up user agent than the pool's (a custom ``user_agent``, or stealth disabled).
+        ``use_advanced_proxy`` routes it through the server's upstream proxy."""
+        options = options or {}
+        use_advanced_proxy, stealth = bool(options.get("use_advanced_proxy")), options.get("stealth")
         self._check_advanced_proxy(use_advanced_proxy)
         user_agent = self.user_agent_for(stealth)
         if user_agent != self._pool_user_agent:

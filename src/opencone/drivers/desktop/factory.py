@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Playwright, async_playwright
 
@@ -56,7 +58,9 @@ class DesktopFactory:
     async def _dispose(desktop: DesktopComputer) -> None:
         await desktop.close()
 
-    async def create(self, display: Display) -> DesktopComputer:
+    async def create(self, display: Display, options: Mapping[str, Any] | None = None) -> DesktopComputer:
+        """A desktop from the warm pool when one fits ``display``, else launched cold; it takes no
+        options (stealth and the advanced proxy are for browsers: rejected at validation)."""
         if display.scale != 1.0:
             raise DriverError("a desktop's scale_factor is always 1; set the width and height you want instead")
         fits = display.width <= self._framebuffer[0] and display.height <= self._framebuffer[1]
