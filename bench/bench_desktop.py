@@ -340,6 +340,7 @@ def main() -> int:
     raw = RawDesktop(tmp, executable)
     cold = start_server(tmp, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_DESKTOP_POOL_SIZE": "0"})
     stack = contextlib.ExitStack()
+    stack.callback(cold.stop)  # last out: whatever else fails to close, the server stops
     try:
         client = cold.client(timeout=120)
         if not args.actions_only:
@@ -435,7 +436,6 @@ def main() -> int:
         raise
     finally:
         stack.close()
-        cold.stop()
 
     if args.actions_only:
         raw.stop()
