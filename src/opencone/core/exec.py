@@ -257,6 +257,9 @@ class ExecService:
         finally:
             tap.close()
             await execution.close()
+            command_ended = getattr(comp.driver, "command_ended", None)
+            if callable(command_ended):  # a desktop: what the command drew is encoded ahead of a screenshot
+                command_ended()
             running.discard(execution)
             if not running and self._running.get(comp.id) is running:
                 del self._running[comp.id]

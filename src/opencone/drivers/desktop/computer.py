@@ -340,6 +340,10 @@ class DesktopComputer(RoutedThroughProxy):
         if self._x is not None and self._x.input.unsettled:
             await self._xcall(self._x.input.settle)
 
+    def command_ended(self) -> None:
+        """A shell command on this desktop ended: like input, it may have drawn (readyshot.py)."""
+        self._ready.after_input()
+
     def screencast(self) -> DesktopScreencast:
         """Frames of the X screen when it changes, and the pointer (see drivers/desktop/screencast.py)."""
         return DesktopScreencast(self.x_display, self._xcall, lambda: (self._xc.screen.width, self._xc.screen.height),

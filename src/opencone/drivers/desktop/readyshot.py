@@ -8,6 +8,7 @@ since the last (screen.py keeps the JPEG). The screenshot that follows then find
 nothing drawn since and answers with that JPEG at once; if something was drawn
 after the last look it grabs afresh, as always, so it never shows an old screen.
 
+A shell command that ends counts as input: what it ran may have drawn.
 The looks follow the last input at growing intervals and stop at the next input,
 at the screenshot, or after the last interval, so an idle desktop costs nothing
 and a busy one at most one encode per look. They start only once the desktop's
