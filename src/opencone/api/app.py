@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from opencone import __version__
 from opencone.api import errors
 from opencone.api.auth import REDACT_TOKENS
+from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.config import Settings
 from opencone.core.runtime import Runtime
@@ -49,4 +50,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp):
         app.include_router(module.router)
+    app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     return app

@@ -6,6 +6,9 @@ reports; running them is the services' job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 from fastapi import APIRouter, Depends, Request
 
 from opencone.api.auth import current_org
@@ -31,78 +34,106 @@ def _pt(b: w.PointBody) -> dict[str, float]:
     return {"x": b.x, "y": b.y}
 
 
+def _scroll(b: w.ScrollBody) -> a.Action:
+    at = None if b.x is None or b.y is None else {"x": b.x, "y": b.y}
+    return w.build("body", {"kind": "scroll", "at": at, "dx": b.dx, "dy": b.dy})
+
+
+class HotRoute(NamedTuple):
+    body: type[w._Body]  # the endpoint's body (a missing body is this model's defaults when ``optional``)
+    action: Callable[[Any], a.Action]
+    optional: bool = False
+
+
+# The action endpoints agents call most, by the last part of their path: their FastAPI routes
+# below, and the fast path in front of FastAPI (api/hot_actions.py), both use these.
+HOT: dict[str, HotRoute] = {
+    "click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", "at": _pt(b)})),
+    "double-click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", "at": _pt(b), "count": 2})),
+    "right-click": HotRoute(w.PointBody,
+                            lambda b: w.build("body", {"kind": "click", "at": _pt(b), "button": "right"})),
+    "mouse-down": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "mouse_down", "at": _pt(b)})),
+    "mouse-up": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "mouse_up", "at": _pt(b)})),
+    "drag": HotRoute(w.DragBody, lambda b: w.build("body", {"kind": "drag", "path": [
+        {"x": b.x1, "y": b.y1}, {"x": b.x2, "y": b.y2}]})),
+    "type": HotRoute(w.TypeBody, lambda b: w.build("body", {"kind": "type", "text": b.text})),
+    "hotkey": HotRoute(w.HotkeyBody, lambda b: w.build("body", {"kind": "press_keys", "keys": b.keys})),
+    "key-down": HotRoute(w.KeyBody, lambda b: w.build("body", {"kind": "key_down", "key": b.key})),
+    "key-up": HotRoute(w.KeyBody, lambda b: w.build("body", {"kind": "key_up", "key": b.key})),
+    "scroll": HotRoute(w.ScrollBody, _scroll),
+    "screenshot": HotRoute(w.ScreenshotBody, lambda b: w.build("body", {"kind": "screenshot", "base64": b.base64}),
+                           optional=True),
+}
+
+
+async def run_hot(request: Request, org: str, computer_id: str, name: str, body: w._Body) -> JsonBody:
+    return await _run(request, org, computer_id, [HOT[name].action(body)], body)
+
+
 @router.post("/computers/{computer_id}/click")
 async def click(computer_id: str, body: w.PointBody, request: Request,
                 org: str = Depends(current_org)) -> JsonBody:
-    return await _run(request, org, computer_id, [w.build("body", {"kind": "click", "at": _pt(body)})], body)
+    return await run_hot(request, org, computer_id, "click", body)
 
 
 @router.post("/computers/{computer_id}/double-click")
 async def double_click(computer_id: str, body: w.PointBody, request: Request,
                        org: str = Depends(current_org)) -> JsonBody:
-    step = w.build("body", {"kind": "click", "at": _pt(body), "count": 2})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "double-click", body)
 
 
 @router.post("/computers/{computer_id}/right-click")
 async def right_click(computer_id: str, body: w.PointBody, request: Request,
                       org: str = Depends(current_org)) -> JsonBody:
-    step = w.build("body", {"kind": "click", "at": _pt(body), "button": "right"})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "right-click", body)
 
 
 @router.post("/computers/{computer_id}/mouse-down")
 async def mouse_down(computer_id: str, body: w.PointBody, request: Request,
                      org: str = Depends(current_org)) -> JsonBody:
-    step = w.build("body", {"kind": "mouse_down", "at": _pt(body)})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "mouse-down", body)
 
 
 @router.post("/computers/{computer_id}/mouse-up")
 async def mouse_up(computer_id: str, body: w.PointBody, request: Request,
                    org: str = Depends(current_org)) -> JsonBody:
-    step = w.build("body", {"kind": "mouse_up", "at": _pt(body)})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "mouse-up", body)
 
 
 @router.post("/computers/{computer_id}/drag")
 async def drag(computer_id: str, body: w.DragBody, request: Request,
                org: str = Depends(current_org)) -> JsonBody:
-    path = [{"x": body.x1, "y": body.y1}, {"x": body.x2, "y": body.y2}]
-    return await _run(request, org, computer_id, [w.build("body", {"kind": "drag", "path": path})], body)
+    return await run_hot(request, org, computer_id, "drag", body)
 
 
 @router.post("/computers/{computer_id}/type")
 async def type_text(computer_id: str, body: w.TypeBody, request: Request,
                     org: str = Depends(current_org)) -> JsonBody:
-    return await _run(request, org, computer_id, [w.build("body", {"kind": "type", "text": body.text})], body)
+    return await run_hot(request, org, computer_id, "type", body)
 
 
 @router.post("/computers/{computer_id}/hotkey")
 async def hotkey(computer_id: str, body: w.HotkeyBody, request: Request,
                  org: str = Depends(current_org)) -> JsonBody:
-    step = w.build("body", {"kind": "press_keys", "keys": body.keys})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "hotkey", body)
 
 
 @router.post("/computers/{computer_id}/key-down")
 async def key_down(computer_id: str, body: w.KeyBody, request: Request,
                    org: str = Depends(current_org)) -> JsonBody:
-    return await _run(request, org, computer_id, [w.build("body", {"kind": "key_down", "key": body.key})], body)
+    return await run_hot(request, org, computer_id, "key-down", body)
 
 
 @router.post("/computers/{computer_id}/key-up")
 async def key_up(computer_id: str, body: w.KeyBody, request: Request,
                  org: str = Depends(current_org)) -> JsonBody:
-    return await _run(request, org, computer_id, [w.build("body", {"kind": "key_up", "key": body.key})], body)
+    return await run_hot(request, org, computer_id, "key-up", body)
 
 
 @router.post("/computers/{computer_id}/scroll")
 async def scroll(computer_id: str, body: w.ScrollBody, request: Request,
                  org: str = Depends(current_org)) -> JsonBody:
-    at = None if body.x is None or body.y is None else {"x": body.x, "y": body.y}
-    step = w.build("body", {"kind": "scroll", "at": at, "dx": body.dx, "dy": body.dy})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "scroll", body)
 
 
 @router.post("/computers/{computer_id}/navigate")
@@ -114,9 +145,7 @@ async def navigate(computer_id: str, body: w.NavigateBody, request: Request,
 @router.post("/computers/{computer_id}/screenshot")
 async def screenshot(computer_id: str, request: Request, body: w.ScreenshotBody | None = None,
                      org: str = Depends(current_org)) -> JsonBody:
-    body = body or w.ScreenshotBody()
-    step = w.build("body", {"kind": "screenshot", "base64": body.base64})
-    return await _run(request, org, computer_id, [step], body)
+    return await run_hot(request, org, computer_id, "screenshot", body or w.ScreenshotBody())
 
 
 @router.post("/computers/{computer_id}/html")
