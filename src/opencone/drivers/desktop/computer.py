@@ -268,7 +268,7 @@ class DesktopComputer(RoutedThroughProxy):
         """Unless the clicked window is known to have the focus, focus the one under the pointer
         before any later X call runs (xinput.py), without holding up the answer: the next
         action, screenshot or command queues behind it."""
-        if not focused:
+        if not focused and self.alive:  # (a desktop closed while the click waited has no X thread left)
             self._xt.submit(self._xc.input.focus_under_pointer).add_done_callback(_consume)
 
     def _check_running(self) -> None:
