@@ -58,6 +58,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def cid(server: Server) -> Iterator[str]:
+    """A browser computer shared by one test module."""
+    client = server.client()
+    comp = client.computers.create()
+    yield comp.id
+    client.computers.delete(comp.id)
+
+
 @pytest.fixture
 def client(server: Server) -> Lightcone:
     return server.client()

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import tzafon
 from conftest import Server
 from tzafon import Lightcone
-
-
-@pytest.fixture(scope="module")
-def cid(server: Server) -> Iterator[str]:
-    client = server.client()
-    comp = client.computers.create()
-    yield comp.id
-    client.computers.delete(comp.id)
 
 
 def test_unknown_computer_is_404(client: Lightcone) -> None:

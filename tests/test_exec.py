@@ -67,14 +67,6 @@ def ndjson(server: Server, cid: str, body: Any, key: str | None = None) -> tuple
     return r, [json.loads(line) for line in lines]
 
 
-@pytest.fixture(scope="module")
-def cid(server: Server) -> Iterator[str]:
-    client = server.client()
-    comp = client.computers.create()
-    yield comp.id
-    client.computers.delete(comp.id)
-
-
 # -- streaming -------------------------------------------------------------------------------
 
 

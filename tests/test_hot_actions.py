@@ -8,7 +8,6 @@ and the same body, for good requests and bad ones alike.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,14 +20,6 @@ from opencone.api.routes.actions import HOT
 
 # fields that differ between any two answers (times, ids, a screenshot's token)
 _VARYING = {"timestamp", "request_id", "screenshot_url", "executed_tab_id", "tab_id"}
-
-
-@pytest.fixture(scope="module")
-def cid(server: Server) -> Iterator[str]:
-    client = server.client()
-    comp = client.computers.create()
-    yield comp.id
-    client.computers.delete(comp.id)
 
 
 def _stable(value: Any) -> Any:

@@ -42,6 +42,10 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None,
     return JSONResponse(body, status_code=status, headers=hdrs, media_type="application/problem+json")
 
 
+def service_problem(exc: ServiceError) -> JSONResponse:
+    return problem(exc.status, exc.message, extra={k: v for k, v in exc.details.items() if v is not None})
+
+
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     out = ""
@@ -65,7 +69,7 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
-        return problem(exc.status, exc.message, extra={k: v for k, v in exc.details.items() if v is not None})
+        return service_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opencone.api.auth import presented_key
-from opencone.api.errors import problem
+from opencone.api.errors import service_problem
 from opencone.api.routes.actions import HOT, run_hot
 from opencone.core.errors import ServiceError
 
@@ -53,7 +53,7 @@ class HotActions:
         try:
             response = await run_hot(request, org, match.group(1), match.group(2), model)
         except ServiceError as exc:  # as errors.install answers it for the routes
-            response = problem(exc.status, exc.message, extra={k: v for k, v in exc.details.items() if v is not None})
+            response = service_problem(exc)
         await response(scope, again, send)
 
 

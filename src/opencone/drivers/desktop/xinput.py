@@ -287,8 +287,8 @@ class XInput:
 
     def focus_known(self, x: float, y: float) -> bool:
         """Whether the window at (x, y) is known to have the focus already (or to take none),
-        from the events this connection has read, without a round trip."""
-        self._drain()
+        from the events this connection has read (callers have just sent and drained), without
+        a round trip."""
         if self._active_stale:
             return False
         frame = self._stack.top_at(x, y)
@@ -365,6 +365,7 @@ class XInput:
         b = BUTTONS[button]
         (x, y), rest = path[0], path[1:]
         self._motion(x, y)
+        self._send()
         if not self.focus_known(x, y):  # before the press: the window the drag starts on
             self.focus_under_pointer()
         self._press(b)
