@@ -56,6 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mss
 import numpy
 import simplejpeg
@@ -80,10 +81,12 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>bench</title><
 <p style="position:absolute;top:200px">A small static page with an input.</p></body></html>"""
 FLOOR_ROW = "API floor (GET status)"
 NULL_ROW = "SDK floor (click, null server)"
+HTTP_NULL_ROW = "HTTP floor (click, null server)"
+HTTP_CLICK = "click, plain HTTP"
 SHOT_CHANGED_URL, SHOT_CHANGED_B64 = "screenshot, screen changed (URL)", "screenshot, screen changed (b64)"
 SHOT_UNCHANGED = "screenshot, screen unchanged (URL)"
 SHOT_OTHER = "screenshot, changed by other client"
-ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_OTHER, SHOT_UNCHANGED, "click", "type 20 chars")
+ACTION_ROWS = (SHOT_CHANGED_URL, SHOT_CHANGED_B64, SHOT_OTHER, SHOT_UNCHANGED, "click", HTTP_CLICK, "type 20 chars")
 CLICK_AT = (200, 200)  # page (20..620, 100..130) sits below the browser's ~87 px of tabs and toolbar
 
 
@@ -104,6 +107,11 @@ def ok(result: Any, what: str) -> Any:
 
 
 # -- the raw side ------------------------------------------------------------------------------
+def http_ok(response: httpx.Response) -> None:
+    if response.status_code != 200 or response.json().get("status") != "success":
+        raise RuntimeError(f"plain HTTP click failed: {response.status_code} {response.text[:200]}")
+
+
 def raw_xvfb() -> tuple[subprocess.Popen[bytes], str]:
     """Xvfb with -displayfd, up and answering an Xlib connect."""
     r, w = os.pipe()
@@ -335,6 +343,8 @@ def main() -> int:
         "click": "python-xlib XTest motion+press+release+sync",
         "type 20 chars": "python-xlib XTest 20 keys+sync",
         NULL_ROW: "python-xlib XTest motion+press+release+sync",
+        HTTP_CLICK: "python-xlib XTest motion+press+release+sync",
+        HTTP_NULL_ROW: "python-xlib XTest motion+press+release+sync",
     })
     load_before = loadavg()
     raw = RawDesktop(tmp, executable)
@@ -371,8 +381,12 @@ def main() -> int:
         ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click")
         ops.click()
         shuffler = random.Random(1)
-        null_client = Lightcone(api_key="unused", base_url=stack.enter_context(null_http()), max_retries=0)
-        for row in (FLOOR_ROW, "API floor (POST keepalive)", NULL_ROW, *ACTION_ROWS):  # the table's order
+        null_url = stack.enter_context(null_http())
+        null_client = Lightcone(api_key="unused", base_url=null_url, max_retries=0)
+        click_body = {"x": CLICK_AT[0], "y": CLICK_AT[1]}
+        http = stack.enter_context(cold.http())
+        http_null = stack.enter_context(httpx.Client(base_url=null_url))
+        for row in (FLOOR_ROW, "API floor (POST keepalive)", NULL_ROW, HTTP_NULL_ROW, *ACTION_ROWS):  # table order
             res.rows.setdefault(row, {"api": [], "raw": []})
         def change_both() -> None:  # (not timed) both screens move: one more character in the input
             ok(client.computers.type(comp.id, text="x"), "type")
@@ -405,6 +419,9 @@ def main() -> int:
             "click": (lambda: ok(client.computers.click(comp.id, x=CLICK_AT[0], y=CLICK_AT[1]), "click"),
                       ops.click, None),
             "type 20 chars": (lambda: ok(client.computers.type(comp.id, text=TEXT20), "type"), ops.type20, None),
+            HTTP_CLICK: (lambda: http_ok(http.post(f"/computers/{comp.id}/click", json=click_body)), ops.click, None),
+            HTTP_NULL_ROW: (lambda: http_ok(http_null.post(f"/computers/{comp.id}/click", json=click_body)),
+                            ops.click, None),
         }
         for i in range(n + 3):
             # 20 typed keys keep both browsers busy for several ms: whichever sample comes next pays
