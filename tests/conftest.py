@@ -88,6 +88,14 @@ def hide_all_windows(client: Any, computer_id: str) -> None:
     assert client.computers.exec.sync(computer_id, command=f"{{ {unmap}; }} 2>/dev/null; true").exit_code == 0
 
 
+def desktop_home(server: Server, workdir: Path) -> Path:
+    """On the host, the home of the desktop whose run directory is ``workdir`` (its terminal's
+    /home/user): beside its workspace, in the server's workspace root."""
+    from opencone.drivers.sandbox import Workspaces
+
+    return Workspaces(Path(server.run_dir)).home(workdir.name)
+
+
 STATE = re.compile(r"STATE(\{.*?\})END", re.S)
 
 

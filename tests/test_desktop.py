@@ -12,7 +12,9 @@ import itertools
 import json
 import os
 import re
+import secrets
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -24,7 +26,7 @@ import httpx
 import psutil
 import pytest
 import simplejpeg
-from conftest import Server, hide_all_windows, jpeg_size, page_state, start_server, wait_until
+from conftest import Server, desktop_home, hide_all_windows, jpeg_size, page_state, start_server, wait_until
 from tzafon import Lightcone
 
 
@@ -299,7 +301,7 @@ def test_scroll_moves_the_page(desk: Desk) -> None:
 
 
 def test_typing_into_the_terminal_runs_a_command(desk: Desk, server: Server) -> None:
-    home = new_workdir_of(desk, server) / "home"
+    home = desktop_home(server, new_workdir_of(desk, server))
     c = desk.client.computers
     desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))  # openbox: focus the xterm behind the browser
     time.sleep(0.3)
@@ -307,6 +309,43 @@ def test_typing_into_the_terminal_runs_a_command(desk: Desk, server: Server) -> 
     assert wait_until(lambda: (home / "typed.txt").exists() and (home / "typed.txt").read_text().strip(), 10)
     assert (home / "typed.txt").read_text().strip() == "désktop-ok"
     desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))
+
+
+def test_the_terminal_is_as_confined_as_exec(desk: Desk, server: Server) -> None:
+    """The desktop's terminal runs in the computer's sandbox: it shares /workspace with exec, and
+    it can neither read another computer's workspace, nor reach the server's port, nor signal a
+    host process, nor list the data dir."""
+    from opencone.drivers.sandbox import choose_root
+
+    c = desk.client.computers
+    home = desktop_home(server, new_workdir_of(desk, server))
+    other = c.create()
+    victim = subprocess.Popen(["sleep", "1000"])
+    try:
+        tag = secrets.token_hex(4)
+        assert c.exec.sync(other.id, command=f"echo other-{tag} > secret.txt").exit_code == 0
+        other_ws = choose_root(Path(server.run_dir)) / other.id
+        assert (other_ws / "secret.txt").read_text() == f"other-{tag}\n"
+        assert c.exec.sync(desk.id, command=f"echo exec-{tag} > from-exec.txt").exit_code == 0
+        probe = (f"{{ cat /workspace/from-exec.txt; id -u; cat {other_ws}/secret.txt && echo READ-OTHER; "
+                 f"curl -sS -m 3 {server.base_url}/health && echo NET-OK; kill -9 {victim.pid} && echo KILLED; "
+                 f"ls {server.data_dir.resolve()} && echo DATA-OK; echo term-{tag} > /workspace/from-term.txt; "
+                 f"}} > ~/escape.txt 2>&1; echo done > ~/escape.done\n")
+        desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))  # openbox: focus the xterm behind the browser
+        time.sleep(0.3)
+        desk.ok(c.type(desk.id, text=probe))
+        assert wait_until(lambda: (home / "escape.done").exists(), 15), "the terminal did not run the probe"
+        out = (home / "escape.txt").read_text()
+        assert out.splitlines()[:2] == [f"exec-{tag}", "65534"], out
+        for escaped in ("READ-OTHER", "NET-OK", "KILLED", "DATA-OK", f"other-{tag}"):
+            assert escaped not in out, out
+        assert victim.poll() is None
+        assert c.exec.sync(desk.id, command="cat from-term.txt").stdout == f"term-{tag}\n"
+    finally:
+        victim.kill()
+        victim.wait()
+        c.delete(other.id)
+        desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))
 
 
 def new_workdir_of(desk: Desk, server: Server) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import tzafon
-from conftest import Server, page_state, start_server, wait_until
+from conftest import Server, desktop_home, page_state, start_server, wait_until
 from tzafon import Lightcone
 
 
@@ -225,7 +225,7 @@ def _new_desktop(client: Lightcone, server: Server, **create: Any) -> tuple[str,
     before = _desktop_dirs(server)
     comp = client.computers.create(kind="desktop", **create)
     [workdir] = _desktop_dirs(server) - before
-    return comp.id, workdir / "home"
+    return comp.id, desktop_home(server, workdir)
 
 
 def _in_terminal(client: Lightcone, cid: str, command: str) -> None:

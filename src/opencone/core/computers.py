@@ -135,6 +135,12 @@ class LiveComputer:
             return TERMINATED
         return RUNNING if self.busy else READY
 
+    @property
+    def sandbox_id(self) -> str:
+        """Whose workspace and caps its commands use: a desktop's own (made with it, for its
+        terminal, before it was this computer), else the computer's id."""
+        return getattr(self.driver, "sandbox_id", None) or self.id
+
     def lifetime(self) -> Lifetime:
         return Lifetime(self.created_at, self.last_activity_at, self.spec.max_lifetime_seconds,
                         self.spec.inactivity_timeout_seconds, self.spec.idle_timeout_enabled)

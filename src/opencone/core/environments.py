@@ -275,11 +275,11 @@ class EnvironmentService:
 
         archive = self.path(comp.spec.environment_id)
         desktop = comp.driver
-        home = desktop.workdir / "home"
+        home = desktop.home
         owner = sandbox_ids()
         try:
             await asyncio.to_thread(unpack, archive, "home", home, owner)
-            workspace = self._workspaces.ensure(comp.id)
+            workspace = self._workspaces.ensure(comp.sandbox_id)
             await asyncio.to_thread(unpack, archive, "workspace", workspace, owner)
             # the browser runs as the server's user, so its profile keeps our ownership
             profile = desktop.workdir / "chromium-saved"
@@ -291,7 +291,7 @@ class EnvironmentService:
                 await asyncio.to_thread(shutil.rmtree, profile, True)
         except Exception as exc:
             with contextlib.suppress(Exception):
-                self._workspaces.remove(comp.id)
+                self._workspaces.remove(comp.sandbox_id)
             log.exception("restoring environment %s into %s failed", comp.spec.environment_id, comp.id)
             raise StartFailed(f"could not restore environment {comp.spec.environment_id}: {exc}") from exc
 
@@ -310,8 +310,10 @@ class EnvironmentService:
         if comp.kind == "browser":
             profile = await profiles.stop_for_save(comp.driver, self.settings.environment_save_grace_seconds)
             return {"profile": (profile, profiles.keep)}
-        sources: dict[str, tuple[Path, Keep]] = {"home": (comp.driver.workdir / "home", _keep_all)}
-        workspace = self._workspaces.path(comp.id)
+        sources: dict[str, tuple[Path, Keep]] = {}
+        if comp.driver.home.is_dir():  # (a desktop without a terminal has none)
+            sources["home"] = (comp.driver.home, _keep_all)
+        workspace = self._workspaces.path(comp.sandbox_id)
         if workspace.is_dir():
             sources["workspace"] = (workspace, _keep_all)
         # the desktop's own Chromium keeps its profile outside the home (drivers/desktop/computer.py);

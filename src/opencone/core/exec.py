@@ -228,7 +228,7 @@ class ExecService:
     async def _started(self, comp: LiveComputer, req: ExecRequest,
                        limit: int | None) -> AsyncIterator[tuple[Execution, _Tap]]:
         try:
-            workspace = self._sandbox.workspace(comp.id)
+            workspace = self._sandbox.workspace(comp.sandbox_id)
             _check_cwd(workspace, req.cwd)
             env = req.env
             proxy_env = getattr(comp.driver, "proxy_env", None)
@@ -239,7 +239,7 @@ class ExecService:
                 with contextlib.suppress(DriverError):  # (a desktop that is gone: the command finds out)
                     await settle_input()
             execution = await self._sandbox.spawn(
-                comp.id, req.command, cwd=req.cwd, env=env, timeout=req.timeout_seconds,
+                comp.sandbox_id, req.command, cwd=req.cwd, env=env, timeout=req.timeout_seconds,
                 x_display=display_number(getattr(comp.driver, "x_display", None)), max_output_bytes=limit,
             )
         except SandboxUnavailable as exc:
@@ -264,9 +264,10 @@ class ExecService:
             if not running and self._running.get(comp.id) is running:
                 del self._running[comp.id]
             if comp.ending:
-                await self._sandbox.remove(comp.id)
+                await self._sandbox.remove(comp.sandbox_id)
 
     async def _computer_ended(self, computer_id: str) -> None:
+        """Its commands are killed here; its sandbox goes with its driver (a desktop's) or here."""
         for execution in self._running.pop(computer_id, set()):
             execution.kill()
         await self._sandbox.remove(computer_id)

@@ -40,19 +40,20 @@ class Runtime:
             proxy_connect_timeout=settings.proxy_connect_timeout_seconds,
             advanced_proxy_url=settings.advanced_proxy_url,
         )
+        # exec commands and every desktop's terminal
+        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
+                          max_processes=settings.exec_max_processes,
+                          max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.desktops = DesktopFactory(
             settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
             Display(settings.default_width, settings.default_height),
-            (settings.desktop_max_width, settings.desktop_max_height),
+            (settings.desktop_max_width, settings.desktop_max_height), sandbox,
         )
         self.events = EventBus(self.clock, Limits(queue_events=settings.events_queue_size,
                                                   history_events=settings.events_history_size))
         self.computers = ComputerService(
             settings, self.sessions, {"browser": self.browsers, "desktop": self.desktops}, self.clock, self.events
         )
-        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
-                          max_processes=settings.exec_max_processes,
-                          max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.screencasts = ScreencastService(self.computers)
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)

@@ -1,4 +1,4 @@
-"""The programs of a desktop session: the window manager and a terminal.
+"""The programs of a desktop session: the window manager and a terminal (in the sandbox).
 
 Each runs in its own session (so its whole group can be killed) with a
 parent-death signal. openbox gets a config file inside the desktop's run
@@ -21,8 +21,10 @@ import shutil
 from pathlib import Path
 
 from opencone.drivers.processes import die_with_parent
+from opencone.drivers.sandbox import Sandbox, display_number
+from opencone.drivers.sandbox.bwrap import environment
 
-NOBODY = 65534
+TERMINAL_HOME = "/home/user"  # where the desktop's home is, seen from its terminal
 
 OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
 <openbox_config xmlns="http://openbox.org/3.4/rc">
@@ -129,17 +131,24 @@ async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess
     return await _spawn([exe, "--config-file", str(rc)], x_env(display, workdir)), exe
 
 
-async def start_xterm(display: str, home: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """A terminal on the desktop. When the server runs as root the terminal (and so
-    everything started from it) runs as the unprivileged uid 65534: a desktop must
-    not hand out a root shell on the host."""
+async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str,
+                         env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+    """A terminal on the desktop, inside the computer's sandbox (drivers/sandbox): its shell and
+    everything started from it see and may do exactly what an exec command may (the same
+    ``/workspace``, caps and network), plus the desktop's home at ``/home/user``. A terminal on
+    the host, even as an unprivileged user, could read every computer's workspace (they all
+    belong to the sandbox uid) and reach the server's loopback ports."""
     exe = _which("xterm", "xterm")
-    cmd = [exe, "-geometry", "100x30+40+40"]
-    env = x_env(display, home)
-    home.mkdir(exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(home, NOBODY, NOBODY)
-        setpriv = _which("setpriv", "util-linux")
-        cmd = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
-        env.update(USER="nobody", LOGNAME="nobody", SHELL=shutil.which("bash") or "/bin/sh")
-    return await _spawn(cmd, env, cwd=home), exe
+    home = sandbox.workspaces.ensure_home(sandbox_id)
+    x_display = display_number(display)
+    argv = sandbox.command_line(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=TERMINAL_HOME,
+                                x_display=x_display, binds=[(home, TERMINAL_HOME)])
+    env = environment({**(env or {}), "HOME": TERMINAL_HOME, "SHELL": shutil.which("bash") or "/bin/sh",
+                       "USER": "nobody", "LOGNAME": "nobody"}, x_display)
+    proc = await _spawn(argv, env, cwd=Path("/"))
+    try:
+        sandbox.cap(sandbox_id, proc.pid)
+    except BaseException:
+        await proc.wait()  # (cap killed it)
+        raise
+    return proc, sandbox.executable

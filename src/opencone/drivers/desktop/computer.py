@@ -31,7 +31,7 @@ from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverErro
 from opencone.drivers.chromium import profiles
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
-from opencone.drivers.desktop.apps import start_openbox, start_xterm, x_env
+from opencone.drivers.desktop.apps import start_openbox, start_terminal, x_env
 from opencone.drivers.desktop.keyboard import NoSpareKeycode
 from opencone.drivers.desktop.readyshot import ReadyShot
 from opencone.drivers.desktop.screen import Screen, ScreenSizeError
@@ -42,6 +42,7 @@ from opencone.drivers.desktop.xthread import XThread
 from opencone.drivers.processes import kill_group, write_pidfile
 from opencone.drivers.proxy.control import RoutedThroughProxy
 from opencone.drivers.proxy.forwarder import ForwardingProxy
+from opencone.drivers.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,14 @@ class DesktopComputer(RoutedThroughProxy):
     kind = "desktop"
 
     def __init__(self, workdir: Path, pidfile: Path, xserver: XServer, playwright: Playwright,
-                 chromium_path: str, display: Display) -> None:
+                 chromium_path: str, display: Display, sandbox: Sandbox | None = None) -> None:
         self.workdir = workdir
+        # the sandbox of its terminal and exec commands: made with the desktop (a pooled one too),
+        # so its id is the desktop's, not the computer's (LiveComputer.sandbox_id)
+        self.sandbox = sandbox
+        self.sandbox_id = workdir.name
+        # its terminal's home, saved with its environment (none without a sandbox: nobody writes there)
+        self.home = sandbox.workspaces.home(self.sandbox_id) if sandbox is not None else workdir / "home"
         self.display = display
         self.xserver = xserver
         self.x_display: str = xserver.name  # DISPLAY for programs run on this desktop (exec)
@@ -126,8 +133,9 @@ class DesktopComputer(RoutedThroughProxy):
     # -- life ---------------------------------------------------------------------------
     @classmethod
     async def launch(cls, playwright: Playwright, chromium_path: str, run_dir: Path, display: Display,
-                     framebuffer: tuple[int, int]) -> DesktopComputer:
-        """Start a desktop showing ``display``; its screen can later grow up to ``framebuffer``."""
+                     framebuffer: tuple[int, int], sandbox: Sandbox | None = None) -> DesktopComputer:
+        """Start a desktop showing ``display``; its screen can later grow up to ``framebuffer``.
+        Its terminal runs in ``sandbox``; without one that can run (no bubblewrap) it has none."""
         _check_scale(display)
         token = secrets.token_hex(6)
         workdir = run_dir / f"desktop-{token}"
@@ -138,13 +146,18 @@ class DesktopComputer(RoutedThroughProxy):
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        desktop = cls(workdir, run_dir / f"desktop-{token}.pids", xserver, playwright, chromium_path, display)
+        desktop = cls(workdir, run_dir / f"desktop-{token}.pids", xserver, playwright, chromium_path, display,
+                      sandbox)
         try:
             desktop._record_pids()
             desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
-            desktop._apps["xterm"] = await start_xterm(xserver.name, workdir / "home")
-            desktop._record_pids()
             desktop.proxy = await ForwardingProxy(None).start()  # direct until change-proxy says otherwise
+            if sandbox is not None and sandbox.available:
+                env = desktop.proxy_env() if sandbox.network else None  # as networked exec: through the proxy
+                desktop._apps["xterm"] = await start_terminal(sandbox, desktop.sandbox_id, xserver.name, env)
+            else:
+                log.warning("desktop %s has no terminal: commands cannot run in a sandbox here", xserver.name)
+            desktop._record_pids()
             # the browser starts alongside: openbox maximizes its window whichever comes up first
             done = await asyncio.gather(desktop._connect(), desktop._start_browser(), return_exceptions=True)
             for outcome in done:
@@ -222,6 +235,9 @@ class DesktopComputer(RoutedThroughProxy):
         if self.proxy is not None:
             with contextlib.suppress(Exception):
                 await self.proxy.close()
+        if self.sandbox is not None:  # its workspace and control group (the terminal's, exec's)
+            with contextlib.suppress(Exception):
+                await self.sandbox.remove(self.sandbox_id)
         self._pidfile.unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, self.workdir, True)
 

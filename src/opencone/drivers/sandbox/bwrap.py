@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 SANDBOX_UID = SANDBOX_GID = 65534
@@ -48,7 +49,9 @@ def display_number(x_display: str | None) -> int | None:
 
 
 def command_line(workspace: Path, command: str, cwd: str = WORKSPACE, *, network: bool = False,
-                 x_display: int | None = None, bwrap: str = "bwrap") -> list[str]:
+                 x_display: int | None = None, bwrap: str = "bwrap",
+                 binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+    """``binds``: more writable host directories, each at its path inside (a desktop's home)."""
     args = [
         bwrap, "--unshare-all", *(["--share-net"] if network else []),
         "--die-with-parent",  # the sandbox dies with the server
@@ -57,6 +60,8 @@ def command_line(workspace: Path, command: str, cwd: str = WORKSPACE, *, network
         *system_mounts(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
         "--bind", str(workspace), WORKSPACE,
     ]
+    for host, inside in binds:
+        args += ["--bind", str(host), inside]
     if x_display is not None:
         # only this computer's X socket: binding all of /tmp/.X11-unix would open every desktop
         sock = f"/tmp/.X11-unix/X{x_display}"

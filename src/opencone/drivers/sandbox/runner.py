@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -204,6 +204,7 @@ class Sandbox:
         # which keeps Popen on its fast vfork path (user=/group= would force a fork)
         self._setpriv = shutil.which("setpriv")
         self._problem: str | None = None
+        self._started = False
 
     def start(self) -> None:
         """Clean up after a crashed server and make the workspace root; never fails the server."""
@@ -220,31 +221,56 @@ class Sandbox:
                 self._problem = f"the workspace directory is not usable: {exc}"
             if not self._problem:
                 self.limits = ExecLimits(self.max_processes, self.max_memory_bytes)
+        self._started = True
         if self._problem:
             log.warning("exec is unavailable: %s", self._problem)
 
-    async def spawn(self, computer_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
-                    env: dict[str, str] | None = None, x_display: int | None = None, timeout: float,
-                    max_output_bytes: int | None = None) -> Execution:
-        if self._problem or self._bwrap is None:
+    @property
+    def available(self) -> bool:
+        """Whether commands can run here (known once ``start`` has run)."""
+        return self._started and self._problem is None and self._bwrap is not None
+
+    @property
+    def executable(self) -> str:
+        """What a sandboxed process runs as, seen from the host (its pidfile entry)."""
+        return self._bwrap or "bwrap"
+
+    def command_line(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
+                     x_display: int | None = None, binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+        """The argv that runs ``command`` in the sandbox ``sandbox_id`` (a computer's own)."""
+        if not self.available or self._bwrap is None:
             raise SandboxUnavailable(f"exec is unavailable: {self._problem or 'not started'}")
-        workspace = self.workspace(computer_id)
-        argv = bwrap.command_line(workspace, command, cwd, network=self.network, x_display=x_display,
-                                  bwrap=self._bwrap)
+        argv = bwrap.command_line(self.workspace(sandbox_id), command, cwd, network=self.network,
+                                  x_display=x_display, bwrap=self._bwrap, binds=binds)
         ids = sandbox_ids()
         if ids is not None and self._setpriv:
             argv = [self._setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", *argv]
+        return argv
+
+    def cap(self, sandbox_id: str, pid: int) -> None:
+        """Put the just-started sandbox ``pid`` under its computer's caps; kill it if that fails."""
+        if self.limits is None:
+            return
+        try:
+            self.limits.add(sandbox_id, pid)
+        except OSError as exc:  # never run a command outside its caps
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            raise SandboxUnavailable(f"could not cap the command's processes and memory: {exc}") from None
+
+    async def spawn(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
+                    env: dict[str, str] | None = None, x_display: int | None = None, timeout: float,
+                    max_output_bytes: int | None = None) -> Execution:
+        argv = self.command_line(sandbox_id, command, cwd=cwd, x_display=x_display)
         proc = subprocess.Popen(  # a vfork + exec: about a millisecond, fine on the loop
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=bwrap.environment(env or {}, x_display), cwd="/", start_new_session=True,
         )
-        if self.limits is not None:
-            try:
-                self.limits.add(computer_id, proc.pid)
-            except OSError as exc:  # never run a command outside its caps
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise SandboxUnavailable(f"could not cap the command's processes and memory: {exc}") from None
+        try:
+            self.cap(sandbox_id, proc.pid)
+        except SandboxUnavailable:
+            proc.wait()
+            raise
         return Execution(proc, timeout, max_output_bytes)
 
     def stop(self) -> None:
@@ -252,11 +278,12 @@ class Sandbox:
             self.limits.close()
         self.workspaces.close()
 
-    def workspace(self, computer_id: str) -> Path:
+    def workspace(self, sandbox_id: str) -> Path:
         """The host directory behind ``/workspace``, created on first use."""
-        return self.workspaces.ensure(computer_id)
+        return self.workspaces.ensure(sandbox_id)
 
-    async def remove(self, computer_id: str) -> None:
+    async def remove(self, sandbox_id: str) -> None:
+        """End what runs in the sandbox and remove its workspace (again: nothing happens)."""
         if self.limits is not None:
-            await asyncio.to_thread(self.limits.remove, computer_id)
-        await asyncio.to_thread(self.workspaces.remove, computer_id)
+            await asyncio.to_thread(self.limits.remove, sandbox_id)
+        await asyncio.to_thread(self.workspaces.remove, sandbox_id)

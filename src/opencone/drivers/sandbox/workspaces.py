@@ -106,8 +106,18 @@ class Workspaces:
             raise ValueError(f"unsafe computer id {computer_id!r}")
         return self.root / computer_id
 
+    def home(self, computer_id: str) -> Path:
+        """A desktop's home (its terminal's ``/home/user``), beside its workspace: here, where the
+        sandbox uid can reach it, not in the run dir. (A ``.`` is in no id: no clash with one.)"""
+        return self.path(computer_id).with_suffix(".home")
+
     def ensure(self, computer_id: str) -> Path:
-        path = self.path(computer_id)
+        return self._ensure(self.path(computer_id))
+
+    def ensure_home(self, computer_id: str) -> Path:
+        return self._ensure(self.home(computer_id))
+
+    def _ensure(self, path: Path) -> Path:
         if not path.is_dir():
             if not self.root.is_dir():
                 self._make_root()
@@ -119,3 +129,4 @@ class Workspaces:
 
     def remove(self, computer_id: str) -> None:
         shutil.rmtree(self.path(computer_id), ignore_errors=True)
+        shutil.rmtree(self.home(computer_id), ignore_errors=True)
