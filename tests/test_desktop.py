@@ -348,6 +348,54 @@ def test_the_terminal_is_as_confined_as_exec(desk: Desk, server: Server) -> None
         desk.ok(c.hotkey(desk.id, keys=["alt", "tab"]))
 
 
+def test_the_browser_opens_no_host_file(desk: Desk, server: Server) -> None:
+    """The desktop's browser runs in the computer's sandbox: its address bar opens the computer's
+    own /workspace, not the server's data dir nor a root-only file."""
+    c = desk.client.computers
+    tag = secrets.token_hex(4)
+    assert c.exec.sync(desk.id, command=f"echo hi > ws-{tag}.txt").exit_code == 0
+
+    def page_at(url: str, expect: str) -> str:
+        html = ""
+
+        def shown() -> bool:
+            nonlocal html
+            result = c.html(desk.id)
+            html = (result.result or {}).get("html_content", "") or str(result.error_message)
+            return expect in html
+
+        for _attempt in range(3):  # (keys typed while the address bar is still taking the focus are lost)
+            desk.open_playground()
+            desk.ok(c.click(desk.id, x=900, y=desk.top + 400))  # the browser's window focused (not the terminal)
+            desk.ok(c.hotkey(desk.id, keys=["ctrl", "l"]))  # its address bar
+            time.sleep(0.3)
+            desk.ok(c.type(desk.id, text=url + "\n"))
+            if wait_until(shown, 5):
+                return html
+        raise AssertionError(html[-2000:])
+
+    assert f"ws-{tag}.txt" in page_at("file:///workspace/", "addRow(")
+    data = server.data_dir.resolve()
+    assert (data / "opencone.db").exists()
+    html = page_at(f"file://{data}/", "ERR_")
+    assert "opencone.db" not in html and "ERR_FILE_NOT_FOUND" in html
+    html = page_at("file:///etc/shadow", "ERR_")
+    assert "root:" not in html and "ERR_ACCESS_DENIED" in html
+    desk.open_playground()
+
+
+def test_a_browser_download_lands_in_the_home(desk: Desk) -> None:
+    """The desktop's browser saves to ~/Downloads, which its terminal and commands see."""
+    c = desk.client.computers
+    c.exec.sync(desk.id, command="rm -f /home/user/Downloads/saved-page.html")
+    result = desk.ok(c.navigate(desk.id, url=f"{desk.site}/download.html", extra_body={"include_context": True}))
+    top = desk.screen()[1] - int(result.page_context.viewport_height)
+    desk.ok(c.click(desk.id, x=300, y=top + 100))
+    assert wait_until(lambda: "Second page" in c.exec.sync(
+        desk.id, command="cat /home/user/Downloads/saved-page.html 2>/dev/null").stdout, 10)
+    desk.open_playground()
+
+
 def new_workdir_of(desk: Desk, server: Server) -> Path:
     """The run directory of the module's desktop (the only one alive while it runs)."""
     dirs = workdirs(server)

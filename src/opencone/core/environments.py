@@ -271,19 +271,15 @@ class EnvironmentService:
 
     async def restore_desktop(self, comp: Any) -> None:
         """Put a saved home, /workspace and browser profile into a just-created desktop."""
-        from opencone.drivers.sandbox.workspaces import sandbox_ids
-
         archive = self.path(comp.spec.environment_id)
         desktop = comp.driver
-        home = desktop.home
-        owner = sandbox_ids()
+        owner = desktop.owner  # the sandbox's user: its terminal and browser write there
         try:
-            await asyncio.to_thread(unpack, archive, "home", home, owner)
+            await asyncio.to_thread(unpack, archive, "home", desktop.home, owner)
             workspace = self._workspaces.ensure(comp.sandbox_id)
             await asyncio.to_thread(unpack, archive, "workspace", workspace, owner)
-            # the browser runs as the server's user, so its profile keeps our ownership
-            profile = desktop.workdir / "chromium-saved"
-            if await asyncio.to_thread(unpack, archive, "browser", profile):
+            profile = desktop.restored_profile
+            if await asyncio.to_thread(unpack, archive, "browser", profile, owner):
                 # the desktop came with a browser on a fresh profile: swap it for one on the saved profile
                 browser = await desktop.restart_browser_with_profile(profile)
                 await profiles.restore_session_cookies(browser)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,10 +75,11 @@ class ChromiumComputer:
     async def launch(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display, *,
                      headless: bool = True, env: dict[str, str] | None = None, emulate_viewport: bool = True,
                      extra_args: list[str] | None = None, keep_profile: bool = False,
-                     user_agent: str | None = None) -> ChromiumComputer:
+                     user_agent: str | None = None,
+                     wrap: Callable[[list[str]], list[str]] | None = None) -> ChromiumComputer:
         process = await launch_chromium(executable, profile_dir, display.width, display.height,
                                         headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile,
-                                        user_agent=user_agent)
+                                        user_agent=user_agent, wrap=wrap)
         try:
             browser = await playwright.chromium.connect_over_cdp(process.ws_url)
             context = browser.contexts[0] if browser.contexts else await browser.new_context()
@@ -381,4 +383,7 @@ class ChromiumComputer:
             raise ComputerGone("the browser is no longer running")
         files = self.process.user_data_dir / "cdp-files"  # inside the profile: removed with the computer
         files.mkdir(exist_ok=True)
+        owner = self.process.user_data_dir.stat()
+        if files.stat().st_uid != owner.st_uid:  # a sandboxed browser (a desktop's) writes its downloads there
+            os.chown(files, owner.st_uid, owner.st_gid)
         return CdpEndpoint(self.process.ws_url, f"Chrome/{self.browser.version}", str(files))

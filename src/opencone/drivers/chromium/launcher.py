@@ -12,8 +12,11 @@ import contextlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from opencone.drivers.processes import die_with_parent, kill_group
 
@@ -73,10 +76,23 @@ class ChromiumProcess:
     ws_url: str
     user_data_dir: Path
     keep_profile: bool = False  # a desktop's browser: its profile outlives one Chromium (a closed window)
+    wrapped: bool = False  # started inside a sandbox (``wrap``): ``process`` is the sandbox's
     _drain: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
+        return self.process.pid
+
+    def main_pid(self) -> int:
+        """The browser process itself, for a signal only it must get (a clean exit). In a sandbox
+        it is a descendant of ``pid``: bubblewrap passes no signal on, and dying, kills all."""
+        if self.wrapped:
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(self.process.pid).children(recursive=True):
+                    cmd = child.cmdline()
+                    if child.name() != "bwrap" and any(a.startswith("--user-data-dir=") for a in cmd) \
+                            and not any(a.startswith("--type=") for a in cmd):
+                        return child.pid
         return self.process.pid
 
     async def terminate(self, grace: float = 0.0) -> None:
@@ -181,9 +197,14 @@ async def launch_chromium(
     user_agent: str | None = None,
     timeout: float = 30.0,
     keep_profile: bool = False,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> ChromiumProcess:
+    """``wrap`` turns Chromium's command line into the one to run: a sandbox around it, in which
+    it runs unprivileged, so with its own sandbox too (``--no-sandbox`` is only for root)."""
     user_data_dir.mkdir(parents=True, exist_ok=True)
     cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent)
+    if wrap is not None:
+        cmd = wrap([a for a in cmd if a != "--no-sandbox"])
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd,
@@ -213,6 +234,6 @@ async def launch_chromium(
         if not keep_profile:
             await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
         raise
-    chromium = ChromiumProcess(proc, match.group(1).decode(), user_data_dir, keep_profile)
+    chromium = ChromiumProcess(proc, match.group(1).decode(), user_data_dir, keep_profile, wrap is not None)
     chromium._drain = asyncio.create_task(_drain(proc.stderr))
     return chromium

@@ -67,7 +67,7 @@ async def stop_for_save(computer: Any, grace: float) -> Path:
     # and they flush cookies and localStorage on the way; a signal to the whole group kills them first
     process = computer.process.process
     with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGTERM)
+        os.kill(computer.process.main_pid(), signal.SIGTERM)
     deadline = time.monotonic() + grace
     try:
         await asyncio.wait_for(process.wait(), grace)

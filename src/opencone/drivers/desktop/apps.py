@@ -22,9 +22,7 @@ from pathlib import Path
 
 from opencone.drivers.processes import die_with_parent
 from opencone.drivers.sandbox import Sandbox, display_number
-from opencone.drivers.sandbox.bwrap import environment
-
-TERMINAL_HOME = "/home/user"  # where the desktop's home is, seen from its terminal
+from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
 
 OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
 <openbox_config xmlns="http://openbox.org/3.4/rc">
@@ -139,11 +137,11 @@ async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str,
     the host, even as an unprivileged user, could read every computer's workspace (they all
     belong to the sandbox uid) and reach the server's loopback ports."""
     exe = _which("xterm", "xterm")
-    home = sandbox.workspaces.ensure_home(sandbox_id)
+    sandbox.workspaces.ensure(sandbox_id, "home")  # (bound at /home/user wherever the sandbox runs)
     x_display = display_number(display)
-    argv = sandbox.command_line(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=TERMINAL_HOME,
-                                x_display=x_display, binds=[(home, TERMINAL_HOME)])
-    env = environment({**(env or {}), "HOME": TERMINAL_HOME, "SHELL": shutil.which("bash") or "/bin/sh",
+    argv = sandbox.command_line(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=HOME_DIR,
+                                x_display=x_display)
+    env = environment({**(env or {}), "HOME": HOME_DIR, "SHELL": shutil.which("bash") or "/bin/sh",
                        "USER": "nobody", "LOGNAME": "nobody"}, x_display)
     proc = await _spawn(argv, env, cwd=Path("/"))
     try:

@@ -42,7 +42,9 @@ from opencone.drivers.desktop.xthread import XThread
 from opencone.drivers.processes import kill_group, write_pidfile
 from opencone.drivers.proxy.control import RoutedThroughProxy
 from opencone.drivers.proxy.forwarder import ForwardingProxy
-from opencone.drivers.sandbox import Sandbox
+from opencone.drivers.sandbox import Sandbox, display_number
+from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
+from opencone.drivers.sandbox.workspaces import sandbox_ids
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,10 @@ class DesktopComputer(RoutedThroughProxy):
         self.workdir = workdir
         # the sandbox of its terminal and exec commands: made with the desktop (a pooled one too),
         # so its id is the desktop's, not the computer's (LiveComputer.sandbox_id)
-        self.sandbox = sandbox
+        self.sandbox = sandbox if sandbox is not None and sandbox.available else None
         self.sandbox_id = workdir.name
-        # its terminal's home, saved with its environment (none without a sandbox: nobody writes there)
-        self.home = sandbox.workspaces.home(self.sandbox_id) if sandbox is not None else workdir / "home"
+        # its terminal's and browser's home, saved with its environment (none without a sandbox)
+        self.home = self._part("home")
         self.display = display
         self.xserver = xserver
         self.x_display: str = xserver.name  # DISPLAY for programs run on this desktop (exec)
@@ -120,8 +122,9 @@ class DesktopComputer(RoutedThroughProxy):
         self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
         self._browser_lock = asyncio.Lock()
         # one profile for every browser this desktop starts, as on a real desktop: a user who
-        # closes the window and navigates again finds their cookies (removed with the workdir)
-        self.browser_profile = workdir / "chromium-profile"
+        # closes the window and navigates again finds their cookies (removed with the desktop)
+        self.browser_profile = self._part("browser")
+        self.restored_profile = self._part("browser-saved")  # where a saved one is unpacked
         self._retiring: dict[ChromiumComputer, asyncio.Task[None]] = {}  # browsers on their way out
         self._closing = False
         self._gone_reason: str | None = None
@@ -152,11 +155,13 @@ class DesktopComputer(RoutedThroughProxy):
             desktop._record_pids()
             desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
             desktop.proxy = await ForwardingProxy(None).start()  # direct until change-proxy says otherwise
-            if sandbox is not None and sandbox.available:
-                env = desktop.proxy_env() if sandbox.network else None  # as networked exec: through the proxy
-                desktop._apps["xterm"] = await start_terminal(sandbox, desktop.sandbox_id, xserver.name, env)
+            if desktop.sandbox is not None:
+                env = desktop.proxy_env() if desktop.sandbox.network else None  # as networked exec: the proxy
+                desktop._apps["xterm"] = await start_terminal(desktop.sandbox, desktop.sandbox_id, xserver.name,
+                                                              env)
             else:
-                log.warning("desktop %s has no terminal: commands cannot run in a sandbox here", xserver.name)
+                log.warning("desktop %s has no terminal, and its browser runs unconfined: there is no "
+                            "sandbox here (bubblewrap)", xserver.name)
             desktop._record_pids()
             # the browser starts alongside: openbox maximizes its window whichever comes up first
             done = await asyncio.gather(desktop._connect(), desktop._start_browser(), return_exceptions=True)
@@ -174,11 +179,22 @@ class DesktopComputer(RoutedThroughProxy):
         if not await self._run(self._x.wait_for_wm, 10.0):
             log.warning("openbox did not start on %s within 10 s", self.x_display)
 
+    def _part(self, name: str) -> Path:
+        """A directory of this desktop that its sandbox sees (drivers/sandbox/workspaces.py)."""
+        if self.sandbox is not None:
+            return self.sandbox.workspaces.part(self.sandbox_id, name)
+        return self.workdir / name
+
+    @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who must own what its sandbox writes (a restored home or profile); None: the server."""
+        return sandbox_ids() if self.sandbox is not None else None
+
     def _record_pids(self) -> None:
         pids = {self.xserver.pid: self.xserver.executable}
         pids.update({proc.pid: exe for proc, exe in self._apps.values()})
         if self.browser is not None:
-            pids[self.browser.process.pid] = self._chromium_path
+            pids[self.browser.process.pid] = self.sandbox.executable if self.sandbox else self._chromium_path
         write_pidfile(self._pidfile, pids)
 
     async def _watch_x(self) -> None:
@@ -376,19 +392,36 @@ class DesktopComputer(RoutedThroughProxy):
     async def _start_browser(self, profile: Path | None = None) -> ChromiumComputer:
         """Start the desktop's browser on its profile (``profile`` becomes it when given).
 
-        The profile is outside the home directory: the browser runs as the server's user,
-        while under a root server the terminal (and so the home) belongs to nobody. Saved
-        state (core/environments.py) finds it as ``browser_profile``.
+        It runs in the desktop's sandbox, as its terminal does, but on the host's network:
+        as the server's user, its address bar would open every file of the host
+        (``file:///``), the server's data dir and other computers' profiles among them.
+        It sees what the terminal sees (``/workspace``, the home at ``/home/user``, where
+        its downloads go) and its profile. Saved state (core/environments.py) finds the
+        profile as ``browser_profile``.
         """
         if profile is not None:
             self.browser_profile = profile
+        wrap, env = None, x_env(self.x_display, self.workdir)
+        if self.sandbox is not None:
+            sandbox, display = self.sandbox, display_number(self.x_display)
+            sandbox.workspaces.ensure(self.sandbox_id, "home")
+            if self.browser_profile == self._part("browser"):
+                sandbox.workspaces.ensure(self.sandbox_id, "browser")
+            binds = [(self.browser_profile, str(self.browser_profile))]
+            env = environment({"HOME": HOME_DIR}, display)
+
+            def wrap(argv: list[str]) -> list[str]:
+                return sandbox.program_line(self.sandbox_id, argv, cwd=HOME_DIR, x_display=display,
+                                            binds=binds)
         browser = await ChromiumComputer.launch(
             self._playwright, self._chromium_path, self.browser_profile,
-            self.display, headless=False, env=x_env(self.x_display, self.workdir), emulate_viewport=False,
+            self.display, headless=False, env=env, emulate_viewport=False,
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
                         *(proxy_flags(self.proxy.url) if self.proxy else [])],
-            keep_profile=True,
+            keep_profile=True, wrap=wrap,
         )
+        if self.sandbox is not None:
+            await _downloads_to_home(browser)
         browser.x_display = self.x_display
         browser.on_gone(lambda _reason: self._browser_gone(browser))
         browser.on_event(self._forward_event)
@@ -512,6 +545,17 @@ class DesktopComputer(RoutedThroughProxy):
 
     async def cdp_endpoint(self) -> CdpEndpoint:
         return await (await self._need_browser()).cdp_endpoint()
+
+
+async def _downloads_to_home(browser: ChromiumComputer) -> None:
+    """Downloads go where a desktop user looks for them, ~/Downloads (its terminal and commands
+    see it), not to the temp dir Playwright names on connecting, which the sandbox hides."""
+    try:
+        session = await browser.browser.new_browser_cdp_session()
+        await session.send("Browser.setDownloadBehavior", {"behavior": "default"})
+        await session.detach()
+    except Exception as exc:  # a browser that went away meanwhile: the next action says so
+        log.warning("could not send the desktop browser's downloads home: %s", exc)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

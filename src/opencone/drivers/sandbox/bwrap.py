@@ -17,6 +17,7 @@ from pathlib import Path
 
 SANDBOX_UID = SANDBOX_GID = 65534
 WORKSPACE = "/workspace"
+HOME_DIR = "/home/user"  # a desktop's home, in its sandbox: its terminal's and browser's HOME
 # Only these host paths are visible; /run, /var, /home, /root and the data dir are not.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc", "/opt")
 BASE_ENV = {
@@ -25,6 +26,7 @@ BASE_ENV = {
     "LANG": "C.UTF-8",
     "TERM": "xterm-256color",
 }
+FONT_CACHE = "/var/cache/fontconfig"
 _DISPLAY = re.compile(r"^[\w.-]*:(\d+)(?:\.\d+)?$")
 
 
@@ -51,13 +53,26 @@ def display_number(x_display: str | None) -> int | None:
 def command_line(workspace: Path, command: str, cwd: str = WORKSPACE, *, network: bool = False,
                  x_display: int | None = None, bwrap: str = "bwrap",
                  binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
-    """``binds``: more writable host directories, each at its path inside (a desktop's home)."""
+    """``command`` in the shell. ``binds``: more writable host directories, each at its path
+    inside (a desktop's home)."""
+    return [*_sandbox(bwrap, workspace, network, x_display, binds), "--chdir", cwd, "/bin/sh", "-c", command]
+
+
+def program_line(workspace: Path, argv: Sequence[str], cwd: str, *, network: bool, x_display: int | None,
+                 bwrap: str = "bwrap", binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+    """``argv`` itself in the same sandbox (a desktop's browser)."""
+    return [*_sandbox(bwrap, workspace, network, x_display, binds), "--chdir", cwd, *argv]
+
+
+def _sandbox(bwrap: str, workspace: Path, network: bool, x_display: int | None,
+             binds: Sequence[tuple[Path, str]]) -> list[str]:
     args = [
         bwrap, "--unshare-all", *(["--share-net"] if network else []),
         "--die-with-parent",  # the sandbox dies with the server
         "--new-session",  # no TIOCSTI into a terminal of ours
         "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-        *system_mounts(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        *system_mounts(), "--ro-bind-try", FONT_CACHE, FONT_CACHE,  # (else every program builds its own)
+        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
         "--bind", str(workspace), WORKSPACE,
     ]
     for host, inside in binds:
@@ -66,8 +81,7 @@ def command_line(workspace: Path, command: str, cwd: str = WORKSPACE, *, network
         # only this computer's X socket: binding all of /tmp/.X11-unix would open every desktop
         sock = f"/tmp/.X11-unix/X{x_display}"
         args += ["--bind-try", sock, sock]
-    args += ["--remount-ro", "/", "--chdir", cwd, "/bin/sh", "-c", command]
-    return args
+    return [*args, "--remount-ro", "/"]
 
 
 def environment(env: dict[str, str], x_display: int | None) -> dict[str, str]:

@@ -238,13 +238,35 @@ class Sandbox:
     def command_line(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
                      x_display: int | None = None, binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
         """The argv that runs ``command`` in the sandbox ``sandbox_id`` (a computer's own)."""
+        exe = self._usable_bwrap()
+        return self._as_sandbox_user(bwrap.command_line(self.workspace(sandbox_id), command, cwd,
+                                                        network=self.network, x_display=x_display, bwrap=exe,
+                                                        binds=self._binds(sandbox_id, binds)))
+
+    def program_line(self, sandbox_id: str, argv: Sequence[str], *, cwd: str, x_display: int | None,
+                     binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+        """The argv that runs the program ``argv`` in the sandbox ``sandbox_id``, on the host's
+        network whatever the exec setting (a desktop's browser: it browses, and the server
+        reaches its DevTools port on loopback)."""
+        exe = self._usable_bwrap()
+        return self._as_sandbox_user(bwrap.program_line(self.workspace(sandbox_id), argv, cwd, network=True,
+                                                        x_display=x_display, bwrap=exe,
+                                                        binds=self._binds(sandbox_id, binds)))
+
+    def _usable_bwrap(self) -> str:
         if not self.available or self._bwrap is None:
             raise SandboxUnavailable(f"exec is unavailable: {self._problem or 'not started'}")
-        argv = bwrap.command_line(self.workspace(sandbox_id), command, cwd, network=self.network,
-                                  x_display=x_display, bwrap=self._bwrap, binds=binds)
+        return self._bwrap
+
+    def _binds(self, sandbox_id: str, binds: Sequence[tuple[Path, str]]) -> list[tuple[Path, str]]:
+        """A sandbox with a home (a desktop's) has it at /home/user in all it runs, exec included."""
+        home = self.workspaces.home(sandbox_id)
+        return [*([(home, bwrap.HOME_DIR)] if home.is_dir() else []), *binds]
+
+    def _as_sandbox_user(self, argv: list[str]) -> list[str]:
         ids = sandbox_ids()
         if ids is not None and self._setpriv:
-            argv = [self._setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", *argv]
+            return [self._setpriv, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", *argv]
         return argv
 
     def cap(self, sandbox_id: str, pid: int) -> None:

@@ -106,16 +106,19 @@ class Workspaces:
             raise ValueError(f"unsafe computer id {computer_id!r}")
         return self.root / computer_id
 
+    def part(self, computer_id: str, name: str) -> Path:
+        """Another directory of the sandbox beside its workspace (a desktop's home, its browser's
+        profile): here, where the sandbox uid can reach it, not in the run dir. (A ``.`` is in
+        no id: no clash with another computer's.)"""
+        return self.path(computer_id).with_suffix(f".{name}")
+
     def home(self, computer_id: str) -> Path:
-        """A desktop's home (its terminal's ``/home/user``), beside its workspace: here, where the
-        sandbox uid can reach it, not in the run dir. (A ``.`` is in no id: no clash with one.)"""
-        return self.path(computer_id).with_suffix(".home")
+        """A desktop's home: its terminal's and its browser's ``/home/user``."""
+        return self.part(computer_id, "home")
 
-    def ensure(self, computer_id: str) -> Path:
-        return self._ensure(self.path(computer_id))
-
-    def ensure_home(self, computer_id: str) -> Path:
-        return self._ensure(self.home(computer_id))
+    def ensure(self, computer_id: str, name: str | None = None) -> Path:
+        """The workspace (or the part ``name``), made if missing: 0700, the sandbox uid's."""
+        return self._ensure(self.part(computer_id, name) if name else self.path(computer_id))
 
     def _ensure(self, path: Path) -> Path:
         if not path.is_dir():
@@ -128,5 +131,5 @@ class Workspaces:
         return path
 
     def remove(self, computer_id: str) -> None:
-        shutil.rmtree(self.path(computer_id), ignore_errors=True)
-        shutil.rmtree(self.home(computer_id), ignore_errors=True)
+        for path in [self.path(computer_id), *self.root.glob(f"{self.path(computer_id).name}.*")]:
+            shutil.rmtree(path, ignore_errors=True)
