@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -292,6 +293,41 @@ def test_cannot_kill_a_host_process(client: Lightcone, cid: str) -> None:
     finally:
         victim.kill()
         victim.wait()
+
+
+def test_browsers_run_in_the_sandbox_too(server: Server, client: Lightcone, site: str) -> None:
+    """Every Chromium the server starts (a browser computer's, a desktop's) runs as the sandbox
+    user in a mount namespace of its own, with Chromium's own sandbox on as well (its renderers
+    in yet another user namespace): a page that breaks out of a renderer holds no root process
+    and sees none of the host's files."""
+    host_mnt = os.readlink("/proc/self/ns/mnt")
+    comps = [client.computers.create(), client.computers.create(kind="desktop")]
+    try:
+        for c in comps:  # (a page: a renderer)
+            assert client.computers.navigate(c.id, url=f"{site}/page2.html").status == "success"
+        def cmd(p: psutil.Process) -> list[str]:
+            with contextlib.suppress(psutil.Error):
+                return p.cmdline()
+            return []  # (one that just ended: a pool browser replaced meanwhile)
+
+        def is_main(p: psutil.Process) -> bool:
+            line = cmd(p)
+            return bool(line) and line[0].endswith("/chromium") and not any(a.startswith("--type=") for a in line)
+
+        browsers = [p for p in psutil.Process(server.process.pid).children(recursive=True) if is_main(p)]
+        assert len(browsers) >= 2, browsers  # (warm pool browsers too)
+        renderers: list[tuple[psutil.Process, psutil.Process]] = []
+        for main in browsers:
+            assert main.uids().real == 65534, cmd(main)
+            assert os.readlink(f"/proc/{main.pid}/ns/mnt") != host_mnt
+            renderers += [(p, main) for p in main.children(recursive=True) if "--type=renderer" in cmd(p)]
+        assert len(renderers) >= 2, renderers
+        for renderer, main in renderers:
+            own = os.readlink(f"/proc/{main.pid}/ns/user")
+            assert os.readlink(f"/proc/{renderer.pid}/ns/user") != own, "Chromium's own sandbox is off"
+    finally:
+        for c in comps:
+            client.computers.delete(c.id)
 
 
 def test_no_network_by_default(client: Lightcone, cid: str, site: str, server: Server) -> None:

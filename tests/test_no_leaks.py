@@ -24,8 +24,9 @@ def bare(tmp_path: Path) -> Iterator[Server]:
 
 
 def browser_mains(server: Server) -> set[int]:
-    """Chromium browser processes (direct children of the server)."""
-    return {c.pid for c in psutil.Process(server.process.pid).children() if c.pid in server.chromium_pids()}
+    """Chromium browser processes (each in its sandbox, below the server)."""
+    return {c.pid for c in psutil.Process(server.process.pid).children(recursive=True)
+            if c.name() == "chromium" and not any(a.startswith("--type=") for a in c.cmdline())}
 
 
 def test_delete_and_expiry_end_every_process(bare: Server) -> None:
@@ -39,7 +40,7 @@ def test_delete_and_expiry_end_every_process(bare: Server) -> None:
     client.computers.create(max_lifetime_seconds=1)
     assert bare.chromium_pids()
     assert wait_until(lambda: bare.chromium_pids() == set(), 5)
-    assert wait_until(lambda: not list((bare.data_dir / "run").glob("browser-*")), 5), "profiles are removed"
+    assert wait_until(lambda: not list(bare.sandbox_root.glob("browser-*")), 5), "profiles are removed"
 
 
 def test_a_crashed_browser_ends_only_its_computer(bare: Server, site: str) -> None:

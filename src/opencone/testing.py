@@ -105,9 +105,17 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError(f"warm pool did not reach {size} in {timeout}s")
 
+    @property
+    def sandbox_root(self) -> Path:
+        """Where this server keeps workspaces, desktops' homes and browsers' profiles."""
+        from opencone.drivers.sandbox import choose_root
+
+        return choose_root(Path(self.run_dir))
+
     def chromium_pids(self) -> set[int]:
-        """Live processes whose command line points into this server's run dir."""
-        return pids_with(self.run_dir)
+        """Live processes whose command line points into this server's run dir or sandbox root
+        (where browsers keep their profiles): its browsers, and its commands if any run."""
+        return pids_with(self.run_dir) | pids_with(str(self.sandbox_root))
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -259,7 +259,7 @@ class EnvironmentService:
         profile = self._browsers.new_profile_dir()
         archive = self.path(spec.environment_id)
         try:
-            await asyncio.to_thread(unpack, archive, "profile", profile)
+            await asyncio.to_thread(unpack, archive, "profile", profile, self._browsers.profile_owner)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, profile, True)
             raise

@@ -34,16 +34,16 @@ class Runtime:
         self.sessions = sessionmaker(self.engine)
         self.accounts = Accounts(self.sessions, self.clock)
         self.files = FileStore(settings.files_dir, settings.file_ttl_seconds)
+        # exec commands, every desktop's terminal, every browser
+        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
+                          max_processes=settings.exec_max_processes,
+                          max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.browsers = BrowserFactory(
             settings.chromium_path, settings.run_dir, settings.pool_size,
             Display(settings.default_width, settings.default_height),
             proxy_connect_timeout=settings.proxy_connect_timeout_seconds,
-            advanced_proxy_url=settings.advanced_proxy_url,
+            advanced_proxy_url=settings.advanced_proxy_url, sandbox=sandbox,
         )
-        # exec commands and every desktop's terminal
-        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
-                          max_processes=settings.exec_max_processes,
-                          max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.desktops = DesktopFactory(
             settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
             Display(settings.default_width, settings.default_height),

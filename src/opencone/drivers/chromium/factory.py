@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,20 @@ from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, launch_user_agent
 from opencone.drivers.pool import WarmPool
+from opencone.drivers.sandbox import Sandbox
+from opencone.drivers.sandbox.workspaces import sandbox_ids
 
 
 class BrowserFactory:
     kind = "browser"
 
     def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display, *,
-                 proxy_connect_timeout: float = 10.0, advanced_proxy_url: str | None = None) -> None:
+                 proxy_connect_timeout: float = 10.0, advanced_proxy_url: str | None = None,
+                 sandbox: Sandbox | None = None) -> None:
         self._executable = executable
+        # where each browser runs as the sandbox's user (drivers/sandbox): a web page that breaks out
+        # of Chromium's renderer then holds an unprivileged process that sees none of the host's files
+        self._sandbox = sandbox
         # every browser gets its own forwarding proxy (drivers/proxy), direct until told otherwise
         self._proxy_connect_timeout = proxy_connect_timeout
         self.advanced_proxy_url = advanced_proxy_url
@@ -47,11 +53,11 @@ class BrowserFactory:
 
     async def _launch(self) -> ChromiumComputer:
         assert self._playwright is not None, "factory not started"
-        profile = self._run_dir / f"browser-{secrets.token_hex(6)}"
+        profile = self.new_profile_dir()
         return await ProxiedChromium.launch_proxied(self._playwright, self._executable, profile,
                                                     Display(self._default.width, self._default.height),
                                                     connect_timeout=self._proxy_connect_timeout,
-                                                    user_agent=self._pool_user_agent)
+                                                    user_agent=self._pool_user_agent, wrap=self._wrap(profile))
 
     @staticmethod
     async def _dispose(computer: ChromiumComputer) -> None:
@@ -85,9 +91,33 @@ class BrowserFactory:
             raise
         return computer
 
+    def _sandboxed(self) -> Sandbox | None:
+        return self._sandbox if self._sandbox is not None and self._sandbox.available else None
+
     def new_profile_dir(self) -> Path:
-        """A fresh, unused profile directory under the run dir (for a restored profile)."""
-        return self._run_dir / f"browser-{secrets.token_hex(6)}"
+        """A fresh, unused profile directory (for a new browser, or a restored profile): in the
+        sandbox's root, the sandbox user's, where it can reach it; else under the run dir."""
+        name = f"browser-{secrets.token_hex(6)}"
+        sandbox = self._sandboxed()
+        return sandbox.workspaces.ensure(name, "profile") if sandbox else self._run_dir / name
+
+    @property
+    def profile_owner(self) -> tuple[int, int] | None:
+        """Who must own a restored profile: the sandbox's user, else (None) the server's."""
+        return sandbox_ids() if self._sandboxed() else None
+
+    def _wrap(self, profile: Path) -> Callable[[list[str]], list[str]] | None:
+        """How a browser on ``profile`` (from ``new_profile_dir``) is started in the sandbox: with
+        its profile and nothing else of the host's writable, no /workspace, no display."""
+        sandbox = self._sandboxed()
+        if sandbox is None or profile.parent != sandbox.workspaces.root:
+            return None
+        sandbox_id = profile.stem
+
+        def wrap(argv: list[str]) -> list[str]:
+            return sandbox.program_line(sandbox_id, argv, cwd="/", x_display=None, workspace=False,
+                                        binds=[(profile, str(profile))])
+        return wrap
 
     async def create_with_profile(self, display: Display, profile: Path, *, use_advanced_proxy: bool = False,
                                   user_agent: str | None = None) -> ChromiumComputer:
@@ -98,6 +128,7 @@ class BrowserFactory:
             self._playwright, self._executable, profile, Display(display.width, display.height, display.scale),
             connect_timeout=self._proxy_connect_timeout,
             upstream=self.advanced_proxy_url if use_advanced_proxy else None, user_agent=user_agent,
+            wrap=self._wrap(profile),
         )
 
     def _check_advanced_proxy(self, use_advanced_proxy: bool) -> None:

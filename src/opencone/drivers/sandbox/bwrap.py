@@ -58,13 +58,13 @@ def command_line(workspace: Path, command: str, cwd: str = WORKSPACE, *, network
     return [*_sandbox(bwrap, workspace, network, x_display, binds), "--chdir", cwd, "/bin/sh", "-c", command]
 
 
-def program_line(workspace: Path, argv: Sequence[str], cwd: str, *, network: bool, x_display: int | None,
+def program_line(workspace: Path | None, argv: Sequence[str], cwd: str, *, network: bool, x_display: int | None,
                  bwrap: str = "bwrap", binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
-    """``argv`` itself in the same sandbox (a desktop's browser)."""
+    """``argv`` itself in the same sandbox (a browser), with no /workspace when ``workspace`` is None."""
     return [*_sandbox(bwrap, workspace, network, x_display, binds), "--chdir", cwd, *argv]
 
 
-def _sandbox(bwrap: str, workspace: Path, network: bool, x_display: int | None,
+def _sandbox(bwrap: str, workspace: Path | None, network: bool, x_display: int | None,
              binds: Sequence[tuple[Path, str]]) -> list[str]:
     args = [
         bwrap, "--unshare-all", *(["--share-net"] if network else []),
@@ -73,7 +73,7 @@ def _sandbox(bwrap: str, workspace: Path, network: bool, x_display: int | None,
         "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
         *system_mounts(), "--ro-bind-try", FONT_CACHE, FONT_CACHE,  # (else every program builds its own)
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-        "--bind", str(workspace), WORKSPACE,
+        *(["--bind", str(workspace), WORKSPACE] if workspace is not None else []),
     ]
     for host, inside in binds:
         args += ["--bind", str(host), inside]

@@ -244,13 +244,13 @@ class Sandbox:
                                                         binds=self._binds(sandbox_id, binds)))
 
     def program_line(self, sandbox_id: str, argv: Sequence[str], *, cwd: str, x_display: int | None,
-                     binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
-        """The argv that runs the program ``argv`` in the sandbox ``sandbox_id``, on the host's
-        network whatever the exec setting (a desktop's browser: it browses, and the server
-        reaches its DevTools port on loopback)."""
+                     binds: Sequence[tuple[Path, str]] = (), workspace: bool = True) -> list[str]:
+        """The argv that runs the program ``argv`` in the sandbox ``sandbox_id`` (with its
+        /workspace unless ``workspace`` is false), on the host's network whatever the exec
+        setting: a browser browses, and the server reaches its DevTools port on loopback."""
         exe = self._usable_bwrap()
-        return self._as_sandbox_user(bwrap.program_line(self.workspace(sandbox_id), argv, cwd, network=True,
-                                                        x_display=x_display, bwrap=exe,
+        return self._as_sandbox_user(bwrap.program_line(self.workspace(sandbox_id) if workspace else None, argv,
+                                                        cwd, network=True, x_display=x_display, bwrap=exe,
                                                         binds=self._binds(sandbox_id, binds)))
 
     def _usable_bwrap(self) -> str:
