@@ -545,3 +545,12 @@ def test_a_killed_server_leaves_no_desktop_behind(tmp_path: Path) -> None:
     srv.stop(signal.SIGKILL)
     # the parent-death signal ends Xvfb, openbox and Chromium; the terminal dies with its display
     assert wait_until(lambda: not any(_alive(p) for p in procs), 10), [p for p in procs if _alive(p)]
+    # what it leaves on disk (its run dir, its sandbox's workspace, home and profile, the workspace's
+    # mount) goes at the next start
+    sandbox = srv.sandbox_root / workdir.name
+    again = start_server(tmp_path, data_dir=srv.data_dir, api_key=srv.api_key, env={"OPENCONE_POOL_SIZE": "0"})
+    try:
+        assert not workdir.exists() and not list(srv.sandbox_root.glob(workdir.name + "*"))
+        assert str(sandbox) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        again.stop()

@@ -364,6 +364,7 @@ def test_a_killed_server_takes_its_commands_along(tmp_path: Path) -> None:
         comp = client.computers.create()
         assert sync(client, comp.id, "echo x > f").exit_code == 0
         host = workspace_of(srv, comp.id)
+        assert os.path.ismount(host) == ("workspaces have no size cap" not in srv.log())  # (its own filesystem)
 
         def run() -> None:
             with contextlib.suppress(Exception):  # the server dies under it
@@ -382,6 +383,7 @@ def test_a_killed_server_takes_its_commands_along(tmp_path: Path) -> None:
     again = start_server(tmp_path, data_dir=srv.data_dir, api_key=srv.api_key, env={"OPENCONE_POOL_SIZE": "0"})
     try:
         assert not host.exists(), "the next start wipes workspaces left by a crash"
+        assert str(host) not in Path("/proc/self/mountinfo").read_text(), "and unmounts them"
         assert not control_groups(srv.process.pid), "the next start removes a dead server's control groups"
         assert bool(control_groups(again.process.pid)) == capped
     finally:
@@ -551,7 +553,8 @@ def test_x_display_is_reachable_only_when_given(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(tmp_path_factory.mktemp("capped"),
-                          env={"OPENCONE_EXEC_MAX_PROCESSES": "40", "OPENCONE_EXEC_MAX_MEMORY_MB": "128"})
+                          env={"OPENCONE_EXEC_MAX_PROCESSES": "40", "OPENCONE_EXEC_MAX_MEMORY_MB": "128",
+                               "OPENCONE_EXEC_WORKSPACE_MAX_MB": "64"})
     try:
         if "without process and memory caps" in server.log():
             pytest.skip("this server may not create control groups: " + server.log()[-300:])
@@ -599,4 +602,32 @@ def test_memory_over_the_cap_kills_the_command_not_the_server(capped: Server) ->
         assert hog.exit_code != 0 and "536870912" not in hog.stdout, (hog.exit_code, hog.stdout, hog.stderr)
         fits = sync(client, comp.id, "python3 -c 'b = bytearray(16 << 20); print(len(b))'", timeout_seconds=30)
         assert (fits.exit_code, fits.stdout) == (0, f"{16 << 20}\n"), fits.stderr
+    assert capped.health()["status"] == "ok"
+
+
+def test_a_full_workspace_stops_at_its_cap_and_only_there(capped: Server) -> None:
+    """Each /workspace is a filesystem of its own of the capped size: writing past it fails in that
+    computer only, the file behind it takes on the host only what was written, and it goes with
+    its computer."""
+    if "workspaces have no size cap" in capped.log():
+        pytest.skip("this server may not mount: " + capped.log()[-300:])
+    client = capped.client()
+    other = client.computers.create()
+    try:
+        with client.computer.create(kind="browser") as comp:
+            size = sync(client, comp.id, "df -m --output=size /workspace | tail -1")
+            assert 50 <= int(size.stdout) <= 64, size.stdout
+            full = sync(client, comp.id, "dd if=/dev/zero of=big bs=1M count=100", timeout_seconds=30)
+            assert full.exit_code != 0 and "No space left on device" in full.stderr, full.stderr
+            host = workspace_of(capped, comp.id)
+            image = host.with_name(host.name + ".img")
+            assert image.stat().st_blocks * 512 <= 70 << 20  # (sparse: about what was written)
+            assert sync(client, other.id, "dd if=/dev/zero of=f bs=1M count=8 && echo fine").stdout == "fine\n"
+            again = sync(client, comp.id, "rm big && echo ok > f && cat f")
+            assert (again.exit_code, again.stdout) == (0, "ok\n"), again.stderr
+            assert os.path.ismount(host)
+        assert wait_until(lambda: not image.exists() and not host.exists(), 5)
+        assert str(host) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        client.computers.delete(other.id)
     assert capped.health()["status"] == "ok"

@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         description="Where the per-computer workspaces live; by default <run dir>/ws, or a private dir in "
                     "the system temp dir when the sandbox user (65534) cannot reach the run dir.",
     )
+    exec_workspace_max_mb: int = Field(
+        default=4096, ge=0,
+        description="The size cap of each computer's /workspace: its own filesystem of this size (a sparse "
+                    "file, loop-mounted; needs a server that may mount, e.g. running as root). 0: no cap.",
+    )
     exec_max_output_bytes: int = Field(
         default=16 * 1024 * 1024, ge=1, description="Output kept by /exec/sync; the rest is dropped and marked."
     )

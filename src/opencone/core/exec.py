@@ -228,7 +228,7 @@ class ExecService:
     async def _started(self, comp: LiveComputer, req: ExecRequest,
                        limit: int | None) -> AsyncIterator[tuple[Execution, _Tap]]:
         try:
-            workspace = self._sandbox.workspace(comp.sandbox_id)
+            workspace = await self._sandbox.prepare(comp.sandbox_id)
             _check_cwd(workspace, req.cwd)
             env = req.env
             proxy_env = getattr(comp.driver, "proxy_env", None)

@@ -21,6 +21,8 @@ from opencone.drivers.chromium.factory import BrowserFactory
 from opencone.drivers.desktop.factory import DesktopFactory
 from opencone.drivers.processes import kill_leftovers
 from opencone.drivers.sandbox import Sandbox, Workspaces
+from opencone.drivers.sandbox.disk import WorkspaceDisks
+from opencone.drivers.sandbox.workspaces import sandbox_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,10 @@ class Runtime:
         self.accounts = Accounts(self.sessions, self.clock)
         self.files = FileStore(settings.files_dir, settings.file_ttl_seconds)
         # exec commands, every desktop's terminal, every browser
-        sandbox = Sandbox(Workspaces(settings.run_dir, settings.exec_workspace_dir), network=settings.exec_network,
-                          max_processes=settings.exec_max_processes,
+        cap = settings.exec_workspace_max_mb
+        workspaces = Workspaces(settings.run_dir, settings.exec_workspace_dir,
+                                WorkspaceDisks(cap, sandbox_ids()) if cap else None)
+        sandbox = Sandbox(workspaces, network=settings.exec_network, max_processes=settings.exec_max_processes,
                           max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
         self.browsers = BrowserFactory(
             settings.chromium_path, settings.run_dir, settings.pool_size,

@@ -89,10 +89,11 @@ class ChromiumProcess:
         if self.wrapped:
             with contextlib.suppress(psutil.Error):
                 for child in psutil.Process(self.process.pid).children(recursive=True):
-                    cmd = child.cmdline()
-                    if child.name() != "bwrap" and any(a.startswith("--user-data-dir=") for a in cmd) \
-                            and not any(a.startswith("--type=") for a in cmd):
-                        return child.pid
+                    with contextlib.suppress(psutil.Error):  # (one that ended meanwhile)
+                        cmd = child.cmdline()
+                        if child.name() != "bwrap" and any(a.startswith("--user-data-dir=") for a in cmd) \
+                                and not any(a.startswith("--type=") for a in cmd):
+                            return child.pid
         return self.process.pid
 
     async def terminate(self, grace: float = 0.0) -> None:

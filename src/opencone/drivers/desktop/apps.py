@@ -138,6 +138,7 @@ async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str,
     belong to the sandbox uid) and reach the server's loopback ports."""
     exe = _which("xterm", "xterm")
     sandbox.workspaces.ensure(sandbox_id, "home")  # (bound at /home/user wherever the sandbox runs)
+    await sandbox.prepare(sandbox_id)
     x_display = display_number(display)
     argv = sandbox.command_line(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=HOME_DIR,
                                 x_display=x_display)

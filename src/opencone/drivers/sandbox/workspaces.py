@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,9 @@ import psutil
 
 from opencone.drivers.processes import processes_under
 from opencone.drivers.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID
+from opencone.drivers.sandbox.disk import WorkspaceDisks, unmount_all_under
+
+log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -63,10 +67,11 @@ def choose_root(run_dir: Path, override: Path | None = None) -> Path:
 
 
 class Workspaces:
-    def __init__(self, run_dir: Path, override: Path | None = None) -> None:
+    def __init__(self, run_dir: Path, override: Path | None = None, disks: WorkspaceDisks | None = None) -> None:
         self._run_dir = run_dir
         self._override = override
         self.root = choose_root(run_dir, override)
+        self.disks = disks  # each workspace its own capped filesystem (disk.py), where the server may mount
 
     def reset(self) -> int:
         """Kill sandboxes a crashed server left under the root and wipe it; return the kill count."""
@@ -80,8 +85,15 @@ class Workspaces:
         psutil.wait_procs(victims, timeout=3)
         if os.path.lexists(self.root):
             self._check_root()
+            unmount_all_under(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
-        return len(victims)  # the root itself is made on first use: most computers never exec
+        if self.disks is not None:
+            self._make_root()
+            self.disks.check(self.root)
+            if self.disks.problem:
+                log.warning("workspaces have no size cap: %s", self.disks.problem)
+                self.disks = None
+        return len(victims)
 
     def _check_root(self) -> None:
         # in a shared temp dir: never follow or trust a path someone else made
@@ -98,6 +110,8 @@ class Workspaces:
 
     def close(self) -> None:
         """At shutdown: every computer has ended, so only the (empty) root is left; remove it."""
+        if self.disks is not None and self.root.is_dir():
+            unmount_all_under(self.root)  # (none, unless a computer's end failed: a mount must not outlive us)
         with contextlib.suppress(OSError):
             self.root.rmdir()
 
@@ -117,10 +131,9 @@ class Workspaces:
         return self.part(computer_id, "home")
 
     def ensure(self, computer_id: str, name: str | None = None) -> Path:
-        """The workspace (or the part ``name``), made if missing: 0700, the sandbox uid's."""
-        return self._ensure(self.part(computer_id, name) if name else self.path(computer_id))
-
-    def _ensure(self, path: Path) -> Path:
+        """The workspace (or the part ``name``), made if missing: 0700, the sandbox uid's; the
+        workspace on a filesystem of its own, of the capped size, where the server may mount."""
+        path = self.part(computer_id, name) if name else self.path(computer_id)
         if not path.is_dir():
             if not self.root.is_dir():
                 self._make_root()
@@ -128,8 +141,20 @@ class Workspaces:
             ids = sandbox_ids()
             if ids is not None:
                 os.chown(path, *ids)
+            if name is None and self.disks is not None:
+                try:
+                    self.disks.make(path)
+                except OSError:
+                    path.rmdir()
+                    raise
         return path
 
     def remove(self, computer_id: str) -> None:
-        for path in [self.path(computer_id), *self.root.glob(f"{self.path(computer_id).name}.*")]:
-            shutil.rmtree(path, ignore_errors=True)
+        workspace = self.path(computer_id)
+        if self.disks is not None:
+            self.disks.remove(workspace)
+        for path in [workspace, *self.root.glob(f"{workspace.name}.*")]:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
