@@ -631,3 +631,24 @@ def test_a_full_workspace_stops_at_its_cap_and_only_there(capped: Server) -> Non
     finally:
         client.computers.delete(other.id)
     assert capped.health()["status"] == "ok"
+
+
+def test_first_commands_at_once_all_land_on_the_capped_workspace(capped: Server) -> None:
+    """Concurrent first commands of a computer wait for its one workspace filesystem to be made:
+    none writes into the bare directory underneath it."""
+    if "workspaces have no size cap" in capped.log():
+        pytest.skip("this server may not mount: " + capped.log()[-300:])
+    client = capped.client()
+    with client.computer.create(kind="browser") as comp:
+        results: list[Any] = [None] * 4
+
+        def run(i: int) -> None:
+            results[i] = sync(client, comp.id, f"echo {i} > c{i}; df --output=source /workspace | tail -1")
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert all(r is not None and r.exit_code == 0 and r.stdout.startswith("/dev/loop") for r in results), results
+        assert sync(client, comp.id, "cat c0 c1 c2 c3").stdout.split() == ["0", "1", "2", "3"]

@@ -205,6 +205,7 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv")
         self._problem: str | None = None
         self._started = False
+        self._preparing: dict[str, asyncio.Future[Path]] = {}  # workspaces being made (``prepare``)
 
     def start(self) -> None:
         """Clean up after a crashed server and make the workspace root; never fails the server."""
@@ -301,9 +302,17 @@ class Sandbox:
         self.workspaces.close()
 
     async def prepare(self, sandbox_id: str) -> Path:
-        """The workspace, made off the event loop (a capped one is mkfs and mount: ~25 ms). A caller
-        cancelled meanwhile (a pool closing) still waits for it: what it then removes is mounted."""
-        making = asyncio.ensure_future(asyncio.to_thread(self.workspaces.ensure, sandbox_id))
+        """The workspace, made off the event loop (a capped one is mkfs and mount: ~25 ms) and once:
+        a second caller meanwhile waits for the first. A caller cancelled meanwhile (a pool closing)
+        still waits for it: what it then removes is mounted."""
+        making = self._preparing.get(sandbox_id)
+        if making is None:
+            path = self.workspaces.path(sandbox_id)
+            if path.is_dir():  # (made: whatever mounts it is done, or in ``_preparing``)
+                return path
+            making = asyncio.ensure_future(asyncio.to_thread(self.workspaces.ensure, sandbox_id))
+            self._preparing[sandbox_id] = making
+            making.add_done_callback(lambda _f: self._preparing.pop(sandbox_id, None))
         try:
             return await asyncio.shield(making)
         except asyncio.CancelledError:
