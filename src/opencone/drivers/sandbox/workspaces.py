@@ -109,11 +109,15 @@ class Workspaces:
         self.root.chmod(0o711)  # walkable by the sandbox uid, not listable; /tmp's sticky bit keeps it ours
 
     def close(self) -> None:
-        """At shutdown: every computer has ended, so only the (empty) root is left; remove it."""
-        if self.disks is not None and self.root.is_dir():
-            unmount_all_under(self.root)  # (none, unless a computer's end failed: a mount must not outlive us)
+        """At shutdown, every computer has ended: what is left under the root is what a background
+        clean-up had no time for (a browser's profile, removed after its processes are reaped).
+        Remove it all, mounts first; a root in the shared temp dir must not pile up."""
+        if not self.root.is_dir():
+            return
         with contextlib.suppress(OSError):
-            self.root.rmdir()
+            self._check_root()
+            unmount_all_under(self.root)  # (none, unless a computer's end failed)
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def path(self, computer_id: str) -> Path:
         if not _SAFE_ID.match(computer_id):
