@@ -16,13 +16,10 @@ it at start and keeps plain directories, as for the cgroup caps.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = ".img"
 
