@@ -315,8 +315,6 @@ def test_the_terminal_is_as_confined_as_exec(desk: Desk, server: Server) -> None
     """The desktop's terminal runs in the computer's sandbox: it shares /workspace with exec, and
     it can neither read another computer's workspace, nor reach the server's port, nor signal a
     host process, nor list the data dir."""
-    from opencone.drivers.sandbox import choose_root
-
     c = desk.client.computers
     home = desktop_home(server, new_workdir_of(desk, server))
     other = c.create()
@@ -324,7 +322,7 @@ def test_the_terminal_is_as_confined_as_exec(desk: Desk, server: Server) -> None
     try:
         tag = secrets.token_hex(4)
         assert c.exec.sync(other.id, command=f"echo other-{tag} > secret.txt").exit_code == 0
-        other_ws = choose_root(Path(server.run_dir)) / other.id
+        other_ws = server.sandbox_root / other.id
         assert (other_ws / "secret.txt").read_text() == f"other-{tag}\n"
         assert c.exec.sync(desk.id, command=f"echo exec-{tag} > from-exec.txt").exit_code == 0
         probe = (f"{{ cat /workspace/from-exec.txt; id -u; cat {other_ws}/secret.txt && echo READ-OTHER; "

@@ -26,12 +26,10 @@ import tzafon
 from conftest import Server, start_server, wait_until
 from tzafon import Lightcone
 
-from opencone.drivers.sandbox import choose_root
-
 
 def workspace_of(server: Server, computer_id: str) -> Path:
     """Where the server keeps a computer's /workspace on the host (same rule as the server)."""
-    return choose_root((server.data_dir / "run").resolve()) / computer_id
+    return server.sandbox_root / computer_id
 
 
 def procs_with(args: list[str]) -> list[psutil.Process]:

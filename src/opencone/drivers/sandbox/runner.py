@@ -237,12 +237,12 @@ class Sandbox:
         return self._bwrap or "bwrap"
 
     def command_line(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
-                     x_display: int | None = None, binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
+                     x_display: int | None = None) -> list[str]:
         """The argv that runs ``command`` in the sandbox ``sandbox_id`` (a computer's own)."""
         exe = self._usable_bwrap()
         return self._as_sandbox_user(bwrap.command_line(self.workspace(sandbox_id), command, cwd,
                                                         network=self.network, x_display=x_display, bwrap=exe,
-                                                        binds=self._binds(sandbox_id, binds)))
+                                                        binds=self._binds(sandbox_id, ())))
 
     def program_line(self, sandbox_id: str, argv: Sequence[str], *, cwd: str, x_display: int | None,
                      binds: Sequence[tuple[Path, str]] = (), workspace: bool = True) -> list[str]:
