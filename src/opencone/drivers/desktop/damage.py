@@ -7,7 +7,7 @@ Two ways to ask, both with one damage object on the root window:
   however much is drawn; a poll reads those events without waiting for the server.
 - ``DamageCheck`` (screenshots): one round trip on a connection shared with other
   work. ``DamageSubtract`` moves the damage into an XFixes region and empties it in
-  one step; ``FetchRegion``'s reply says whether that region was empty. When the
+  one step; ``FetchRegion``'s reply lists that region's rectangles. When the
   reply arrives, every request sent on that connection before (the desktop's input)
   has been processed, and whatever is drawn after the reset counts next time.
 
@@ -84,11 +84,12 @@ class DamageCheck:
         self.damage = display.screen().root.damage_create(damage.DamageReportNonEmpty)
         display.sync()
 
-    def take(self) -> bool:
-        """True when something was drawn since the last take (or ever, the first time)."""
+    def take(self) -> list[tuple[int, int]]:
+        """The (top, rows) spans drawn on since the last take (or ever, the first time);
+        empty when nothing was."""
         self.display.damage_subtract(self.damage, 0, self.region)
         reply = _FetchRegion(display=self.display.display, opcode=self._opcode, region=self.region)
-        return len(reply.rectangles) > 0
+        return [(r.y, r.height) for r in reply.rectangles]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -14,7 +14,9 @@ A screen nothing was drawn on since the last screenshot (XDAMAGE says so, in one
 round trip on the desktop's own connection: damage.py) gives that screenshot's JPEG
 again, without grabbing or encoding: agents often look twice at a screen that has
 not moved. That round trip also means the input sent before it on the same
-connection has been processed when the screen is grabbed.
+connection has been processed when the screen is grabbed. When something was
+drawn, the check says which rows, and only the bands of the JPEG they fall in
+are encoded again (stripjpeg.py).
 
 Xvfb's RandR lets the screen shrink and grow back up to the size Xvfb was
 started with, so desktops start with a large framebuffer and are then set to
@@ -28,11 +30,11 @@ from typing import Any
 
 import mss
 import numpy
-import simplejpeg
 from Xlib.display import Display
 from Xlib.ext import randr
 
 from opencone.drivers.desktop.damage import DamageCheck
+from opencone.drivers.desktop.stripjpeg import BandedJpeg
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Screen:
         self._mss: mss.MSS | None = None
         self._zero_copy = _XShmImpl is not None
         self._changes = _damage_check(display)
+        self._frames = BandedJpeg()
         self._last: tuple[tuple[int, int, int], bytes] | None = None  # ((width, height, quality), JPEG)
 
     def _grabber(self) -> mss.MSS:
@@ -78,22 +81,28 @@ class Screen:
     def jpeg(self, quality: int) -> bytes:
         w, h = self.width, self.height
         key = (w, h, quality)
-        drawn = self._changes.take() if self._changes is not None else True
-        if not drawn and self._last is not None and self._last[0] == key:
+        drawn = self._changes.take() if self._changes is not None else None
+        if drawn == [] and self._last is not None and self._last[0] == key:
             return self._last[1]
-        data = self._encode(w, h, quality)
+        try:
+            data = self._encode(w, h, quality, drawn)
+        except BaseException:
+            # the damage taken is gone: what was drawn there must not be answered from the old frame
+            self._last = None
+            self._frames.forget()
+            raise
         self._last = (key, data)
         return data
 
-    def _encode(self, w: int, h: int, quality: int) -> bytes:
+    def _encode(self, w: int, h: int, quality: int, drawn: list[tuple[int, int]] | None) -> bytes:
+        """``drawn``: the row spans drawn on since the last grab (None: not known)."""
         grabber = self._grabber()
         pixels = self._shared_frame(grabber, w, h)
         if pixels is None:
             shot = grabber.grab({"left": 0, "top": 0, "width": w, "height": h})
             pixels = numpy.frombuffer(shot.raw, numpy.uint8).reshape(h, w, 4)
         try:
-            return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="BGRA",
-                                          colorsubsampling="420", fastdct=True)
+            return self._frames.encode(pixels, quality, drawn)
         finally:
             del pixels  # a view of the shared segment must be gone before mss may close it
 
