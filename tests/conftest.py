@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 from tzafon import Lightcone
+from Xlib.display import Display
 
 from opencone.testing import Server, Site, free_port, start_server
 
-__all__ = ["Server", "free_port", "jpeg_size", "page_state", "start_server", "wait_until"]
+__all__ = ["PaintedWindow", "Server", "free_port", "jpeg_size", "page_state", "start_server", "wait_until"]
 
 PAGES = Path(__file__).with_name("pages")
 
@@ -104,6 +105,28 @@ def page_state(html: str) -> dict[str, Any]:
     match = STATE.search(html)
     assert match, "playground state not found in the page HTML"
     return json.loads(match.group(1))
+
+
+class PaintedWindow:
+    """A window of another X client (no window manager's), repainted in a colour: what an
+    application draws. Covers the whole screen unless given a place and a size."""
+
+    def __init__(self, name: str, x: int = 0, y: int = 0, w: int = 0, h: int = 0) -> None:
+        self.d = Display(name)
+        screen = self.d.screen()
+        self.win = screen.root.create_window(x, y, w or screen.width_in_pixels, h or screen.height_in_pixels, 0,
+                                             screen.root_depth, override_redirect=True, background_pixel=0)
+        self.win.map()
+        self.d.sync()
+
+    def paint(self, rgb: tuple[int, int, int]) -> None:
+        self.win.change_attributes(background_pixel=(rgb[0] << 16) | (rgb[1] << 8) | rgb[2])
+        self.win.clear_area(0, 0, 0, 0)
+        self.d.sync()
+
+    def move(self, x: int, y: int) -> None:
+        self.win.configure(x=x, y=y)
+        self.d.sync()
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import mss
 import numpy
 import pytest
 import simplejpeg
-from conftest import Server, wait_until
+from conftest import PaintedWindow, Server, wait_until
 from test_desktop import Desk
 from Xlib.display import Display
 
@@ -93,27 +93,6 @@ def test_only_the_bands_drawn_on_are_encoded_again(band_encodes: list[int]) -> N
     assert band_encodes == [] and pixels_of(again).tobytes() == shown.tobytes()
 
 
-class Window:
-    """A window of another X client on the screen, repainted in a colour."""
-
-    def __init__(self, name: str, x: int, y: int, w: int, h: int) -> None:
-        self.d = Display(name)
-        root = self.d.screen().root
-        self.win = root.create_window(x, y, w, h, 0, self.d.screen().root_depth, override_redirect=True,
-                                      background_pixel=0)
-        self.win.map()
-        self.d.sync()
-
-    def paint(self, rgb: tuple[int, int, int]) -> None:
-        self.win.change_attributes(background_pixel=(rgb[0] << 16) | (rgb[1] << 8) | rgb[2])
-        self.win.clear_area(0, 0, 0, 0)
-        self.d.sync()
-
-    def move(self, x: int, y: int) -> None:
-        self.win.configure(x=x, y=y)
-        self.d.sync()
-
-
 def test_screenshots_of_a_screen_drawn_on_in_parts(x_display: str, band_encodes: list[int]) -> None:
     conn = Display(x_display)
     screen = Screen(conn, x_display)
@@ -123,8 +102,8 @@ def test_screenshots_of_a_screen_drawn_on_in_parts(x_display: str, band_encodes:
         shot = grabber.grab({"left": 0, "top": 0, "width": 400, "height": 300})
         return whole(numpy.frombuffer(shot.raw, numpy.uint8).reshape(300, 400, 4).copy())
 
-    background = Window(x_display, 0, 0, 400, 300)
-    small = Window(x_display, 150, 100, 60, 40)
+    background = PaintedWindow(x_display, 0, 0, 400, 300)
+    small = PaintedWindow(x_display, 150, 100, 60, 40)
     try:
         background.paint((200, 200, 200))
         small.paint((255, 0, 0))

@@ -13,7 +13,7 @@ import asyncio
 import base64
 
 import simplejpeg
-from conftest import Server, hide_all_windows
+from conftest import PaintedWindow, Server, hide_all_windows
 from Xlib.display import Display
 
 from opencone.drivers.desktop.readyshot import LOOKS, ReadyShot
@@ -21,23 +21,6 @@ from opencone.drivers.desktop.screen import Screen
 from opencone.drivers.desktop.xthread import XThread
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-class Painter:
-    """A window of another X client that covers the screen, repainted in a colour."""
-
-    def __init__(self, name: str) -> None:
-        self.d = Display(name)
-        screen = self.d.screen()
-        self.win = screen.root.create_window(0, 0, screen.width_in_pixels, screen.height_in_pixels, 0,
-                                             screen.root_depth, override_redirect=True, background_pixel=0)
-        self.win.map()
-        self.d.sync()
-
-    def paint(self, rgb: tuple[int, int, int]) -> None:
-        self.win.change_attributes(background_pixel=(rgb[0] << 16) | (rgb[1] << 8) | rgb[2])
-        self.win.clear_area(0, 0, 0, 0)
-        self.d.sync()
 
 
 def _colour(jpeg: bytes) -> tuple[int, ...]:
@@ -64,7 +47,7 @@ def test_looks_after_input_encode_the_change_once(x_display: str) -> None:
 
         screen._encode = counting  # type: ignore[method-assign]
         ready = ReadyShot(lambda q: thread.submit(screen.jpeg, q))
-        painter = Painter(x_display)
+        painter = PaintedWindow(x_display)
         try:
             await thread.run(screen.jpeg, 80)  # the client's first screenshot: looks start after input
             ready.screenshot_taken(80)
