@@ -17,13 +17,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import mss
+import numpy
 import pytest
+import simplejpeg
 from tzafon import Lightcone
 from Xlib.display import Display
 
 from opencone.testing import Server, Site, free_port, start_server
 
-__all__ = ["PaintedWindow", "Server", "free_port", "jpeg_size", "page_state", "start_server", "wait_until"]
+__all__ = ["PaintedWindow", "Server", "free_port", "grabbed_pixels", "jpeg_pixels", "jpeg_size", "page_state",
+           "start_server", "wait_until", "whole_jpeg_pixels"]
 
 PAGES = Path(__file__).with_name("pages")
 
@@ -127,6 +131,24 @@ class PaintedWindow:
     def move(self, x: int, y: int) -> None:
         self.win.configure(x=x, y=y)
         self.d.sync()
+
+
+def jpeg_pixels(data: bytes) -> numpy.ndarray:
+    """A JPEG decoded: (h, w, 3) RGB."""
+    return simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+def whole_jpeg_pixels(frame: numpy.ndarray, quality: int) -> numpy.ndarray:
+    """A BGRA frame encoded whole, as the server encodes (4:2:0, fast DCT), and decoded."""
+    return jpeg_pixels(simplejpeg.encode_jpeg(frame, quality=quality, colorspace="BGRA",
+                                              colorsubsampling="420", fastdct=True))
+
+
+def grabbed_pixels(grabber: mss.MSS, w: int, h: int, quality: int) -> numpy.ndarray:
+    """An X screen as this test grabs it, encoded whole and decoded: what the server's JPEG of
+    the same screen must decode to."""
+    raw = grabber.grab({"left": 0, "top": 0, "width": w, "height": h}).raw
+    return whole_jpeg_pixels(numpy.frombuffer(raw, numpy.uint8).reshape(h, w, 4).copy(), quality)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

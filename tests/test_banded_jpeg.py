@@ -15,8 +15,7 @@ from typing import Any
 import mss
 import numpy
 import pytest
-import simplejpeg
-from conftest import PaintedWindow, Server, wait_until
+from conftest import PaintedWindow, Server, grabbed_pixels, jpeg_pixels, wait_until, whole_jpeg_pixels
 from test_desktop import Desk
 from Xlib.display import Display
 
@@ -25,14 +24,9 @@ from opencone.drivers.desktop.screen import Screen
 from opencone.drivers.desktop.stripjpeg import BAND, BandedJpeg
 
 
-def pixels_of(jpeg: bytes) -> numpy.ndarray:
-    return simplejpeg.decode_jpeg(jpeg, colorspace="RGB")
-
-
 def whole(frame: numpy.ndarray, quality: int = 80) -> numpy.ndarray:
     """What one encode of the whole frame decodes to."""
-    return pixels_of(simplejpeg.encode_jpeg(frame, quality=quality, colorspace="BGRA",
-                                            colorsubsampling="420", fastdct=True))
+    return whole_jpeg_pixels(frame, quality)
 
 
 def screen_like(w: int, h: int, rng: numpy.random.Generator) -> numpy.ndarray:
@@ -61,17 +55,17 @@ def test_banded_frames_decode_as_one_whole_encode(size: tuple[int, int]) -> None
     rng = numpy.random.default_rng(w * h)
     frame = screen_like(w, h, rng)
     frames = BandedJpeg()
-    assert (pixels_of(frames.encode(frame, 80)) == whole(frame)).all()
+    assert (jpeg_pixels(frames.encode(frame, 80)) == whole(frame)).all()
     for _ in range(12):  # changes anywhere, of any height, across band edges; each said exactly
         top, rows = int(rng.integers(0, h)), int(rng.integers(1, max(2, h // 3)))
         rows = min(rows, h - top)
         left = int(rng.integers(0, w))
         frame[top:top + rows, left:, :3] = rng.integers(0, 256, 3)
-        assert (pixels_of(frames.encode(frame, 80, [(top, rows)])) == whole(frame)).all(), (top, rows)
+        assert (jpeg_pixels(frames.encode(frame, 80, [(top, rows)])) == whole(frame)).all(), (top, rows)
     # another quality, or an unknown change: every band again
-    assert (pixels_of(frames.encode(frame, 60, [])) == whole(frame, 60)).all()
+    assert (jpeg_pixels(frames.encode(frame, 60, [])) == whole(frame, 60)).all()
     frame[:, : w // 2, :3] = 9
-    assert (pixels_of(frames.encode(frame, 60, None)) == whole(frame, 60)).all()
+    assert (jpeg_pixels(frames.encode(frame, 60, None)) == whole(frame, 60)).all()
 
 
 def test_only_the_bands_drawn_on_are_encoded_again(band_encodes: list[int]) -> None:
@@ -83,14 +77,14 @@ def test_only_the_bands_drawn_on_are_encoded_again(band_encodes: list[int]) -> N
     band_encodes.clear()
     frame[5 * BAND + 3: 5 * BAND + 10, 100:200, :3] = (255, 0, 0)  # drawn in band 5 only
     frame[2 * BAND: 2 * BAND + 4, 100:200, :3] = (0, 0, 255)  # in band 2, but not said to be
-    shown = pixels_of(frames.encode(frame, 80, [(5 * BAND + 3, 7)]))
+    shown = jpeg_pixels(frames.encode(frame, 80, [(5 * BAND + 3, 7)]))
     assert band_encodes == [BAND]
     stale = frame.copy()
     stale[2 * BAND: 3 * BAND] = screen_like(1024, 768, numpy.random.default_rng(7))[2 * BAND: 3 * BAND]
     assert (shown == whole(stale)).all()  # band 2 kept from the first frame, band 5 new
     band_encodes.clear()
     again = frames.encode(frame, 80, [])  # nothing drawn: nothing encoded, the same frame
-    assert band_encodes == [] and pixels_of(again).tobytes() == shown.tobytes()
+    assert band_encodes == [] and jpeg_pixels(again).tobytes() == shown.tobytes()
 
 
 def test_screenshots_of_a_screen_drawn_on_in_parts(x_display: str, band_encodes: list[int]) -> None:
@@ -99,15 +93,14 @@ def test_screenshots_of_a_screen_drawn_on_in_parts(x_display: str, band_encodes:
     grabber = mss.MSS(display=x_display)
 
     def as_grabbed() -> numpy.ndarray:
-        shot = grabber.grab({"left": 0, "top": 0, "width": 400, "height": 300})
-        return whole(numpy.frombuffer(shot.raw, numpy.uint8).reshape(300, 400, 4).copy())
+        return grabbed_pixels(grabber, 400, 300, 80)
 
     background = PaintedWindow(x_display, 0, 0, 400, 300)
     small = PaintedWindow(x_display, 150, 100, 60, 40)
     try:
         background.paint((200, 200, 200))
         small.paint((255, 0, 0))
-        assert (pixels_of(screen.jpeg(80)) == as_grabbed()).all()
+        assert (jpeg_pixels(screen.jpeg(80)) == as_grabbed()).all()
         bands = -(-300 // BAND)
         steps: list[Callable[[], Any]] = [
             lambda: small.paint((0, 0, 255)),
@@ -121,13 +114,13 @@ def test_screenshots_of_a_screen_drawn_on_in_parts(x_display: str, band_encodes:
             small.d.sync()
             band_encodes.clear()
             shot = screen.jpeg(80)
-            assert (pixels_of(shot) == as_grabbed()).all(), i
+            assert (jpeg_pixels(shot) == as_grabbed()).all(), i
             assert len(band_encodes) <= (bands if i == len(steps) - 1 else 6), (i, band_encodes)
         assert len(band_encodes) == bands  # the whole screen was drawn on: every band
         band_encodes.clear()
         small.win.map()
         small.paint((255, 255, 0))
-        assert (pixels_of(screen.jpeg(80)) == as_grabbed()).all()
+        assert (jpeg_pixels(screen.jpeg(80)) == as_grabbed()).all()
         assert 1 <= len(band_encodes) <= 3  # a 40-row window at y 5: bands 0 and 1
     finally:
         grabber.close()
@@ -160,8 +153,7 @@ def test_a_page_redrawn_in_part_is_shown_as_grabbed(desk: Desk) -> None:
         return base64.b64decode(result.result["screenshot_url"].split(",", 1)[1])
 
     def as_grabbed() -> numpy.ndarray:
-        raw = grabber.grab({"left": 0, "top": 0, "width": 1024, "height": 768}).raw
-        return whole(numpy.frombuffer(raw, numpy.uint8).reshape(768, 1024, 4).copy())
+        return grabbed_pixels(grabber, 1024, 768, 80)
 
     settled: list[tuple[bytes, numpy.ndarray]] = []
 
@@ -170,16 +162,16 @@ def test_a_page_redrawn_in_part_is_shown_as_grabbed(desk: Desk) -> None:
         # the same JPEG on both sides of the grab: nothing was drawn between them
         first, grabbed, second = shot(), as_grabbed(), shot()
         settled.append((first, grabbed))
-        return first == second and bool((pixels_of(first) != before).any())
+        return first == second and bool((jpeg_pixels(first) != before).any())
 
     try:
         desk.open_playground()
         for clicks in range(3):
-            before = pixels_of(shot())
+            before = jpeg_pixels(shot())
             desk.ok(c.click(desk.id, x=60 + 40 * clicks, y=desk.top + 70))  # the page's button
             assert wait_until(lambda n=clicks: desk.state()["clicks"] > n)  # type: ignore[misc]
             assert wait_until(lambda b=before: redrawn_and_settled(b), timeout=10, step=0.05)  # type: ignore[misc]
             jpeg, grabbed = settled[-1]
-            assert (pixels_of(jpeg) == grabbed).all()
+            assert (jpeg_pixels(jpeg) == grabbed).all()
     finally:
         grabber.close()

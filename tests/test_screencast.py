@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import mss
 import pytest
-from conftest import Server, jpeg_size, wait_until
+from conftest import Server, grabbed_pixels, jpeg_pixels, jpeg_size, wait_until
 from tzafon import Lightcone
 
 FPS_FLOOR = 5.0  # far below the ~60 fps of a quiet machine: a loaded 2-core CI runner must pass it
@@ -273,6 +274,17 @@ def test_desktop_screencast_frames_and_pointer(client: Lightcone, site: str) -> 
         n = len(cast.events)
         ok(client.computers.type(comp.id, text="hello desktop"))
         cast.wait_frames(1, since=n, timeout=5)
+
+        # frames are made of bands kept from earlier frames and the bands drawn on since: the
+        # newest must show the screen as this test grabs it from the desktop's X server
+        ran = client.computers.exec.sync(comp.id, command="echo $DISPLAY")
+        assert ran.exit_code == 0, ran.stderr
+        with mss.MSS(display=ran.stdout.strip()) as grabber:
+            def newest_as_grabbed() -> bool:
+                newest = jpeg_pixels(decode(cast.frames()[-1]))
+                return bool((newest == grabbed_pixels(grabber, display["width"], display["height"], 70)).all())
+
+            assert wait_until(newest_as_grabbed, 5)
     finally:
         client.computers.delete(comp.id)
     assert cast.ended.wait(10)

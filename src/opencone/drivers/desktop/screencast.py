@@ -3,10 +3,12 @@
 X has no frame clock to follow, so the screen is polled at up to ``FPS`` a
 second on the desktop's X thread. A poll costs almost nothing while the screen
 is still: XDAMAGE (on a connection of the cast's own) says whether anything was
-drawn since the last poll, and only then is the screen grabbed (mss, XShm),
-hashed, and, if its pixels really differ from the last frame sent, encoded
-(simplejpeg, 4:2:0, fast DCT). The pointer position comes with every poll and
-is sent when it moved.
+drawn since the last poll, and only then is the screen grabbed (mss, XShm)
+and hashed band by band (the 32-row bands of stripjpeg.py). Only when some
+band's pixels really differ from the last frame sent is a frame made, and only
+those bands are encoded again (simplejpeg, 4:2:0, fast DCT): a caret's blink
+costs one band, not the whole screen. The pointer position comes with every poll
+and is sent when it moved.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from typing import Any, TypeVar
 
 import mss
 import numpy
-import simplejpeg
 
 from opencone.drivers.base import ComputerGone, DriverError
 from opencone.drivers.desktop.damage import DamageWatch
+from opencone.drivers.desktop.stripjpeg import BAND, BandedJpeg
 from opencone.drivers.screencast import CursorPosition, Emit, Frame
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ class _Watcher:
         self.root = self.display.screen().root
         self._mss: mss.MSS | None = None
         self._mss_size = (0, 0)
-        self._last: tuple[int, int, int] | None = None  # (width, height, crc32) of the last frame sent
+        self._frames = BandedJpeg()
+        self._last: tuple[tuple[int, int], list[int]] = ((0, 0), [])  # size and band crc32s of the last frame sent
         self._first = True
 
     def _grabber(self, w: int, h: int) -> mss.MSS:
@@ -75,13 +78,17 @@ class _Watcher:
         w, h = size
         taken = time.time()
         shot = self._grabber(w, h).grab({"left": 0, "top": 0, "width": w, "height": h})
-        key = (w, h, zlib.crc32(shot.raw))
-        if key == self._last:  # drawn, but to the same pixels (a caret redrawn, a window re-exposed)
-            return None
-        self._last = key
+        raw, step = memoryview(shot.raw), w * 4 * BAND
+        sums = [zlib.crc32(raw[i:i + step]) for i in range(0, len(raw), step)]
+        (size, last) = self._last
+        drawn: list[tuple[int, int]] | None = None  # None: a new size, every band
+        if size == (w, h):
+            drawn = [(b * BAND, BAND) for b, (new, old) in enumerate(zip(sums, last, strict=True)) if new != old]
+            if not drawn:  # drawn, but to the same pixels (a caret redrawn, a window re-exposed)
+                return None
         pixels = numpy.frombuffer(shot.raw, numpy.uint8).reshape(h, w, 4)
-        jpeg = simplejpeg.encode_jpeg(pixels, quality=self.quality, colorspace="BGRA",
-                                      colorsubsampling="420", fastdct=True)
+        jpeg = self._frames.encode(pixels, self.quality, drawn)
+        self._last = ((w, h), sums)
         return Frame(base64.b64encode(jpeg).decode("ascii"), w, h, taken,
                      extra={"screenshot_width": w, "screenshot_height": h})
 
