@@ -37,7 +37,7 @@ def screen_like(w: int, h: int, rng: numpy.random.Generator) -> numpy.ndarray:
 
 @pytest.fixture()
 def band_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The rows of every band encoded from now on (its first row)."""
+    """The height of every band encoded from now on, in order."""
     seen: list[int] = []
     encode = stripjpeg._whole
 
