@@ -77,6 +77,11 @@ def test_only_the_bands_drawn_on_are_encoded_again(band_encodes: list[int]) -> N
     band_encodes.clear()
     frame[5 * BAND + 3: 5 * BAND + 10, 100:200, :3] = (255, 0, 0)  # drawn in band 5 only
     frame[2 * BAND: 2 * BAND + 4, 100:200, :3] = (0, 0, 255)  # in band 2, but not said to be
+    # the grab before it need fetch only the rows of the bands it will encode
+    assert frames.rows_needed(1024, 768, 80, [(5 * BAND + 3, 7)]) == (5 * BAND, 6 * BAND)
+    assert frames.rows_needed(1024, 768, 80, [(BAND - 1, 2), (9 * BAND, 1)]) == (0, 10 * BAND)
+    assert frames.rows_needed(1024, 768, 81, [(5 * BAND + 3, 7)]) == (0, 768)  # another quality: all
+    assert frames.rows_needed(1024, 768, 80, []) == (0, 0)
     shown = jpeg_pixels(frames.encode(frame, 80, [(5 * BAND + 3, 7)]))
     assert band_encodes == [BAND]
     stale = frame.copy()

@@ -16,7 +16,7 @@ again, without grabbing or encoding: agents often look twice at a screen that ha
 not moved. That round trip also means the input sent before it on the same
 connection has been processed when the screen is grabbed. When something was
 drawn, the check says which rows, and only the bands of the JPEG they fall in
-are encoded again (stripjpeg.py).
+are grabbed and encoded again (stripjpeg.py).
 
 Xvfb's RandR lets the screen shrink and grow back up to the size Xvfb was
 started with, so desktops start with a large framebuffer and are then set to
@@ -97,7 +97,7 @@ class Screen:
     def _encode(self, w: int, h: int, quality: int, drawn: list[tuple[int, int]] | None) -> bytes:
         """``drawn``: the row spans drawn on since the last grab (None: not known)."""
         grabber = self._grabber()
-        pixels = self._shared_frame(grabber, w, h)
+        pixels = self._shared_frame(grabber, w, h, self._frames.rows_needed(w, h, quality, drawn))
         if pixels is None:
             shot = grabber.grab({"left": 0, "top": 0, "width": w, "height": h})
             pixels = numpy.frombuffer(shot.raw, numpy.uint8).reshape(h, w, 4)
@@ -106,8 +106,10 @@ class Screen:
         finally:
             del pixels  # a view of the shared segment must be gone before mss may close it
 
-    def _shared_frame(self, grabber: mss.MSS, w: int, h: int) -> numpy.ndarray | None:
+    def _shared_frame(self, grabber: mss.MSS, w: int, h: int, rows: tuple[int, int]) -> numpy.ndarray | None:
         """The screen as a (h, w, 4) view of mss's shared-memory segment, or None to use ``grab``.
+        Only the ``rows`` (top, bottom) the encoder will read are fetched; the others keep what an
+        earlier grab left there (the encoder keeps their JPEG bands from it).
 
         Only once mss itself has seen XShmGetImage work (its first grab), so its
         checks and its fallback to XGetImage stay in charge of odd servers.
@@ -119,9 +121,12 @@ class Screen:
             if (not isinstance(impl, _XShmImpl) or impl.shm_status is not _ShmStatus.AVAILABLE
                     or impl._buf is None or w * h * 4 > impl._bufsize):
                 return None
-            with grabber._lock:  # type: ignore[attr-defined]
-                _xcb.shm_get_image(impl.conn, impl.drawable, 0, 0, w, h, _ALL_PLANES, _xcb.ImageFormat.ZPixmap,
-                                   impl._shmseg, 0)
+            top, bottom = rows
+            if bottom > top:
+                with grabber._lock:  # type: ignore[attr-defined]
+                    # rows land where a whole grab puts them: the offset of row ``top``
+                    _xcb.shm_get_image(impl.conn, impl.drawable, 0, top, w, bottom - top, _ALL_PLANES,
+                                       _xcb.ImageFormat.ZPixmap, impl._shmseg, top * w * 4)
             return numpy.frombuffer(impl._buf, numpy.uint8, count=w * h * 4).reshape(h, w, 4)
         except _xcb.XError:
             raise  # the server refused: as grab would

@@ -21,7 +21,7 @@ encodes whole frames from then on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy
 import simplejpeg
@@ -72,7 +72,7 @@ class BandedJpeg:
         self.enabled = True
 
     def encode(self, pixels: numpy.ndarray, quality: int,
-               drawn: Iterable[tuple[int, int]] | None = None) -> bytes:
+               drawn: Sequence[tuple[int, int]] | None = None) -> bytes:
         """The JPEG of ``pixels`` (h, w, 4: BGRA). ``drawn``: the (top, rows) spans drawn on since
         the last call with this size and quality; None when not known (every band is encoded)."""
         if not self.enabled:
@@ -80,12 +80,9 @@ class BandedJpeg:
         h, w = pixels.shape[:2]
         count = -(-h // BAND)
         key = (w, h, quality)
+        todo = self._todo(w, h, quality, drawn)
         if key != self._key or drawn is None:
             self._key, self._bands = None, [b""] * count
-            todo: Iterable[int] = range(count)
-        else:
-            todo = sorted({b for top, rows in drawn if rows > 0
-                           for b in range(max(0, top // BAND), min(count, (top + rows - 1) // BAND + 1))})
         try:
             for b in todo:
                 self._bands[b] = self._band(pixels, b, quality, w, h)
@@ -100,6 +97,23 @@ class BandedJpeg:
             parts.append(self._bands[b])
         parts.append(_EOI)
         return b"".join(parts)
+
+    def rows_needed(self, w: int, h: int, quality: int, drawn: Sequence[tuple[int, int]] | None) -> tuple[int, int]:
+        """(top, bottom): the rows of the next frame ``encode`` will read, given the same arguments;
+        the others may hold anything. (0, 0) when it reads none."""
+        todo = self._todo(w, h, quality, drawn)
+        if not todo:
+            return 0, 0
+        return todo[0] * BAND, min(h, (todo[-1] + 1) * BAND)
+
+    def _todo(self, w: int, h: int, quality: int, drawn: Sequence[tuple[int, int]] | None) -> list[int]:
+        """The bands to encode, in order: all of them unless the frame's size and quality are those
+        of the bands kept and what was drawn is known."""
+        count = -(-h // BAND)
+        if not self.enabled or (w, h, quality) != self._key or drawn is None:
+            return list(range(count))
+        return sorted({b for top, rows in drawn if rows > 0
+                       for b in range(max(0, top // BAND), min(count, (top + rows - 1) // BAND + 1))})
 
     def _band(self, pixels: numpy.ndarray, b: int, quality: int, w: int, h: int) -> bytes:
         head, height_at, sos, data = split_band(_whole(pixels[b * BAND:(b + 1) * BAND], quality))
