@@ -24,7 +24,8 @@ looks; the server uses such a moment to encode the screen ahead (drivers/desktop
 and answers with that JPEG when nothing was drawn since, while the raw side grabs and encodes
 as always. "changed by another client": a small window of this process's own is repainted on
 both screens just before (not timed): a change no API input announced, so the server grabs and
-encodes it then, as the raw side does. "screen unchanged": both sides took a screenshot just
+encodes it then, though only the 32-row bands the window is in (drivers/desktop/stripjpeg.py),
+while the raw side grabs and encodes the whole screen. "screen unchanged": both sides took a screenshot just
 before (not timed) and nothing was typed since; the server then hands out its last JPEG again
 when XDAMAGE says nothing was drawn (drivers/desktop/damage.py), while the raw side grabs and
 encodes as always (a blinking caret can still count as a change).

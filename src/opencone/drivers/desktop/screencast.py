@@ -80,7 +80,7 @@ class _Watcher:
         shot = self._grabber(w, h).grab({"left": 0, "top": 0, "width": w, "height": h})
         raw, step = memoryview(shot.raw), w * 4 * BAND
         sums = [zlib.crc32(raw[i:i + step]) for i in range(0, len(raw), step)]
-        (size, last) = self._last
+        size, last = self._last
         drawn: list[tuple[int, int]] | None = None  # None: a new size, every band
         if size == (w, h):
             drawn = [(b * BAND, BAND) for b, (new, old) in enumerate(zip(sums, last, strict=True)) if new != old]
