@@ -36,8 +36,12 @@ from proxy_servers import (
 from opencone.config import _default_chromium
 from opencone.drivers.chromium.launcher import ChromiumProcess, chromium_command, launch_chromium
 from opencone.drivers.proxy import ForwardingProxy, parse_proxy_url
+from opencone.drivers.proxy.egress import EgressPolicy
 
 aio = pytest.mark.asyncio(loop_scope="session")
+# these tests talk to servers and proxies on 127.0.0.1: an open policy (the egress tests check the default one)
+LOCAL = EgressPolicy.open()
+
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -77,7 +81,7 @@ async def proxy_b() -> AsyncIterator[RecordingSocks5Proxy]:
 
 @pytest.fixture
 async def fwd() -> AsyncIterator[ForwardingProxy]:
-    async with ForwardingProxy(connect_timeout=5) as f:
+    async with ForwardingProxy(connect_timeout=5, policy=LOCAL) as f:
         yield f
 
 
@@ -191,7 +195,8 @@ async def test_unreachable_and_silent_upstreams_fail_fast(site: Site, tls_site: 
     silent = await silent_server()
     quiet_port = silent.sockets[0].getsockname()[1]
     try:
-        async with ForwardingProxy(connect_timeout=0.5) as f, httpx.AsyncClient(proxy=f.url, timeout=10) as c:
+        async with ForwardingProxy(connect_timeout=0.5, policy=LOCAL) as f, \
+                httpx.AsyncClient(proxy=f.url, timeout=10) as c:
             for upstream, why in [
                 (f"http://127.0.0.1:{closed_port()}", "connection refused"),
                 (f"socks5://127.0.0.1:{closed_port()}", "connection refused"),
@@ -222,13 +227,13 @@ async def test_unreachable_and_silent_upstreams_fail_fast(site: Site, tls_site: 
 async def test_https_upstream_proxy(cert: tuple[Path, Path], site: Site, tls_site: Site) -> None:
     upstream = await RecordingHttpProxy(user="t", password="p", tls=server_tls(*cert)).start()
     try:
-        async with ForwardingProxy(upstream.url("t", "p"), upstream_tls=client_tls(cert[0])) as f, \
+        async with ForwardingProxy(upstream.url("t", "p"), upstream_tls=client_tls(cert[0]), policy=LOCAL) as f, \
                 httpx.AsyncClient(proxy=f.url, verify=client_tls(cert[0])) as c:
             assert (await c.get(f"{site.url}/tls-proxy")).status_code == 200
             assert (await c.get(f"{tls_site.url}/tls-in-tls")).status_code == 200  # TLS inside the TLS to the proxy
             assert upstream.seen == [f"GET {site.url}/tls-proxy", f"CONNECT 127.0.0.1:{tls_site.port}"]
         # without our CA the proxy's self-signed certificate is refused, with a reason
-        async with ForwardingProxy(upstream.url("t", "p")) as f, httpx.AsyncClient(proxy=f.url) as c:
+        async with ForwardingProxy(upstream.url("t", "p"), policy=LOCAL) as f, httpx.AsyncClient(proxy=f.url) as c:
             r = await c.get(f"{site.url}/untrusted")
             assert r.status_code == 502 and "TLS handshake" in r.text and "CERTIFICATE_VERIFY_FAILED" in r.text
     finally:
@@ -266,7 +271,7 @@ async def test_a_route_change_drops_open_tunnels_unless_asked_not_to(
 
 @aio
 async def test_close_ends_listener_and_open_tunnels(site: Site) -> None:
-    fwd = await ForwardingProxy().start()
+    fwd = await ForwardingProxy(policy=LOCAL).start()
     port = fwd.port
     reader, writer = await _open_tunnel(fwd, site.port)
     t0 = time.monotonic()
@@ -315,7 +320,7 @@ async def chromium(profile: Path, extra_args: list[str]) -> AsyncIterator[tuple[
 
 @pytest.fixture(scope="module")
 async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
-    async with ForwardingProxy(connect_timeout=2) as fwd:
+    async with ForwardingProxy(connect_timeout=2, policy=LOCAL) as fwd:
         flags = [f"--proxy-server={fwd.url}", *PROXY_FLAGS]
         async with chromium(tmp_path_factory.mktemp("chromium") / "profile", flags) as (process, page):
             yield Browser(fwd, process, page)
@@ -418,7 +423,7 @@ async def test_browser_through_an_https_upstream(browser: Browser, cert: tuple[P
 async def test_chromium_bypasses_the_proxy_for_loopback_without_the_flag(
         tmp_path: Path, site: Site, proxy_a: RecordingHttpProxy) -> None:
     """Why the launcher adds --proxy-bypass-list=<-loopback>: without it 127.0.0.1 goes direct."""
-    async with ForwardingProxy(a_url(proxy_a)) as fwd:
+    async with ForwardingProxy(a_url(proxy_a), policy=LOCAL) as fwd:
         async with chromium(tmp_path / "p1", [f"--proxy-server={fwd.url}"]) as (_process, page):
             assert await _title(page, f"{site.url}/bypassed") == "page /bypassed"
         assert "/bypassed" in site.seen and not any("/bypassed" in s for s in proxy_a.seen)

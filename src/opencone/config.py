@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from opencone.drivers.proxy.egress import parse_allow
 from opencone.drivers.proxy.url import parse_proxy_url
 
 
@@ -112,6 +114,19 @@ class Settings(BaseSettings):
     proxy_connect_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a computer's proxy waits to reach its upstream before a 502."
     )
+    # -- egress: where computers' traffic may go (drivers/proxy/egress.py) --
+    egress_allow: str = Field(
+        default="",
+        description="Destinations computers may reach although the policy refuses them: comma-separated hosts, "
+                    "host:port pairs and CIDR ranges (127.0.0.1:8000,intranet.example,10.20.0.0/16); an entry "
+                    "opens only what it names.",
+    )
+    egress_policy: Literal["public", "any"] = Field(
+        default="public",
+        description="'public': computers reach public addresses only (no loopback, private, link-local or "
+                    "cloud-metadata ones) plus OPENCONE_EGRESS_ALLOW; 'any': everything, for a single trusted "
+                    "user. This server's own ports are refused either way.",
+    )
 
     # -- saved environments of persistent computers (core/environments.py) --
     environment_storage_cap_bytes: int = Field(
@@ -137,6 +152,12 @@ class Settings(BaseSettings):
             return None
         parse_proxy_url(value)  # a bad URL stops the server at start-up, with the reason
         return value.strip()
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _check_egress_allow(cls, value: str) -> str:
+        parse_allow(value)  # a bad entry stops the server at start-up, naming it
+        return value
 
     @property
     def resolved_database_url(self) -> str:

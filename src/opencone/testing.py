@@ -133,14 +133,17 @@ class Server:
 
 def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None = None,
                  env: dict[str, str] | None = None, timeout: float = 60) -> Server:
-    """Start ``opencone serve`` as a process (pool of 1 unless ``env`` says otherwise);
+    """Start ``opencone serve`` as a process (pool of 1 and 127.0.0.1 allowed unless ``env`` says otherwise);
     wait until /health answers."""
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or tmp / f"data-{port}"
     api_key = api_key or f"test-{secrets.token_hex(8)}"
     log_path = tmp / f"server-{port}.log"
-    full_env = {**os.environ, "OPENCONE_API_KEY": api_key, "OPENCONE_POOL_SIZE": "1", **(env or {})}
+    # the tests' own pages and proxies are on 127.0.0.1, which the egress policy refuses by default:
+    # allowed, as a user with a local test site would (the egress tests start servers without it)
+    full_env = {**os.environ, "OPENCONE_API_KEY": api_key, "OPENCONE_POOL_SIZE": "1",
+                "OPENCONE_EGRESS_ALLOW": "127.0.0.1", **(env or {})}
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "opencone", "serve", "--port", str(port), "--data-dir", str(data_dir)],

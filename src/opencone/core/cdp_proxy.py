@@ -75,8 +75,8 @@ class CdpSession:
         ep = await endpoint(comp)
         try:
             # no size limit: screenshots and DOM snapshots can be many MB; no pings: a local socket
-            upstream = await websockets.connect(ep.ws_url, max_size=None, compression=None, ping_interval=None,
-                                                open_timeout=10, close_timeout=1)
+            upstream = await ep.connect(max_size=None, compression=None, ping_interval=None, open_timeout=10,
+                                        close_timeout=1)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise Unreachable(f"computer {comp.id}'s browser did not accept a DevTools connection: {exc}") from None
         return cls(service, comp, upstream, CdpPolicy(ep.files_dir))

@@ -230,10 +230,12 @@ class ExecService:
         try:
             workspace = await self._sandbox.prepare(comp.sandbox_id)
             _check_cwd(workspace, req.cwd)
-            env = req.env
-            proxy_env = getattr(comp.driver, "proxy_env", None)
-            if self._sandbox.network and callable(proxy_env):
-                env = {**proxy_env(), **req.env}  # the computer's own route, unless the request says otherwise
+            env, netns = req.env, None
+            command_network = getattr(comp.driver, "command_network", None)
+            if self._sandbox.network and callable(command_network):
+                # the computer's own namespace and route (its forwarder), unless the request's env says otherwise
+                netns, proxy_env = await command_network()
+                env = {**proxy_env, **req.env}
             settle_input = getattr(comp.driver, "settle_input", None)
             if callable(settle_input):  # a desktop: the command's X clients must see the input sent before it
                 with contextlib.suppress(DriverError):  # (a desktop that is gone: the command finds out)
@@ -241,6 +243,7 @@ class ExecService:
             execution = await self._sandbox.spawn(
                 comp.sandbox_id, req.command, cwd=req.cwd, env=env, timeout=req.timeout_seconds,
                 x_display=display_number(getattr(comp.driver, "x_display", None)), max_output_bytes=limit,
+                netns=netns,
             )
         except SandboxUnavailable as exc:
             raise Unavailable(str(exc)) from None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 
 class DriverError(Exception):
@@ -68,7 +71,9 @@ class CommandResult:
 class CdpEndpoint:
     """A computer's own browser as the CDP proxy reaches it."""
 
-    ws_url: str  # the browser's DevTools WebSocket on 127.0.0.1
+    # a WebSocket to the browser's DevTools (websockets' connect options); the port is on the
+    # loopback of the browser's own network namespace, so only the server reaches it
+    connect: Callable[..., Awaitable[ClientConnection]]
     product: str  # "Chrome/<version>", for /json/version
     files_dir: str  # the one directory a CDP client may download into and upload from
 

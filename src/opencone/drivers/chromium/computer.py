@@ -24,6 +24,7 @@ from opencone.drivers.chromium.screencast import ChromiumScreencast
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, StealthTargets
 from opencone.drivers.chromium.tabs import Tab, TabRegistry
+from opencone.drivers.netns import NetNamespace
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,19 @@ class ChromiumComputer:
                      headless: bool = True, env: dict[str, str] | None = None, emulate_viewport: bool = True,
                      extra_args: list[str] | None = None, keep_profile: bool = False,
                      user_agent: str | None = None,
-                     wrap: Callable[[list[str]], list[str]] | None = None) -> ChromiumComputer:
+                     wrap: Callable[[list[str]], list[str]] | None = None,
+                     netns: NetNamespace | None = None, relay_dir: Path | None = None) -> ChromiumComputer:
+        """``netns``: the network namespace the browser runs in (launcher.py); ``relay_dir`` then
+        holds the socket Playwright reaches it through."""
         process = await launch_chromium(executable, profile_dir, display.width, display.height,
                                         headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile,
-                                        user_agent=user_agent, wrap=wrap)
+                                        user_agent=user_agent, wrap=wrap, netns=netns, relay_dir=relay_dir)
         try:
-            browser = await playwright.chromium.connect_over_cdp(process.ws_url)
+            browser = await playwright.chromium.connect_over_cdp(await process.devtools.playwright_url())
             context = browser.contexts[0] if browser.contexts else await browser.new_context()
             computer = cls(process, browser, context, display, emulate_viewport)
             if computer.stealth is not None:  # before any tab: popups and workers get it before they run
-                computer.stealth_targets = await StealthTargets.start(process.ws_url, context, computer.stealth)
+                computer.stealth_targets = await StealthTargets.start(process.devtools, context, computer.stealth)
             await computer.tabs.adopt_existing()
             if not computer.tabs.all():
                 await computer.tabs.register(await context.new_page())
@@ -386,4 +390,4 @@ class ChromiumComputer:
         owner = self.process.user_data_dir.stat()
         if files.stat().st_uid != owner.st_uid:  # a sandboxed browser (a desktop's) writes its downloads there
             os.chown(files, owner.st_uid, owner.st_gid)
-        return CdpEndpoint(self.process.ws_url, f"Chrome/{self.browser.version}", str(files))
+        return CdpEndpoint(self.process.devtools.connect, f"Chrome/{self.browser.version}", str(files))

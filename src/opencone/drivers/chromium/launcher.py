@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from opencone.drivers.chromium.devtools import DevTools
+from opencone.drivers.netns import NetNamespace
 from opencone.drivers.processes import die_with_parent, kill_group
 
 # Playwright's own disabled-feature list (it is not in charge of the launch here)
@@ -58,12 +60,16 @@ BASE_FLAGS = [
     "--metrics-recording-only",
     "--mute-audio",
     "--force-color-profile=srgb",
+    # WebRTC sends UDP only through the proxy, which takes none: no route around the forwarder
+    # (a browser in a namespace of its own has none anyway; one on the host's network would)
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
     # navigator.webdriver false from the first document on (stealth, drivers/chromium/stealth.py);
     # a computer with stealth {"enabled": false} gets it back per tab (Emulation.setAutomationOverride)
     "--disable-blink-features=AutomationControlled",
     f"--disable-features={DISABLED_FEATURES}",
 ]
 
+DEVTOOLS_PORT = 9222  # inside a browser's own network namespace (below the kernel's ephemeral range)
 _LISTENING = re.compile(rb"DevTools listening on (ws://\S+)")
 
 
@@ -74,7 +80,7 @@ class LaunchError(RuntimeError):
 @dataclass(slots=True)
 class ChromiumProcess:
     process: asyncio.subprocess.Process
-    ws_url: str
+    devtools: DevTools
     user_data_dir: Path
     keep_profile: bool = False  # a desktop's browser: its profile outlives one Chromium (a closed window)
     wrapped: bool = False  # started inside a sandbox (``wrap``): ``process`` is the sandbox's
@@ -84,6 +90,11 @@ class ChromiumProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def ws_url(self) -> str:
+        """Its DevTools WebSocket, on the loopback of its own network (``devtools`` connects there)."""
+        return self.devtools.ws_url
 
     def main_pid(self) -> int:
         """The browser process itself, for a signal only it must get (a clean exit). In a sandbox
@@ -139,6 +150,7 @@ class ChromiumProcess:
             await asyncio.wait_for(self.process.wait(), 2)
         if self._drain:
             self._drain.cancel()
+        await self.devtools.close()
         if not self.keep_profile:
             await asyncio.to_thread(shutil.rmtree, self.user_data_dir, True)
 
@@ -159,6 +171,7 @@ def proxy_flags(proxy_server: str) -> list[str]:
 def chromium_command(
     executable: str, user_data_dir: Path, width: int, height: int, headless: bool = True,
     extra_args: list[str] | None = None, proxy_server: str | None = None, user_agent: str | None = None,
+    devtools_port: int = 0,
 ) -> list[str]:
     cmd = [executable, *BASE_FLAGS]
     if user_agent:  # every target has it from its first script (stealth.launch_user_agent)
@@ -172,7 +185,7 @@ def chromium_command(
         cmd.append("--no-sandbox")  # Chromium refuses to start its sandbox as root
     cmd += [
         "--remote-debugging-address=127.0.0.1",
-        "--remote-debugging-port=0",
+        f"--remote-debugging-port={devtools_port}",
         f"--user-data-dir={user_data_dir}",
         f"--window-size={width},{height}",
         *(extra_args or []),
@@ -199,6 +212,17 @@ async def chromium_major_version(executable: str) -> str | None:
     return match.group(1).decode() if match else None
 
 
+def _entering(netns: NetNamespace | None) -> Callable[[], None]:
+    """The child's last steps before exec: into ``netns`` (when given), and death with the server."""
+    if netns is None:
+        return die_with_parent
+
+    def enter() -> None:
+        netns.enter()
+        die_with_parent()
+    return enter
+
+
 async def _drain(stream: asyncio.StreamReader) -> None:
     # Chromium logs a lot (D-Bus noise); the pipe must never fill up.
     with contextlib.suppress(Exception):
@@ -220,11 +244,17 @@ async def launch_chromium(
     timeout: float = 30.0,
     keep_profile: bool = False,
     wrap: Callable[[list[str]], list[str]] | None = None,
+    netns: NetNamespace | None = None,
+    relay_dir: Path | None = None,
 ) -> ChromiumProcess:
     """``wrap`` turns Chromium's command line into the one to run: a sandbox around it, in which
-    it runs unprivileged, so with its own sandbox too (``--no-sandbox`` is only for root)."""
+    it runs unprivileged, so with its own sandbox too (``--no-sandbox`` is only for root).
+    ``netns``: the network namespace it runs in (its DevTools port is on that loopback only);
+    ``relay_dir`` holds the Unix socket through which Playwright reaches it there."""
     user_data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent)
+    # in a namespace of its own the port is always the same (nothing else is there); on the host, any free one
+    cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent,
+                           DEVTOOLS_PORT if netns is not None else 0)
     if wrap is not None:
         cmd = wrap([a for a in cmd if a != "--no-sandbox"])
     try:
@@ -234,7 +264,7 @@ async def launch_chromium(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=_entering(netns),
             env=env,
         )
     except OSError as exc:
@@ -256,7 +286,8 @@ async def launch_chromium(
         if not keep_profile:
             await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
         raise
-    chromium = ChromiumProcess(proc, match.group(1).decode(), user_data_dir, keep_profile, wrap is not None)
+    chromium = ChromiumProcess(proc, DevTools(match.group(1).decode(), netns, relay_dir), user_data_dir, keep_profile,
+                               wrap is not None)
     if wrap is not None:  # (DevTools answers: the browser process is up)
         chromium._main_pid = await asyncio.to_thread(chromium._find_main_pid)
     chromium._drain = asyncio.create_task(_drain(proc.stderr))

@@ -17,8 +17,10 @@ from playwright.async_api import Playwright
 from opencone.drivers.base import Display, DriverError
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
+from opencone.drivers.network import ComputerNetwork
 from opencone.drivers.proxy import ForwardingProxy
 from opencone.drivers.proxy.control import RoutedThroughProxy
+from opencone.drivers.proxy.egress import EgressPolicy, EgressRefused
 
 
 class ProxiedChromium(RoutedThroughProxy, ChromiumComputer):
@@ -26,25 +28,34 @@ class ProxiedChromium(RoutedThroughProxy, ChromiumComputer):
 
     @classmethod
     async def launch_proxied(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display,
-                             *, connect_timeout: float = 10.0, upstream: str | None = None,
-                             **launch: Any) -> ProxiedChromium:
-        forwarder = await ForwardingProxy(upstream, connect_timeout=connect_timeout).start()
+                             *, policy: EgressPolicy, relay_dir: Path, connect_timeout: float = 10.0,
+                             upstream: str | None = None, **launch: Any) -> ProxiedChromium:
+        """A browser in a network of its own (drivers/network.py) whose forwarder applies ``policy``;
+        ``relay_dir`` holds the socket Playwright reaches its DevTools through."""
+        network = await ComputerNetwork.open(policy, upstream=upstream, connect_timeout=connect_timeout)
         try:
-            extra = [*(launch.pop("extra_args", None) or []), *proxy_flags(forwarder.url)]
-            computer = await cls.launch(playwright, executable, profile_dir, display, extra_args=extra, **launch)
+            try:
+                await network.proxy.check_upstream(upstream)
+            except EgressRefused as exc:
+                raise DriverError(f"the proxy is refused: {exc}") from None
+            extra = [*(launch.pop("extra_args", None) or []), *proxy_flags(network.proxy.url)]
+            computer = await cls.launch(playwright, executable, profile_dir, display, extra_args=extra,
+                                        netns=network.namespace, relay_dir=relay_dir, **launch)
         except BaseException:
-            await forwarder.close()
+            await network.close()
             raise
         assert isinstance(computer, ProxiedChromium)
-        computer.proxy = forwarder
+        network.guard(computer.process.devtools.port)
+        computer.network, computer.proxy = network, network.proxy
+        network.report_refusals(lambda kind, fields: computer.tabs.emit(kind, **fields))
         return computer
 
     async def close(self) -> None:
         try:
             await super().close()
         finally:
-            if self.proxy is not None:
-                await self.proxy.close()
+            if self.network is not None:
+                await self.network.close()
 
     async def navigate(self, url: str, timeout: float, tab: str | None) -> None:
         """As the base class, with the error a browser without the forwarder would give.

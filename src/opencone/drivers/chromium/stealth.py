@@ -74,10 +74,10 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import websockets
 from websockets.asyncio.client import ClientConnection
 
 from opencone.drivers.chromium.cdp_client import CdpConnection
+from opencone.drivers.chromium.devtools import DevTools
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Disposable
@@ -356,8 +356,8 @@ class StealthTargets:
         self._cdp = CdpConnection(cdp_ws, self._on_event)
 
     @classmethod
-    async def start(cls, ws_url: str, context: BrowserContext, config: StealthConfig) -> StealthTargets:
-        ws = await websockets.connect(ws_url, max_size=None, compression=None, ping_interval=None, open_timeout=10)
+    async def start(cls, devtools: DevTools, context: BrowserContext, config: StealthConfig) -> StealthTargets:
+        ws = await devtools.connect(max_size=None, compression=None, ping_interval=None, open_timeout=10)
         targets = cls(ws, context, config)
         try:
             version = await asyncio.wait_for(targets._cdp.send("Browser.getVersion"), _SETTLE_TIMEOUT)

@@ -39,8 +39,10 @@ from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
 from opencone.drivers.desktop.xserver import XServer, start_xvfb
 from opencone.drivers.desktop.xthread import XThread
+from opencone.drivers.network import ComputerNetwork
 from opencone.drivers.processes import kill_group, write_pidfile
 from opencone.drivers.proxy.control import RoutedThroughProxy
+from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.proxy.forwarder import ForwardingProxy
 from opencone.drivers.sandbox import Sandbox, display_number
 from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
@@ -132,11 +134,13 @@ class DesktopComputer(RoutedThroughProxy):
         self._event_callbacks: list[Callable[[str, dict[str, Any]], None]] = []  # the browser's tab events
         self._watch = asyncio.create_task(self._watch_x(), name=f"watch-x{xserver.name}")
         self.proxy: ForwardingProxy | None = None  # the desktop's browser and networked exec go through it
+        self.network: ComputerNetwork | None = None  # (the proxy's, with its network namespaces)
 
     # -- life ---------------------------------------------------------------------------
     @classmethod
     async def launch(cls, playwright: Playwright, chromium_path: str, run_dir: Path, display: Display,
-                     framebuffer: tuple[int, int], sandbox: Sandbox | None = None) -> DesktopComputer:
+                     framebuffer: tuple[int, int], sandbox: Sandbox | None = None,
+                     policy: EgressPolicy | None = None) -> DesktopComputer:
         """Start a desktop showing ``display``; its screen can later grow up to ``framebuffer``.
         Its terminal runs in ``sandbox``; without one that can run (no bubblewrap) it has none."""
         _check_scale(display)
@@ -154,11 +158,15 @@ class DesktopComputer(RoutedThroughProxy):
         try:
             desktop._record_pids()
             desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
-            desktop.proxy = await ForwardingProxy(None).start()  # direct until change-proxy says otherwise
-            if desktop.sandbox is not None:
-                env = desktop.proxy_env() if desktop.sandbox.network else None  # as networked exec: the proxy
+            # its browser's network: a namespace of its own whose way out is the forwarder (direct until
+            # change-proxy says otherwise), under the egress policy
+            desktop.network = await ComputerNetwork.open(policy if policy is not None else EgressPolicy())
+            desktop.network.report_refusals(desktop._forward_event)
+            desktop.proxy = desktop.network.proxy
+            if desktop.sandbox is not None:  # with network (as exec's), in the commands' namespace, proxied
+                netns, env = await desktop.command_network() if desktop.sandbox.network else (None, None)
                 desktop._apps["xterm"] = await start_terminal(desktop.sandbox, desktop.sandbox_id, xserver.name,
-                                                              env)
+                                                              env, netns)
             else:
                 log.warning("desktop %s has no terminal, and its browser runs unconfined: there is no "
                             "sandbox here (bubblewrap)", xserver.name)
@@ -248,9 +256,9 @@ class DesktopComputer(RoutedThroughProxy):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._xt.run(self._x.close), 2)
         self._xt.shutdown()
-        if self.proxy is not None:
+        if self.network is not None:
             with contextlib.suppress(Exception):
-                await self.proxy.close()
+                await self.network.close()
         if self.sandbox is not None:  # its workspace and control group (the terminal's, exec's)
             with contextlib.suppress(Exception):
                 await self.sandbox.remove(self.sandbox_id)
@@ -418,8 +426,11 @@ class DesktopComputer(RoutedThroughProxy):
             self.display, headless=False, env=env, emulate_viewport=False,
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
                         *(proxy_flags(self.proxy.url) if self.proxy else [])],
-            keep_profile=True, wrap=wrap,
+            keep_profile=True, wrap=wrap, netns=self.network.namespace if self.network else None,
+            relay_dir=self.workdir / "devtools",
         )
+        if self.network is not None:
+            self.network.guard(browser.process.devtools.port)
         if self.sandbox is not None:
             await _downloads_to_home(browser)
         browser.x_display = self.x_display

@@ -17,6 +17,8 @@ import socket
 import ssl
 import struct
 
+from opencone.drivers.proxy.egress import EgressPolicy, EgressRefused
+from opencone.drivers.proxy.errors import UpstreamError
 from opencone.drivers.proxy.http1 import parse_head, status_of
 from opencone.drivers.proxy.url import UpstreamProxy
 
@@ -30,30 +32,28 @@ _SOCKS_REPLIES = {
 }
 
 
-class UpstreamError(Exception):
-    """The route to the destination could not be opened; the message says why, for a person.
-
-    ``code`` is the Chromium net error a browser without this proxy would have shown
-    (ERR_CONNECTION_REFUSED…), or a proxy one (ERR_PROXY_CONNECTION_FAILED…), so the
-    driver can report the same code as before the forwarder existed.
-    """
-
-    def __init__(self, message: str, code: str = "ERR_TUNNEL_CONNECTION_FAILED") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-async def _connect(host: str, port: int, what: str, tls: ssl.SSLContext | None = None, *,
+async def _connect(host: str, port: int, what: str, policy: EgressPolicy, tls: ssl.SSLContext | None = None, *,
                    proxy: bool = False) -> Streams:
+    """A connection to one of ``host``'s addresses that ``policy`` lets through, tried in order."""
+    failed = "ERR_PROXY_CONNECTION_FAILED" if proxy else None
     try:
-        return await asyncio.open_connection(host, port, limit=READ_LIMIT, ssl=tls,
-                                             server_hostname=host if tls else None)
-    except ssl.SSLError as exc:
-        raise UpstreamError(f"TLS handshake with {what} failed: {exc.reason or exc}",
-                            "ERR_PROXY_CERTIFICATE_INVALID") from None
+        addresses = await policy.resolve(host, port)
+    except EgressRefused as exc:
+        raise EgressRefused(f"{what}: {exc}" if proxy else str(exc)) from None
     except OSError as exc:
-        code = "ERR_PROXY_CONNECTION_FAILED" if proxy else _net_error(exc)
-        raise UpstreamError(f"cannot connect to {what}: {_reason(exc)}", code) from None
+        raise UpstreamError(f"cannot connect to {what}: {_reason(exc)}", failed or _net_error(exc)) from None
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(address, port, limit=READ_LIMIT, ssl=tls,
+                                                 server_hostname=host if tls else None)
+        except ssl.SSLError as exc:
+            raise UpstreamError(f"TLS handshake with {what} failed: {exc.reason or exc}",
+                                "ERR_PROXY_CERTIFICATE_INVALID") from None
+        except OSError as exc:
+            error = exc
+    assert error is not None  # (resolve returns at least one address)
+    raise UpstreamError(f"cannot connect to {what}: {_reason(error)}", failed or _net_error(error)) from None
 
 
 def _net_error(exc: OSError) -> str:
@@ -78,15 +78,18 @@ def _close(writer: asyncio.StreamWriter) -> None:
 
 
 async def open_route(upstream: UpstreamProxy | None, host: str, port: int, *, timeout: float,
-                     tls: ssl.SSLContext | None) -> Streams:
-    """A stream to host:port: direct, through a CONNECT tunnel, or through SOCKS5."""
+                     tls: ssl.SSLContext | None, policy: EgressPolicy) -> Streams:
+    """A stream to host:port: direct, through a CONNECT tunnel, or through SOCKS5; wherever it
+    leads, ``policy`` is asked first (an upstream proxy resolves names itself: there only
+    what the destination says of itself can be checked)."""
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     what = f"upstream proxy {upstream.masked}" if upstream else target
     try:
         async with asyncio.timeout(timeout):
             if upstream is None:
-                return await _connect(host, port, target)
-            reader, writer = await open_proxy(upstream, tls)
+                return await _connect(host, port, target, policy)
+            policy.check_unresolved(host, port)
+            reader, writer = await open_proxy(upstream, tls, policy)
             try:
                 if upstream.is_socks:
                     await _socks5(reader, writer, upstream, host, port)
@@ -104,9 +107,9 @@ async def open_route(upstream: UpstreamProxy | None, host: str, port: int, *, ti
                             "ERR_CONNECTION_TIMED_OUT") from None
 
 
-async def open_proxy(upstream: UpstreamProxy, tls: ssl.SSLContext | None) -> Streams:
+async def open_proxy(upstream: UpstreamProxy, tls: ssl.SSLContext | None, policy: EgressPolicy) -> Streams:
     """A connection to the proxy itself (TLS for an https:// proxy)."""
-    return await _connect(upstream.host, upstream.port, f"upstream proxy {upstream.masked}",
+    return await _connect(upstream.host, upstream.port, f"upstream proxy {upstream.masked}", policy,
                           tls if upstream.scheme == "https" else None, proxy=True)
 
 

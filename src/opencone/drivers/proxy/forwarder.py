@@ -25,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from opencone.drivers.proxy.dial import READ_LIMIT, UpstreamError, open_proxy, open_route
+from opencone.drivers.proxy.egress import EgressPolicy, EgressRefused, destination
 from opencone.drivers.proxy.http1 import (
     Request,
     closing_response,
@@ -56,13 +59,19 @@ class Failure(NamedTuple):
 
 class ForwardingProxy:
     def __init__(self, upstream: str | None = None, *, connect_timeout: float = 10.0,
-                 upstream_tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
-        """``upstream_tls`` verifies https:// upstream proxies; the system CAs when None."""
+                 upstream_tls: ssl.SSLContext | None = None, host: str = "127.0.0.1",
+                 policy: EgressPolicy | None = None) -> None:
+        """``upstream_tls`` verifies https:// upstream proxies; the system CAs when None.
+        ``policy``: where connections may go (egress.py); public addresses only when None."""
         self._upstream = self._parse(upstream)
+        self.policy = policy if policy is not None else EgressPolicy()
+        # told of every connection the policy refused: (host, port, reason)
+        self.on_refused: Callable[[str, int, str], None] | None = None
         self.connect_timeout = connect_timeout
         self._tls = upstream_tls
         self._host = host
         self._server: asyncio.Server | None = None
+        self._also: list[asyncio.Server] = []  # listeners in other networks (``also_listen``)
         self._closed = False
         self._handlers: dict[asyncio.Task[Any], UpstreamProxy | None] = {}
         self.bytes_sent = 0  # client → destination (request bytes, including heads sent on)
@@ -74,9 +83,22 @@ class ForwardingProxy:
         self._recent_errors: dict[str, Failure] = {}  # "host:port" → why its route last failed
 
     # -- life -------------------------------------------------------------------------
-    async def start(self) -> ForwardingProxy:
-        self._server = await asyncio.start_server(self._handle, self._host, 0, limit=READ_LIMIT, backlog=512)
+    async def start(self, sock: socket.socket | None = None) -> ForwardingProxy:
+        """Listen on a free port of ``host``, or on ``sock``: a listening socket made elsewhere
+        (inside a computer's network namespace, drivers/netns.py, where only its browser is)."""
+        if sock is not None:
+            self._server = await asyncio.start_server(self._handle, sock=sock, limit=READ_LIMIT)
+        else:
+            self._server = await asyncio.start_server(self._handle, self._host, 0, limit=READ_LIMIT, backlog=512)
         return self
+
+    async def also_listen(self, sock: socket.socket) -> str:
+        """Take connections on ``sock`` as well (a listener in another network namespace: a
+        computer's shell commands'), on the same route; the proxy URL for that network."""
+        server = await asyncio.start_server(self._handle, sock=sock, limit=READ_LIMIT)
+        self._also.append(server)
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
 
     async def __aenter__(self) -> ForwardingProxy:
         return await self.start()
@@ -91,14 +113,17 @@ class ForwardingProxy:
 
     @property
     def url(self) -> str:
-        """What to give Chromium as ``--proxy-server``."""
-        return f"http://{self._host}:{self.port}"
+        """What to give Chromium as ``--proxy-server`` (an address in the network it listens in)."""
+        host, port = self._server.sockets[0].getsockname()[:2] if self._server else (self._host, 0)
+        return f"http://{host}:{port}"
 
     async def close(self) -> None:
         """Stop listening and end every open connection."""
         self._closed = True
-        if self._server is not None:
-            self._server.close()
+        for server in [self._server, *self._also]:
+            if server is not None:
+                server.close()
+        self._also.clear()
         self._drop(lambda _route: True)
         tasks = list(self._handlers)
         if tasks:
@@ -116,6 +141,18 @@ class ForwardingProxy:
     @property
     def upstream(self) -> UpstreamProxy | None:
         return self._upstream
+
+    async def check_upstream(self, url: str | None) -> None:
+        """Refuse (ValueError, EgressRefused) an upstream that is malformed or that the policy
+        refuses, before it is set: its name is resolved now, and again at every connection."""
+        new = self._parse(url)
+        if new is not None:
+            try:
+                await self.policy.resolve(new.host, new.port)
+            except OSError:
+                pass  # a name that does not resolve (yet) fails at connection time, with its reason
+            except EgressRefused as exc:
+                raise EgressRefused(f"upstream proxy {new.masked}: {exc}") from None
 
     def set_upstream(self, url: str | None, *, drop_open: bool = True) -> None:
         """Route new connections through ``url`` (None or "" = direct).
@@ -159,7 +196,7 @@ class ForwardingProxy:
             port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
         except ValueError:
             return None
-        found = self._recent_errors.get(f"{parts.hostname}:{port}")
+        found = self._recent_errors.get(destination(parts.hostname, port))
         if found is None or (since is not None and found.at < since):
             return None
         return found
@@ -203,7 +240,7 @@ class ForwardingProxy:
                 else:
                     await self._forward(req, reader, writer, route)
             except UpstreamError as exc:
-                self._fail(writer, exc, f"{req.host}:{req.port}")
+                self._fail(writer, exc, req.host, req.port)
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # a peer went away, or close() / a route change ended this connection
         finally:
@@ -211,7 +248,8 @@ class ForwardingProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    def _fail(self, writer: asyncio.StreamWriter, exc: UpstreamError, target: str) -> None:
+    def _fail(self, writer: asyncio.StreamWriter, exc: UpstreamError, host: str, port: int) -> None:
+        target = destination(host, port)
         reason = str(exc)
         self.errors += 1
         self.last_error, self.last_error_at = reason, time.time()
@@ -220,14 +258,18 @@ class ForwardingProxy:
         if len(self._recent_errors) > 64:
             del self._recent_errors[next(iter(self._recent_errors))]
         log.info("proxy %s: %s", self.port if self._server else "?", reason)
+        refused = isinstance(exc, EgressRefused)
+        if refused and self.on_refused is not None:
+            with contextlib.suppress(Exception):
+                self.on_refused(host, port, reason)
         if not writer.is_closing():
-            writer.write(error_response("502 Bad Gateway", reason, exc.code))
+            writer.write(error_response("403 Forbidden" if refused else "502 Bad Gateway", reason, exc.code))
 
     async def _tunnel(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       route: UpstreamProxy | None) -> None:
         r_reader, r_writer = await open_route(route, req.host, req.port, timeout=self.connect_timeout,
-                                              tls=self._tls_for(route))
-        self._recent_errors.pop(f"{req.host}:{req.port}", None)
+                                              tls=self._tls_for(route), policy=self.policy)
+        self._recent_errors.pop(destination(req.host, req.port), None)
         try:
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             for w in (writer, r_writer):  # room for a whole chunk in flight before drain() waits
@@ -241,18 +283,19 @@ class ForwardingProxy:
         via_proxy = route is not None and not route.is_socks
         if route is not None and via_proxy:
             try:
+                self.policy.check_unresolved(req.host, req.port)
                 async with asyncio.timeout(self.connect_timeout):
-                    r_reader, r_writer = await open_proxy(route, self._tls_for(route))
+                    r_reader, r_writer = await open_proxy(route, self._tls_for(route), self.policy)
             except TimeoutError:
                 raise UpstreamError(f"timed out after {self.connect_timeout:g} s connecting to "
                                     f"upstream proxy {route.masked}", "ERR_PROXY_CONNECTION_FAILED") from None
         else:
             r_reader, r_writer = await open_route(route, req.host, req.port, timeout=self.connect_timeout,
-                                                  tls=self._tls_for(route))
+                                                  tls=self._tls_for(route), policy=self.policy)
         head = forward_head(req, absolute=via_proxy, proxy_auth=route.basic_auth() if route and via_proxy else None)
         r_writer.write(head)
         self.bytes_sent += len(head)
-        self._recent_errors.pop(f"{req.host}:{req.port}", None)
+        self._recent_errors.pop(destination(req.host, req.port), None)
         body = asyncio.create_task(self._pump(reader, r_writer, True))  # a request body, if any
         try:
             await self._relay_response(req, r_reader, writer, route if via_proxy else None)
