@@ -58,6 +58,40 @@ def test_a_crashed_browser_ends_only_its_computer(bare: Server, site: str) -> No
     assert wait_until(lambda: bare.chromium_pids() == set(), 5)
 
 
+def renderers(server: Server) -> set[int]:
+    return {c.pid for c in psutil.Process(server.process.pid).children(recursive=True)
+            if c.name() == "chromium" and "--type=renderer" in c.cmdline()}
+
+
+@pytest.mark.parametrize("kind", ["browser", "desktop"])
+def test_a_crashed_renderer_is_replaced_and_the_next_action_works(bare: Server, site: str, kind: str) -> None:
+    """A tab whose renderer is killed (as the kernel's OOM killer would) is replaced by a new tab;
+    the computer stays live, says so in a ``tab_crashed`` event, and its next navigate works."""
+    from test_events import Subscriber
+
+    client = bare.client()
+    comp = client.computers.create(kind=kind)
+    events = Subscriber(client, comp.id)
+    try:
+        assert client.computers.navigate(comp.id, url=f"{site}/page2.html").status == "success"
+        [crashed] = client.computers.tabs.list(comp.id).result["tabs"]
+        victims = renderers(bare)
+        assert victims
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        event = events.wait_for(lambda e: e["type"] == "tab_crashed")
+        assert event["tab_id"] == crashed["tab_id"] and event["url"].endswith("/page2.html")
+        assert event["replaced_by"] and event["replaced_by"] != crashed["tab_id"]
+        assert client.computers.navigate(comp.id, url=f"{site}/page2.html?again").status == "success"
+        assert "Second page" in client.computers.html(comp.id).result["html_content"]
+        assert client.computers.screenshot(comp.id).status == "success"
+        tabs = client.computers.tabs.list(comp.id).result["tabs"]
+        assert [t["tab_id"] for t in tabs] == [event["replaced_by"]] and tabs[0]["is_main_tab"]
+        assert client.computers.retrieve(comp.id).status in ("ready", "running")
+    finally:
+        client.computers.delete(comp.id)
+
+
 def test_server_shutdown_ends_every_computer(tmp_path: Path) -> None:
     srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1"})
     client = srv.client()

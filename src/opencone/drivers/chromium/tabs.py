@@ -3,6 +3,11 @@
 Pages opened by the page itself (``window.open``, ``target=_blank``) or by a CDP
 client arrive through the context's ``page`` event; registering one needs a CDP
 round trip, so registrations are tracked and awaited before any tab lookup.
+
+A tab whose renderer crashed (killed, out of memory) cannot be used again: Playwright
+refuses every call on a crashed page. It is replaced by a new blank tab, in its
+place as the main tab if it was that, and a ``tab_crashed`` event says so; the
+replacement is awaited like a registration, so the next action finds it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class TabRegistry:
         self._by_page: dict[Page, str] = {}
         self._pending: set[asyncio.Task[Tab | None]] = set()
         self._inflight: dict[Page, asyncio.Future[Tab]] = {}
+        self._replacements: set[Page] = set()  # new pages that stand in for crashed ones: not popups
         self.main_id: str | None = None
         # tab events (tab_opened, tab_closed, navigated) for whoever watches the computer
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -55,7 +61,8 @@ class TabRegistry:
     async def _register_popup(self, page: Page) -> Tab | None:
         with contextlib.suppress(Exception):
             tab = await self.register(page)
-            self.main_id = tab.tab_id  # a tab the page opened comes to the front, as in a browser
+            if page not in self._replacements:
+                self.main_id = tab.tab_id  # a tab the page opened comes to the front, as in a browser
             return tab
         return None
 
@@ -88,6 +95,7 @@ class TabRegistry:
         self._by_page[page] = tab.tab_id
         page.on("close", lambda _p: self.forget(tab.tab_id))
         page.on("framenavigated", lambda frame: self._navigated(tab, frame))
+        page.on("crash", lambda _p: self._crashed(tab))
         self.emit("tab_opened", tab_id=tab.tab_id, url=page.url)  # before any await: it precedes its navigations
         await self._prepare(tab)
         if self.main_id is None:
@@ -103,11 +111,36 @@ class TabRegistry:
         if frame.parent_frame is None and self.listeners:
             self.emit("navigated", tab_id=tab.tab_id, url=frame.url)
 
+    def _crashed(self, tab: Tab) -> None:
+        task = asyncio.ensure_future(self._replace(tab))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _replace(self, crashed: Tab) -> Tab | None:
+        """A new blank tab for ``crashed`` (main if it was main), then the crashed one closed."""
+        url, was_main = crashed.page.url, self.main_id == crashed.tab_id
+        try:
+            page = await self._context.new_page()
+            self._replacements.add(page)
+            tab = await self.register(page)
+        except Exception as exc:  # the browser itself is going: its computer ends
+            self.emit("tab_crashed", tab_id=crashed.tab_id, url=url, replaced_by=None, error=str(exc))
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await crashed.page.close()
+            self.forget(crashed.tab_id)
+        if was_main:
+            self.main_id = tab.tab_id
+        self.emit("tab_crashed", tab_id=crashed.tab_id, url=url, replaced_by=tab.tab_id)
+        return tab
+
     def forget(self, tab_id: str) -> None:
         tab = self._tabs.pop(tab_id, None)
         if tab is None:
             return
         self._by_page.pop(tab.page, None)
+        self._replacements.discard(tab.page)
         if self.main_id == tab_id:
             self.main_id = next(reversed(self._tabs), None)
         self.emit("tab_closed", tab_id=tab_id)
