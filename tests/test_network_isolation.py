@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -171,6 +172,30 @@ def test_even_an_open_policy_leaves_other_computers_out_of_reach(tmp_path: Path,
         assert b.computers.change_proxy(b_id, proxy_url=None).status == "success"
         policy_refused(b, b_id, f"{srv.base_url}/health")
         assert [t["tab_id"] for t in a.computers.tabs.list(a_id).result["tabs"]] == [a_tab["tab_id"]]
+    finally:
+        srv.stop()
+
+
+def test_without_namespaces_every_computers_own_ports_are_refused_by_number(tmp_path: Path, net: Net) -> None:
+    """``OPENCONE_NETWORK_NAMESPACES=false`` (or a server that may not make them): browsers are on
+    the host's network, their DevTools and forwarder ports on its loopback; the policy refuses
+    each of them, even when it is open."""
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_NETWORK_NAMESPACES": "false",
+                                      "OPENCONE_EGRESS_POLICY": "any", "OPENCONE_EGRESS_ALLOW": ""})
+    try:
+        a, b = other_org(srv, "flat-a"), other_org(srv, "flat-b")
+        a_id, a_browser = create_with_browser(srv, a)
+        b_id, _ = create_with_browser(srv, b)
+        assert a_browser.netns == os.readlink("/proc/self/ns/net")  # (so the ports below are on our loopback)
+        with socket.create_connection(("127.0.0.1", a_browser.devtools_port), timeout=5):
+            pass
+        assert b.computers.navigate(b_id, url=f"{net.allowed.url}/flat").status == "success"
+        for port in (a_browser.devtools_port, a_browser.forwarder_port):
+            why = refused(b, b_id, f"http://127.0.0.1:{port}/json/list")
+            assert "port of this opencone server" in why, why
+        change = b.computers.change_proxy(b_id, proxy_url=f"http://127.0.0.1:{a_browser.forwarder_port}")
+        assert change.status == "error" and "port of this opencone server" in (change.error_message or "")
+        assert len(a.computers.tabs.list(a_id).result["tabs"]) == 1
     finally:
         srv.stop()
 

@@ -128,6 +128,13 @@ class Settings(BaseSettings):
                     "user. This server's own ports are refused either way.",
     )
 
+    network_namespaces: bool = Field(
+        default=True,
+        description="Each computer's browser (and networked commands) in a network namespace of its own, whose "
+                    "only way out is its forwarder (needs a server that may make them, e.g. root). false: on the "
+                    "host's network, every computer's own ports refused by number instead.",
+    )
+
     # -- saved environments of persistent computers (core/environments.py) --
     environment_storage_cap_bytes: int = Field(
         default=5 * 1024**3, ge=0,

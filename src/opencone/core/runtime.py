@@ -19,6 +19,7 @@ from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.drivers.base import Display
 from opencone.drivers.chromium.factory import BrowserFactory
 from opencone.drivers.desktop.factory import DesktopFactory
+from opencone.drivers.network import NetworkPlan
 from opencone.drivers.processes import kill_leftovers
 from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.sandbox import Sandbox, Workspaces
@@ -43,18 +44,19 @@ class Runtime:
                                 WorkspaceDisks(cap, sandbox_ids()) if cap else None)
         sandbox = Sandbox(workspaces, network=settings.exec_network, max_processes=settings.exec_max_processes,
                           max_memory_bytes=settings.exec_max_memory_mb * 1024 * 1024)
-        # where computers' traffic may go; the API's own port never, whatever the settings
+        # where computers' traffic may go (the API's own port never, whatever the settings), and how
         self.egress = EgressPolicy.from_settings(settings.egress_allow, settings.egress_policy, [settings.port])
+        network = NetworkPlan(self.egress, settings.network_namespaces)
         self.browsers = BrowserFactory(
             settings.chromium_path, settings.run_dir, settings.pool_size,
             Display(settings.default_width, settings.default_height),
             proxy_connect_timeout=settings.proxy_connect_timeout_seconds,
-            advanced_proxy_url=settings.advanced_proxy_url, sandbox=sandbox, policy=self.egress,
+            advanced_proxy_url=settings.advanced_proxy_url, sandbox=sandbox, network=network,
         )
         self.desktops = DesktopFactory(
             settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
             Display(settings.default_width, settings.default_height),
-            (settings.desktop_max_width, settings.desktop_max_height), sandbox, policy=self.egress,
+            (settings.desktop_max_width, settings.desktop_max_height), sandbox, network=network,
         )
         self.events = EventBus(self.clock, Limits(queue_events=settings.events_queue_size,
                                                   history_events=settings.events_history_size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from opencone.drivers import netns
@@ -35,6 +36,19 @@ def proxy_env(url: str) -> dict[str, str]:
     return {name: url for name in PROXY_ENV_NAMES}
 
 
+@dataclass
+class NetworkPlan:
+    """How every computer's network is made: the egress policy its forwarder applies, and whether
+    it gets namespaces of its own (``namespaces``, where the server may make them)."""
+
+    policy: EgressPolicy = field(default_factory=EgressPolicy)
+    namespaces: bool = True
+
+    @property
+    def isolated(self) -> bool:
+        return self.namespaces and netns.available()
+
+
 class ComputerNetwork:
     def __init__(self, proxy: ForwardingProxy, namespace: NetNamespace | None, policy: EgressPolicy) -> None:
         self.proxy = proxy
@@ -45,10 +59,11 @@ class ComputerNetwork:
         self._commands_url = ""
 
     @classmethod
-    async def open(cls, policy: EgressPolicy, *, upstream: str | None = None,
+    async def open(cls, plan: NetworkPlan, *, upstream: str | None = None,
                    connect_timeout: float = 10.0) -> ComputerNetwork:
+        policy = plan.policy
         proxy = ForwardingProxy(upstream, connect_timeout=connect_timeout, policy=policy)
-        namespace = NetNamespace.create() if netns.available() else None
+        namespace = NetNamespace.create() if plan.isolated else None
         try:
             await proxy.start(namespace.listen(PROXY_PORT) if namespace is not None else None)
         except BaseException:

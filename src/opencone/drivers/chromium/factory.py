@@ -16,8 +16,8 @@ from opencone.drivers.chromium.launcher import chromium_major_version
 from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, launch_user_agent
+from opencone.drivers.network import NetworkPlan
 from opencone.drivers.pool import WarmPool
-from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.sandbox import Sandbox
 from opencone.drivers.sandbox.workspaces import sandbox_ids
 
@@ -27,10 +27,10 @@ class BrowserFactory:
 
     def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display, *,
                  proxy_connect_timeout: float = 10.0, advanced_proxy_url: str | None = None,
-                 sandbox: Sandbox | None = None, policy: EgressPolicy | None = None) -> None:
+                 sandbox: Sandbox | None = None, network: NetworkPlan | None = None) -> None:
         self._executable = executable
         # where every browser's traffic may go (its forwarder applies it: drivers/proxy/egress.py)
-        self._policy = policy if policy is not None else EgressPolicy()
+        self._network = network if network is not None else NetworkPlan()
         # where each browser runs as the sandbox's user (drivers/sandbox): a web page that breaks out
         # of Chromium's renderer then holds an unprivileged process that sees none of the host's files
         self._sandbox = sandbox
@@ -59,7 +59,7 @@ class BrowserFactory:
         profile = self.new_profile_dir()
         return await ProxiedChromium.launch_proxied(self._playwright, self._executable, profile,
                                                     Display(self._default.width, self._default.height),
-                                                    policy=self._policy, relay_dir=self.relay_dir,
+                                                    plan=self._network, relay_dir=self.relay_dir,
                                                     connect_timeout=self._proxy_connect_timeout,
                                                     user_agent=self._pool_user_agent, wrap=self._wrap(profile))
 
@@ -135,7 +135,7 @@ class BrowserFactory:
         self._check_advanced_proxy(use_advanced_proxy)
         return await ProxiedChromium.launch_proxied(
             self._playwright, self._executable, profile, Display(display.width, display.height, display.scale),
-            policy=self._policy, relay_dir=self.relay_dir, connect_timeout=self._proxy_connect_timeout,
+            plan=self._network, relay_dir=self.relay_dir, connect_timeout=self._proxy_connect_timeout,
             upstream=self.advanced_proxy_url if use_advanced_proxy else None, user_agent=user_agent,
             wrap=self._wrap(profile),
         )

@@ -17,10 +17,10 @@ from playwright.async_api import Playwright
 from opencone.drivers.base import Display, DriverError
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
-from opencone.drivers.network import ComputerNetwork
+from opencone.drivers.network import ComputerNetwork, NetworkPlan
 from opencone.drivers.proxy import ForwardingProxy
 from opencone.drivers.proxy.control import RoutedThroughProxy
-from opencone.drivers.proxy.egress import EgressPolicy, EgressRefused
+from opencone.drivers.proxy.egress import EgressRefused
 
 
 class ProxiedChromium(RoutedThroughProxy, ChromiumComputer):
@@ -28,11 +28,11 @@ class ProxiedChromium(RoutedThroughProxy, ChromiumComputer):
 
     @classmethod
     async def launch_proxied(cls, playwright: Playwright, executable: str, profile_dir: Path, display: Display,
-                             *, policy: EgressPolicy, relay_dir: Path, connect_timeout: float = 10.0,
+                             *, plan: NetworkPlan, relay_dir: Path, connect_timeout: float = 10.0,
                              upstream: str | None = None, **launch: Any) -> ProxiedChromium:
-        """A browser in a network of its own (drivers/network.py) whose forwarder applies ``policy``;
+        """A browser in a network of its own, as ``plan`` says (drivers/network.py);
         ``relay_dir`` holds the socket Playwright reaches its DevTools through."""
-        network = await ComputerNetwork.open(policy, upstream=upstream, connect_timeout=connect_timeout)
+        network = await ComputerNetwork.open(plan, upstream=upstream, connect_timeout=connect_timeout)
         try:
             try:
                 await network.proxy.check_upstream(upstream)

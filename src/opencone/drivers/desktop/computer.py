@@ -31,6 +31,7 @@ from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverErro
 from opencone.drivers.chromium import profiles
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
+from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.desktop.apps import start_openbox, start_terminal, x_env
 from opencone.drivers.desktop.keyboard import NoSpareKeycode
 from opencone.drivers.desktop.readyshot import ReadyShot
@@ -39,10 +40,9 @@ from opencone.drivers.desktop.screencast import DesktopScreencast
 from opencone.drivers.desktop.xinput import XInput
 from opencone.drivers.desktop.xserver import XServer, start_xvfb
 from opencone.drivers.desktop.xthread import XThread
-from opencone.drivers.network import ComputerNetwork
+from opencone.drivers.network import ComputerNetwork, NetworkPlan
 from opencone.drivers.processes import kill_group, write_pidfile
 from opencone.drivers.proxy.control import RoutedThroughProxy
-from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.proxy.forwarder import ForwardingProxy
 from opencone.drivers.sandbox import Sandbox, display_number
 from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
@@ -140,7 +140,7 @@ class DesktopComputer(RoutedThroughProxy):
     @classmethod
     async def launch(cls, playwright: Playwright, chromium_path: str, run_dir: Path, display: Display,
                      framebuffer: tuple[int, int], sandbox: Sandbox | None = None,
-                     policy: EgressPolicy | None = None) -> DesktopComputer:
+                     network: NetworkPlan | None = None) -> DesktopComputer:
         """Start a desktop showing ``display``; its screen can later grow up to ``framebuffer``.
         Its terminal runs in ``sandbox``; without one that can run (no bubblewrap) it has none."""
         _check_scale(display)
@@ -160,7 +160,7 @@ class DesktopComputer(RoutedThroughProxy):
             desktop._apps["openbox"] = await start_openbox(xserver.name, workdir)
             # its browser's network: a namespace of its own whose way out is the forwarder (direct until
             # change-proxy says otherwise), under the egress policy
-            desktop.network = await ComputerNetwork.open(policy if policy is not None else EgressPolicy())
+            desktop.network = await ComputerNetwork.open(network if network is not None else NetworkPlan())
             desktop.network.report_refusals(desktop._forward_event)
             desktop.proxy = desktop.network.proxy
             if desktop.sandbox is not None:  # with network (as exec's), in the commands' namespace, proxied
@@ -421,7 +421,8 @@ class DesktopComputer(RoutedThroughProxy):
             def wrap(argv: list[str]) -> list[str]:
                 return sandbox.program_line(self.sandbox_id, argv, cwd=HOME_DIR, x_display=display,
                                             binds=binds)
-        browser = await ChromiumComputer.launch(
+        # (proxied: a page load its forwarder refused, or could not route, fails with the reason)
+        browser = await ProxiedChromium.launch(
             self._playwright, self._chromium_path, self.browser_profile,
             self.display, headless=False, env=env, emulate_viewport=False,
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
@@ -429,6 +430,8 @@ class DesktopComputer(RoutedThroughProxy):
             keep_profile=True, wrap=wrap, netns=self.network.namespace if self.network else None,
             relay_dir=self.workdir / "devtools",
         )
+        assert isinstance(browser, ProxiedChromium)
+        browser.proxy = self.proxy  # the desktop's, not the browser's own: it outlives a closed window
         if self.network is not None:
             self.network.guard(browser.process.devtools.port)
         if self.sandbox is not None:

@@ -17,8 +17,8 @@ from playwright.async_api import Playwright, async_playwright
 
 from opencone.drivers.base import Display, DriverError
 from opencone.drivers.desktop.computer import DesktopComputer
+from opencone.drivers.network import NetworkPlan
 from opencone.drivers.pool import WarmPool
-from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.sandbox import Sandbox
 
 
@@ -27,9 +27,9 @@ class DesktopFactory:
 
     def __init__(self, chromium_path: str, run_dir: Path, pool_size: int, default: Display,
                  framebuffer: tuple[int, int], sandbox: Sandbox | None = None,
-                 policy: EgressPolicy | None = None) -> None:
+                 network: NetworkPlan | None = None) -> None:
         self._chromium_path = chromium_path
-        self._policy = policy if policy is not None else EgressPolicy()  # where desktops' traffic may go
+        self._network = network if network is not None else NetworkPlan()  # how desktops' networks are made
         self._sandbox = sandbox  # where each desktop's terminal runs
         self._run_dir = run_dir
         self._default = Display(default.width, default.height)
@@ -54,7 +54,7 @@ class DesktopFactory:
     async def _launch(self, display: Display) -> DesktopComputer:
         playwright = await self._driver()
         return await DesktopComputer.launch(playwright, self._chromium_path, self._run_dir, display,
-                                            self._framebuffer, self._sandbox, self._policy)
+                                            self._framebuffer, self._sandbox, self._network)
 
     async def _launch_default(self) -> DesktopComputer:
         return await self._launch(self._default)
