@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     events_history_size: int = Field(default=256, ge=0, description="Recent events kept per computer for resuming.")
     events_heartbeat_seconds: float = Field(default=15.0, gt=0, description="A heartbeat event after this silence.")
 
+    # -- request bodies (api/guard.py) --
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024,
+        description="Largest request body taken; a larger one is a 413 before it is read or parsed.",
+    )
+
     action_timeout_seconds: float = Field(default=20.0, gt=0)
     navigation_timeout_seconds: float = Field(default=30.0, gt=0)
     screenshot_quality: int = Field(default=80, ge=1, le=100)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from opencone import __version__
 from opencone.api import errors
 from opencone.api.auth import REDACT_TOKENS
+from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.config import Settings
@@ -51,4 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp):
         app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
+    # outermost: bodies are bounded and checked before either of the two routings parses one
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, renderers={exec.STREAM_PATH: exec.refused})
     return app

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-    405: "Method not allowed", 409: "Conflict", 422: "Invalid request", 429: "Too many requests",
-    500: "Internal error", 503: "Service unavailable",
+    405: "Method not allowed", 409: "Conflict", 413: "Request body too large", 422: "Invalid request",
+    429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
 }
 
 

@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from opencone.api.auth import presented_key
 from opencone.api.errors import service_problem
+from opencone.api.guard import read_body, replay
 from opencone.api.routes.actions import HOT, run_hot
 from opencone.core.errors import ServiceError
 
@@ -38,8 +39,9 @@ class HotActions:
         route = HOT.get(match.group(2)) if match else None
         if route is None or not _small_json(scope):
             return await self.app(scope, receive, send)
-        body = await _read(receive)
-        again = _replay(body, receive)
+        body = await read_body(receive)
+        assert body is not None  # (no limit given; api/guard.py has bounded it)
+        again = replay(body, receive)
         request = Request(scope, again)
         key = presented_key(request, allow_query=False)
         org = await request.app.state.runtime.accounts.org_for_key(key) if key else None
@@ -68,26 +70,3 @@ def _small_json(scope: Scope) -> bool:
     if content_type is not None and not content_type.split(b";")[0].strip().endswith(b"json"):
         return False
     return length is not None and length.isdigit() and int(length) <= _MAX_BODY
-
-
-async def _read(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` again from the start: the body once, then whatever comes next (a disconnect)."""
-    given = False
-
-    async def again() -> Message:
-        nonlocal given
-        if not given:
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return again

@@ -34,14 +34,26 @@ router = APIRouter(tags=["exec"])
 
 NDJSON = "application/x-ndjson"
 HEARTBEAT_SECONDS = 15.0
-_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 409: "CONFLICT", 422: "INVALID_REQUEST", 429: "LIMIT_REACHED",
-          503: "UNAVAILABLE"}
+_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 409: "CONFLICT", 413: "TOO_LARGE", 422: "INVALID_REQUEST",
+          429: "LIMIT_REACHED", 503: "UNAVAILABLE"}
 _BODY_DOC = {"requestBody": {"required": True,
                              "content": {"application/json": {"schema": ExecRequest.model_json_schema()}}}}
 
 
 def _json(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _error_line(status: int, message: str) -> bytes:
+    return _json({"type": "error", "code": _CODES.get(status, "ERROR"), "message": message, "status": status}) + b"\n"
+
+
+STREAM_PATH = r"^/computers/[^/]+/exec$"
+
+
+def refused(status: int, detail: str, _errors: list[dict[str, str]]) -> Response:
+    """A body api/guard.py refused, said as the stream says every error: one line, HTTP 200."""
+    return Response(_error_line(status, detail), media_type=NDJSON, headers={"cache-control": "no-store"})
 
 
 def _parse(raw: bytes) -> ExecRequest:
@@ -69,8 +81,7 @@ async def exec_stream(computer_id: str, request: Request, org: str = Depends(cur
                     elif ev.data:  # never an empty line, never an empty chunk
                         yield _json({"type": ev.type, "data": ev.data}) + b"\n"
         except ServiceError as exc:
-            yield _json({"type": "error", "code": _CODES.get(exc.status, "ERROR"), "message": exc.message,
-                         "status": exc.status}) + b"\n"
+            yield _error_line(exc.status, exc.message)
         except Exception as exc:  # the stream has started: an error line, never a broken stream
             log.exception("exec on %s failed", computer_id)
             yield _json({"type": "error", "code": "INTERNAL", "message": f"internal error: {exc}"}) + b"\n"
