@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from opencone.core.exec_limits import check_command, check_cwd, check_env
 from opencone.core.keys import normalize_chord, normalize_key
 
 MAX_COORD = 100_000.0
@@ -195,7 +196,7 @@ class CloseTab(_Action):
 
 
 class RunCommand(_Action):
-    """A shell command in the computer's sandbox (the ``debug`` action)."""
+    """A shell command in the computer's sandbox (the ``debug`` action); the same limits as /exec."""
 
     kind: Literal["run_command"] = "run_command"
     command: str = Field(min_length=1)
@@ -203,6 +204,21 @@ class RunCommand(_Action):
     max_output_length: int = Field(default=65536, ge=1, le=16 * 1024 * 1024)
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str) -> str:
+        return check_command(v)
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, v: str | None) -> str | None:
+        return None if v is None else check_cwd(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)
 
 
 class ChangeProxy(_Action):

@@ -13,7 +13,6 @@ import codecs
 import contextlib
 import os
 import posixpath
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,13 @@ from opencone.core import actions as a
 from opencone.core.computers import ComputerService, LiveComputer
 from opencone.core.errors import Conflict, InvalidInput, ServiceError
 from opencone.core.events import EventBus
+from opencone.core.exec_limits import check_command, check_cwd, check_env
 from opencone.core.ids import new_id
 from opencone.drivers.base import CommandResult, DriverError
 from opencone.drivers.sandbox import WORKSPACE, Execution, Exited, Output, Sandbox, SandboxUnavailable, display_number
 
 DEFAULT_TIMEOUT_SECONDS = 120.0
 MAX_TIMEOUT_SECONDS = 3600.0
-MAX_COMMAND_BYTES = 128 * 1024 - 1  # the kernel's limit for one argv string, NUL included
-_ENV_KEY = re.compile(r"^[^=\x00]+$")
 
 
 class Unavailable(ServiceError):
@@ -55,19 +53,16 @@ class ExecRequest(BaseModel):
     @field_validator("command")
     @classmethod
     def _command(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty")
-        if "\x00" in v or len(v.encode()) > MAX_COMMAND_BYTES:
-            raise ValueError(f"must be at most {MAX_COMMAND_BYTES} bytes, without NUL characters")
-        return v
+        return check_command(v)
 
     @field_validator("cwd", mode="before")
     @classmethod
     def _cwd(cls, v: Any) -> Any:
         if v is None or v == "":
             return WORKSPACE
-        if not isinstance(v, str) or "\x00" in v:
-            return v  # the str check below reports it
+        if not isinstance(v, str):
+            return v  # the str check reports it
+        check_cwd(v)  # an OS path: no NUL, valid Unicode
         # relative paths are relative to /workspace; '..' may not climb out of it
         path = posixpath.normpath(posixpath.join(WORKSPACE, v))
         if path != WORKSPACE and not path.startswith(WORKSPACE + "/"):
@@ -76,16 +71,13 @@ class ExecRequest(BaseModel):
 
     @field_validator("env", mode="before")
     @classmethod
-    def _env(cls, v: Any) -> Any:
-        if v is None:
-            return {}
-        if isinstance(v, dict):
-            for key, value in v.items():
-                if not isinstance(key, str) or not _ENV_KEY.match(key):
-                    raise ValueError(f"key {key!r} must be a non-empty string without '=' or NUL")
-                if isinstance(value, str) and "\x00" in value:
-                    raise ValueError(f"the value of {key!r} must not contain NUL")
-        return v
+    def _env_default(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_env(v)  # names, NUL, Unicode, and the kernel's size limits
 
     @field_validator("timeout_seconds", mode="before")
     @classmethod
