@@ -8,6 +8,8 @@ canonical form and maps it once to its own input system.
 
 from __future__ import annotations
 
+import unicodedata
+
 MODIFIERS = ("Shift", "Control", "Alt", "Meta")
 
 _NAMED = [
@@ -62,12 +64,23 @@ class UnknownKeyError(ValueError):
         self.key = key
 
 
+# control characters that name a key; every other one (NUL…) and a lone surrogate is no key: refused
+# here, before any driver could send it (a desktop would turn it into a keysym)
+_CONTROL_KEYS = {" ": "Space", "\n": "Enter", "\r": "Enter", "\t": "Tab", "\b": "Backspace", "\x1b": "Escape",
+                 "\x7f": "Delete"}
+
+
 def normalize_key(key: str) -> str:
     """The canonical name of ``key``, or ``UnknownKeyError``."""
     if not isinstance(key, str) or key == "":
         raise UnknownKeyError(str(key))
     if len(key) == 1:
-        return "Space" if key == " " else key
+        named = _CONTROL_KEYS.get(key)
+        if named is not None:
+            return named
+        if unicodedata.category(key) in ("Cc", "Cs"):
+            raise UnknownKeyError(key)
+        return key
     found = _ALIASES.get(key.strip().lower())
     if found is None:
         raise UnknownKeyError(key)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
@@ -10,10 +12,14 @@ from opencone.core.errors import NotFound
 
 router = APIRouter(tags=["files"])
 
+# what FileStore.put hands out (url-safe base64, a known extension): anything else is no file of ours,
+# and never reaches the file system (a NUL in a path makes os.stat raise)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}\.(?:jpg|png|bin)")
+
 
 @router.get("/files/{token}")
 async def get_file(token: str, request: Request) -> Response:
-    blob = runtime(request).files.open(token)
+    blob = runtime(request).files.open(token) if _TOKEN.fullmatch(token) else None
     if blob is None:
         raise NotFound("unknown or expired file link; take a new screenshot")
     headers = {"cache-control": "private, max-age=3600"}

@@ -47,6 +47,14 @@ class StealthIn(BaseModel):
                 raise ValueError(f"unknown stealth key {unknown[0]!r}; allowed keys: {', '.join(STEALTH_KEYS)}")
         return data
 
+    @field_validator("user_agent")
+    @classmethod
+    def _user_agent(cls, value: str | None) -> str | None:
+        # it becomes a launch flag of Chromium and a header of every request: printable text only
+        if value is not None and not value.isprintable():
+            raise ValueError("must be printable text: no control characters (NUL, CR, LF, tab…)")
+        return value
+
     @field_validator("locale")
     @classmethod
     def _locale(cls, value: str | None) -> str | None:
