@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from opencone.api.json_body import valid_text
 from opencone.core import actions as a
 from opencone.core.clock import iso
 from opencone.core.computers import ActionReport
@@ -311,4 +312,4 @@ def action_result(report: ActionReport, files: FileStore, base: str) -> dict[str
     }
     if report.page_context is not None:
         body["page_context"] = report.page_context
-    return body
+    return valid_text(body)  # a page's text may hold lone surrogates: the client and the event get U+FFFD
