@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opencone import __version__
-from opencone.api import errors
+from opencone.api import errors, openapi
 from opencone.api.auth import REDACT_TOKENS
 from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    openapi.install(app)  # error bodies, auth and media types as the server really answers
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp):
         app.include_router(module.router)

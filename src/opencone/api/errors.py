@@ -12,17 +12,41 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from opencone.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+PROBLEM_JSON = "application/problem+json"
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
     405: "Method not allowed", 409: "Conflict", 413: "Request body too large", 422: "Invalid request",
     429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
 }
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where in the request, e.g. `actions[1].keys[0]` or `body`.")
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 7807 problem: the body of every error answer (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+    type: str = Field(description="Always `about:blank`: the status says the kind.")
+    title: str
+    status: int
+    detail: str = Field(description="What was wrong, naming the field and what is allowed.")
+    error_message: str = Field(description="The same as `detail` (the older Lightcone field).")
+    errors: list[FieldError] | None = Field(default=None, description="For a 422: each field at fault.")
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: these error statuses, each a Problem (api/openapi.py sets the media type)."""
+    return {status: {"model": Problem, "description": _TITLES[status]} for status in statuses}
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None,

@@ -13,12 +13,14 @@ from fastapi import APIRouter, Depends, Request
 
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
+from opencone.api.errors import problems
 from opencone.api.json_body import JsonBody
 from opencone.api.wire import actions as w
 from opencone.core import actions as a
 from opencone.core.computers import Step
 
-router = APIRouter(tags=["actions"])
+# every action runs on a live computer of the key's organisation and takes a body (api/guard.py checks it)
+router = APIRouter(tags=["actions"], responses={200: {"model": w.ActionResult}, **problems(401, 404, 409, 413, 422)})
 
 
 async def _run(request: Request, org: str, computer_id: str, actions: list[a.Action],
@@ -191,7 +193,7 @@ async def execute(computer_id: str, body: w.ExecuteBody, request: Request,
     return JsonBody(w.action_result(reports[-1], rt.files, base_url(request)))
 
 
-@router.post("/computers/{computer_id}/batch")
+@router.post("/computers/{computer_id}/batch", responses={200: {"model": w.BatchResult}})
 async def batch(computer_id: str, body: w.BatchBody, request: Request,
                 org: str = Depends(current_org)) -> JsonBody:
     """Run ``actions`` in order, stopping at the first error; every result so far is returned.

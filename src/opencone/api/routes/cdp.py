@@ -24,7 +24,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from opencone.api.auth import current_org_or_token, org_for, presented_key
 from opencone.api.deps import base_url, runtime
-from opencone.api.errors import problem
+from opencone.api.errors import problem, problems
+from opencone.api.openapi import KEY_OR_TOKEN
 from opencone.core.cdp_proxy import CdpSession, endpoint
 from opencone.core.errors import ServiceError
 
@@ -95,18 +96,24 @@ async def cdp_socket(websocket: WebSocket, computer_id: str) -> None:
     await session.run(_Client(websocket))
 
 
-@router.get("/computers/{computer_id}/ws")
-@router.get("/computers/{computer_id}/cdp")
+@router.get("/computers/{computer_id}/ws", status_code=400, responses=problems(400, 401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
+@router.get("/computers/{computer_id}/cdp", status_code=400, responses=problems(400, 401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
 async def not_a_websocket(computer_id: str, request: Request,
                           org: str = Depends(current_org_or_token)) -> JSONResponse:
     await runtime(request).computers.require_live(org, computer_id)
     return problem(400, _PLAIN_GET.format(base=base_url(request), id=computer_id))
 
 
-@router.get("/computers/{computer_id}/cdp/json/version")
-@router.get("/computers/{computer_id}/cdp/json/version/")
-@router.get("/computers/{computer_id}/ws/json/version")
-@router.get("/computers/{computer_id}/ws/json/version/")
+@router.get("/computers/{computer_id}/cdp/json/version", responses=problems(401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
+@router.get("/computers/{computer_id}/cdp/json/version/", responses=problems(401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
+@router.get("/computers/{computer_id}/ws/json/version", responses=problems(401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
+@router.get("/computers/{computer_id}/ws/json/version/", responses=problems(401, 404, 409),
+            openapi_extra=KEY_OR_TOKEN)
 async def json_version(computer_id: str, request: Request,
                        org: str = Depends(current_org_or_token)) -> dict[str, Any]:
     """DevTools' /json/version, pointing at this proxy (what ``connect_over_cdp`` fetches first)."""

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
+from opencone.api.errors import problems
 from opencone.api.json_body import JsonBody
 from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
 from opencone.api.wire.environments import environment_response
@@ -16,7 +17,7 @@ from opencone.core.clock import iso
 router = APIRouter(tags=["computers"])
 
 
-@router.post("/computers")
+@router.post("/computers", responses=problems(401, 404, 409, 413, 422, 429, 503))
 async def create_computer(request: Request, body: ComputerCreate | None = None,
                           org: str = Depends(current_org)) -> dict[str, Any]:
     rt = runtime(request)
@@ -25,7 +26,7 @@ async def create_computer(request: Request, body: ComputerCreate | None = None,
     return computer_response(view, base_url(request))
 
 
-@router.get("/computers")
+@router.get("/computers", responses=problems(401, 422))
 async def list_computers(request: Request, type: Literal["live", "persistent"] = Query("live"),
                          context_id: str | None = Query(None, max_length=256),
                          org: str = Depends(current_org)) -> list[dict[str, Any]]:
@@ -37,44 +38,44 @@ async def list_computers(request: Request, type: Literal["live", "persistent"] =
     return [computer_response(v, base) for v in views]
 
 
-@router.get("/environments")
+@router.get("/environments", responses=problems(401, 422))
 async def list_environments(request: Request, context_id: str | None = Query(None, max_length=256),
                             org: str = Depends(current_org)) -> list[dict[str, Any]]:
     return [environment_response(e) for e in await runtime(request).environments.list(org, context_id)]
 
 
-@router.get("/environments/{environment_id}")
+@router.get("/environments/{environment_id}", responses=problems(401, 404))
 async def retrieve_environment(environment_id: str, request: Request,
                                org: str = Depends(current_org)) -> dict[str, Any]:
     return environment_response(await runtime(request).environments.get(org, environment_id))
 
 
-@router.delete("/environments/{environment_id}", status_code=204)
+@router.delete("/environments/{environment_id}", status_code=204, responses=problems(401, 404))
 async def delete_environment(environment_id: str, request: Request, org: str = Depends(current_org)) -> Response:
     """Delete a saved environment and its stored state; 404 when it is not this organisation's."""
     await runtime(request).environments.delete(org, environment_id)
     return Response(status_code=204)
 
 
-@router.get("/computers/{computer_id}")
+@router.get("/computers/{computer_id}", responses=problems(401, 404))
 async def retrieve_computer(computer_id: str, request: Request,
                             org: str = Depends(current_org)) -> JsonBody:
     view = await runtime(request).computers.get(org, computer_id)
     return JsonBody(computer_response(view, base_url(request)))
 
 
-@router.delete("/computers/{computer_id}", status_code=204)
+@router.delete("/computers/{computer_id}", status_code=204, responses=problems(401, 404))
 async def delete_computer(computer_id: str, request: Request, org: str = Depends(current_org)) -> Response:
     await runtime(request).computers.delete(org, computer_id)
     return Response(status_code=204)
 
 
-@router.get("/computers/{computer_id}/status")
+@router.get("/computers/{computer_id}/status", responses=problems(401, 404))
 async def computer_status(computer_id: str, request: Request, org: str = Depends(current_org)) -> JsonBody:
     return JsonBody(status_response(await runtime(request).computers.get(org, computer_id)))
 
 
-@router.post("/computers/{computer_id}/keepalive")
+@router.post("/computers/{computer_id}/keepalive", responses=problems(401, 404, 409))
 async def keepalive(computer_id: str, request: Request, org: str = Depends(current_org)) -> JsonBody:
     view = await runtime(request).computers.keepalive(org, computer_id)
     body = status_response(view)

@@ -27,6 +27,8 @@ from fastapi.responses import StreamingResponse
 
 from opencone.api.auth import current_org_or_token
 from opencone.api.deps import runtime
+from opencone.api.errors import problems
+from opencone.api.openapi import KEY_OR_TOKEN
 from opencone.api.shutdown import stopping
 from opencone.core.clock import iso
 from opencone.core.events import EventBus, Subscription, encode, meta
@@ -71,7 +73,8 @@ async def _watch_disconnect(request: Request, sub: Subscription) -> None:
 
 
 @router.get("/computers/{computer_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}}, **problems(401, 404, 422)},
+            openapi_extra=KEY_OR_TOKEN)
 async def computer_events(
     computer_id: str, request: Request,
     from_seq: int | None = Query(None, alias="from", ge=0, description="Replay kept events from this seq on."),

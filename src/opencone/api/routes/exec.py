@@ -23,9 +23,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
 
 from opencone.api.auth import current_org
 from opencone.api.deps import runtime
+from opencone.api.errors import problems
 from opencone.core.errors import InvalidInput, ServiceError
 from opencone.core.exec import ExecRequest, ExecResult, parse_request
 
@@ -64,8 +66,9 @@ def _parse(raw: bytes) -> ExecRequest:
     return parse_request(data)
 
 
-@router.post("/computers/{computer_id}/exec", openapi_extra=_BODY_DOC,
-             response_class=StreamingResponse, responses={200: {"content": {NDJSON: {}}}})
+@router.post("/computers/{computer_id}/exec", openapi_extra=_BODY_DOC, response_class=StreamingResponse,
+             responses={200: {"description": "NDJSON lines; every error but a bad key is one `error` line",
+                              "content": {NDJSON: {}}}, **problems(401)})
 async def exec_stream(computer_id: str, request: Request, org: str = Depends(current_org)) -> StreamingResponse:
     """Run a command; stream ``stdout``/``stderr`` lines as produced, then one ``exit`` (-1: timeout/killed)."""
     raw = await request.body()  # before streaming: the disconnect listener shares receive()
@@ -91,12 +94,23 @@ async def exec_stream(computer_id: str, request: Request, org: str = Depends(cur
                              headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
 
+class ExecSyncResult(BaseModel):
+    exit_code: int = Field(description="-1: timed out or killed")
+    stdout: str
+    stderr: str
+    truncated: bool = False
+    timed_out: bool = False
+    error_message: str | None = Field(default=None, description="Set when the command failed after the 200 "
+                                                                "went out (it ran past 15 s)")
+
+
 def _sync_body(res: ExecResult) -> dict[str, Any]:
     return {"exit_code": res.exit_code, "stdout": res.stdout, "stderr": res.stderr,
             "truncated": res.truncated, "timed_out": res.timed_out}
 
 
-@router.post("/computers/{computer_id}/exec/sync", openapi_extra=_BODY_DOC)
+@router.post("/computers/{computer_id}/exec/sync", openapi_extra=_BODY_DOC,
+             responses={200: {"model": ExecSyncResult}, **problems(401, 404, 409, 413, 422, 503)})
 async def exec_sync(computer_id: str, request: Request, org: str = Depends(current_org)) -> Response:
     """Run a command to the end; ``{exit_code, stdout, stderr, truncated, timed_out}``."""
     req = _parse(await request.body())

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
 from opencone.api.deps import runtime
+from opencone.api.errors import problems
 from opencone.core.errors import NotFound
 
 router = APIRouter(tags=["files"])
@@ -17,7 +18,10 @@ router = APIRouter(tags=["files"])
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}\.(?:jpg|png|bin)")
 
 
-@router.get("/files/{token}")
+_JPEG = {"description": "The screenshot", "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@router.get("/files/{token}", response_class=Response, responses={200: _JPEG, **problems(404)})
 async def get_file(token: str, request: Request) -> Response:
     blob = runtime(request).files.open(token) if _TOKEN.fullmatch(token) else None
     if blob is None:

@@ -24,6 +24,8 @@ from fastapi.responses import StreamingResponse
 from opencone.api.auth import current_org_or_token
 from opencone.api.backpressure import Backpressure
 from opencone.api.deps import runtime
+from opencone.api.errors import problems
+from opencone.api.openapi import KEY_OR_TOKEN
 from opencone.api.shutdown import stopping
 from opencone.core.screencast import ScreencastService, Viewer
 from opencone.drivers.screencast import CursorPosition, ScreencastEvent
@@ -96,7 +98,7 @@ async def _events(viewer: Viewer, gate: Backpressure) -> AsyncIterator[bytes]:
 
 
 @router.get("/computers/{computer_id}/screencast", response_class=StreamingResponse,
-            responses={200: {"content": {SSE: {}}}})
+            responses={200: {"content": {SSE: {}}}, **problems(401, 404, 409, 422)}, openapi_extra=KEY_OR_TOKEN)
 async def screencast(computer_id: str, request: Request,
                      org: str = Depends(current_org_or_token)) -> StreamingResponse:
     """Live JPEG frames of the screen while it changes (``?token=<key>`` works in place of the header)."""

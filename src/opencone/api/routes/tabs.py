@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict
 
 from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
+from opencone.api.errors import problems
 from opencone.api.wire import actions as w
 from opencone.core.computers import Step
 
-router = APIRouter(tags=["tabs"])
+router = APIRouter(tags=["tabs"], responses={200: {"model": w.ActionResult}, **problems(401, 404, 409)})
 
 
 class NewTabBody(BaseModel):
@@ -32,7 +33,7 @@ async def list_tabs(computer_id: str, request: Request, org: str = Depends(curre
     return await _tab_action(request, org, computer_id, {"kind": "list_tabs"})
 
 
-@router.post("/computers/{computer_id}/tabs")
+@router.post("/computers/{computer_id}/tabs", responses=problems(413, 422))
 async def new_tab(computer_id: str, request: Request, body: NewTabBody | None = None,
                   org: str = Depends(current_org)) -> dict[str, Any]:
     return await _tab_action(request, org, computer_id, {"kind": "new_tab", "url": (body or NewTabBody()).url})

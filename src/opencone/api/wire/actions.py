@@ -171,6 +171,30 @@ class BatchBody(BaseModel):
     request_id: str | None = None
 
 
+class ActionResult(BaseModel):
+    """What every action endpoint answers: HTTP 200 whether the action worked or not (``status``)."""
+
+    model_config = ConfigDict(extra="allow")
+    status: Literal["success", "error"]
+    error_message: str | None
+    result: dict[str, Any] = Field(description="The action's output: `screenshot_url`, `html_content`, `tabs`…")
+    timestamp: str
+    request_id: str | None
+    executed_tab_id: str | None
+    page_context: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    """``/batch``: every result up to the first error."""
+
+    status: Literal["success", "error"]
+    error_message: str | None
+    results: list[ActionResult]
+    completed: int
+    total: int
+    request_id: str | None
+
+
 def build(where: str, data: dict[str, Any]) -> a.Action:
     """Validate a canonical action; a failure names the wire field it came from."""
     try:
