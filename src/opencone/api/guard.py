@@ -11,8 +11,8 @@ future, sees a body it was not meant to carry:
   string, browser key or JSON response can carry it): 422 naming the field.
 
 The body is parsed once here by pydantic-core's parser (Rust, bounded depth,
-strict Unicode), which costs about a microsecond for an action's body; only a
-body it refuses is looked at again, to say why. A body that is simply not JSON
+strict Unicode): a few microseconds for an action's body, all of the guard
+included; only a body it refuses is looked at again, to say why. A body that is simply not JSON
 goes on: the route answers it as before (422 where it wanted JSON). What
 passes here any JSON parser downstream takes without recursing deep, and
 every string in it encodes.
@@ -31,7 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opencone.api.errors import problem
 
-MAX_JSON_DEPTH = 200  # pydantic-core's parser stops there; the stdlib's would recurse to ~1000 and raise
+# pydantic-core's parser stops there (tests/test_bad_input.py checks 151 passes and 301 does not);
+# the stdlib's would recurse to ~1000 and raise RecursionError
+MAX_JSON_DEPTH = 200
 UTF8_REQUIRED = "request bodies are JSON text in UTF-8"
 
 # How a refusal is said: (status, detail, errors) -> the response. problem+json, unless a path says
@@ -75,8 +77,9 @@ class BodyGuard:
 
 
 def _too_large(length: int | None, limit: int) -> str:
-    size = f"is {length} bytes" if length is not None else "is larger than that"
-    return f"the request body {size}; at most {limit} bytes are allowed (OPENCONE_MAX_BODY_BYTES)"
+    if length is None:  # chunked: counted as it came
+        return f"the request body is over {limit} bytes, the most allowed (OPENCONE_MAX_BODY_BYTES)"
+    return f"the request body is {length} bytes; at most {limit} are allowed (OPENCONE_MAX_BODY_BYTES)"
 
 
 def _framing(scope: Scope) -> tuple[int | None, bool]:
@@ -166,24 +169,40 @@ def _is_lone(s: str) -> bool:
         return True
 
 
+_WALK_BUDGET = 100_000  # values looked at to name the field; past it the body as a whole is named
+_Path = tuple[Any, ...]  # (parent path, key or index), built as the walk goes: a string only for the answer
+
+
 def _lone_surrogate(value: Any) -> tuple[str, bool, str] | None:
     """The first string holding a lone surrogate: its field path, whether it is a key of that
     field, and the surrogate, escaped (never the string itself: it could not be sent back)."""
-    todo: list[tuple[Any, str]] = [(value, "body")]
+    todo: list[tuple[Any, _Path]] = [(value, ())]
+    budget = _WALK_BUDGET
     while todo:
-        item, where = todo.pop()
+        item, path = todo.pop()
         if isinstance(item, str):
             if _is_lone(item):
-                return where, False, _escaped(item)
-        elif isinstance(item, dict):
-            bad_key = next((key for key in item if _is_lone(key)), None)
+                return _field(path), False, _escaped(item)
+        elif isinstance(item, dict | list):
+            bad_key = next((k for k in item if _is_lone(k)), None) if isinstance(item, dict) else None
             if bad_key is not None:
-                return where, True, _escaped(bad_key)
-            for key, sub in reversed(item.items()):  # (popped in the body's order)
-                todo.append((sub, key if where == "body" else f"{where}.{key}"))
-        elif isinstance(item, list):
-            todo.extend((sub, f"{where}[{i}]") for i, sub in reversed(list(enumerate(item))))
+                return _field(path), True, _escaped(bad_key)
+            budget -= len(item)
+            if budget < 0:  # (a huge body costs no more than this to refuse)
+                return "body", False, "\\ud800-\\udfff"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            todo.extend((sub, (path, key)) for key, sub in reversed(list(pairs)))  # (popped in order)
     return None
+
+
+def _field(path: _Path) -> str:
+    """``actions[1].url`` from the walk's path; ``body`` for the whole."""
+    parts = []
+    while path:
+        path, key = path
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+    joined = "".join(reversed(parts))
+    return joined[1:] if joined.startswith(".") else f"body{joined}"
 
 
 def _escaped(s: str) -> str:
