@@ -63,7 +63,11 @@ async def kill_group(pgid: int, grace: float = 1.0) -> None:
 
 def processes_under(marker: Path) -> list[psutil.Process]:
     """Processes whose command line mentions ``marker`` (a directory we own)."""
-    needle = str(marker)
+    return processes_mentioning(str(marker))
+
+
+def processes_mentioning(needle: str) -> list[psutil.Process]:
+    """Processes whose command line mentions ``needle``, this one aside."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:

@@ -20,6 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
+from opencone.drivers.netns import NetNamespace
 from opencone.drivers.processes import die_with_parent
 from opencone.drivers.sandbox import Sandbox, display_number
 from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
@@ -105,11 +106,13 @@ def x_env(display: str, home: Path | None = None) -> dict[str, str]:
     return env
 
 
-async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> asyncio.subprocess.Process:
+async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None, *,
+                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
     try:
         return await asyncio.create_subprocess_exec(
             *cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
+            pass_fds=pass_fds,
         )
     except OSError as exc:
         raise AppError(f"cannot start {cmd[0]}: {exc}") from exc
@@ -129,22 +132,25 @@ async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess
     return await _spawn([exe, "--config-file", str(rc)], x_env(display, workdir)), exe
 
 
-async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str,
-                         env: dict[str, str] | None = None) -> tuple[asyncio.subprocess.Process, str]:
+async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str, env: dict[str, str] | None = None,
+                         netns: NetNamespace | None = None) -> tuple[asyncio.subprocess.Process, str]:
     """A terminal on the desktop, inside the computer's sandbox (drivers/sandbox): its shell and
     everything started from it see and may do exactly what an exec command may (the same
     ``/workspace``, caps and network), plus the desktop's home at ``/home/user``. A terminal on
     the host, even as an unprivileged user, could read every computer's workspace (they all
     belong to the sandbox uid) and reach the server's loopback ports."""
     exe = _which("xterm", "xterm")
-    sandbox.workspaces.ensure(sandbox_id, "home")  # (bound at /home/user wherever the sandbox runs)
+    await sandbox.prepare(sandbox_id, "home")  # (bound at /home/user wherever the sandbox runs)
     await sandbox.prepare(sandbox_id)
     x_display = display_number(display)
-    argv = sandbox.command_line(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=HOME_DIR,
-                                x_display=x_display)
     env = environment({**(env or {}), "HOME": HOME_DIR, "SHELL": shutil.which("bash") or "/bin/sh",
                        "USER": "nobody", "LOGNAME": "nobody"}, x_display)
-    proc = await _spawn(argv, env, cwd=Path("/"))
+    launch = sandbox.launch(sandbox_id, f"exec {exe} -geometry 100x30+40+40", cwd=HOME_DIR, env=env,
+                            x_display=x_display, netns=netns)
+    try:
+        proc = await _spawn(launch.argv, launch.env, cwd=Path("/"), pass_fds=launch.pass_fds)
+    finally:
+        launch.close()
     try:
         sandbox.cap(sandbox_id, proc.pid)
     except BaseException:

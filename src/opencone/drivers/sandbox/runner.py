@@ -7,6 +7,11 @@ whose pid-namespace init then takes every process of the command with it.
 The command starts with ``subprocess.Popen`` (which uses vfork) rather than the
 event loop's subprocess support: uvloop forks, and copying the server's page
 tables cost more than the whole sandbox start. Exit is awaited with a pidfd.
+
+Nothing of the request reaches the programs that start the sandbox (setpriv,
+bubblewrap: host code, run as the server's user): they get a fixed
+environment, and bubblewrap reads its options, the command's environment and
+the command itself from a descriptor (launch.py).
 """
 
 from __future__ import annotations
@@ -23,14 +28,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from opencone.drivers.netns import NetNamespace
 from opencone.drivers.sandbox import bwrap
 from opencone.drivers.sandbox.cgroups import ExecLimits
+from opencone.drivers.sandbox.launch import LAUNCH_ENV, Launch, through_descriptor
 from opencone.drivers.sandbox.workspaces import Workspaces, sandbox_ids
 
 log = logging.getLogger(__name__)
 
 Stream = Literal["stdout", "stderr"]
 _HIGH_WATER = 16  # queued chunks before the pipes pause: a slow reader stalls the command, not our memory
+
+
+def _entering(netns: NetNamespace | None, argv: list[str]) -> list[str]:
+    """``argv`` started inside ``netns``: nsenter (as the server's user, before anything drops
+    privileges) joins it through the server's own descriptor, so Popen keeps its vfork path."""
+    if netns is None:
+        return argv
+    nsenter = shutil.which("nsenter") or "nsenter"
+    return [nsenter, f"--net=/proc/{os.getpid()}/fd/{netns.fd}", *argv]
+
+
+def _too_old(bwrap_path: str) -> str | None:
+    """bubblewrap's version when it is older than 0.8 (no ``--disable-userns``), else None."""
+    try:
+        out = subprocess.run([bwrap_path, "--version"], capture_output=True, text=True, timeout=10,
+                             env=LAUNCH_ENV).stdout
+        version = tuple(int(part) for part in out.split()[-1].split(".")[:2])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None  # (an odd build: let the first command say what is wrong)
+    return None if version >= (0, 8) else ".".join(map(str, version))
 
 
 class SandboxUnavailable(Exception):
@@ -205,12 +232,14 @@ class Sandbox:
         self._setpriv = shutil.which("setpriv")
         self._problem: str | None = None
         self._started = False
-        self._preparing: dict[str, asyncio.Future[Path]] = {}  # workspaces being made (``prepare``)
+        self._preparing: dict[tuple[str, str | None], asyncio.Future[Path]] = {}  # being made (``prepare``)
 
     def start(self) -> None:
         """Clean up after a crashed server and make the workspace root; never fails the server."""
         if self._bwrap is None:
             self._problem = "bubblewrap (bwrap) is not installed on the server"
+        elif (old := _too_old(self._bwrap)) is not None:
+            self._problem = f"bubblewrap {old} is installed; exec needs 0.8 or later (--disable-userns)"
         elif sandbox_ids() is not None and self._setpriv is None:
             self._problem = "setpriv (util-linux) is not installed on the server"
         else:
@@ -237,18 +266,38 @@ class Sandbox:
         return self._bwrap or "bwrap"
 
     def command_line(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
-                     x_display: int | None = None) -> list[str]:
-        """The argv that runs ``command`` in the sandbox ``sandbox_id`` (a computer's own)."""
+                     x_display: int | None = None, netns: NetNamespace | None = None,
+                     env: dict[str, str] | None = None) -> list[str]:
+        """The argv that runs ``command`` in the sandbox ``sandbox_id`` (a computer's own), every
+        option on it; ``env``: the command's whole environment (``bwrap.environment``). Run it with
+        ``LAUNCH_ENV``. ``launch`` is the same without the host paths, the environment and the
+        command on the host's process list: what the server runs."""
         exe = self._usable_bwrap()
-        return self._as_sandbox_user(bwrap.command_line(self.workspace(sandbox_id), command, cwd,
+        env = bwrap.environment({}, x_display) if env is None else env
+        argv = self._as_sandbox_user(bwrap.command_line(self.workspace(sandbox_id), command, cwd,
                                                         network=self.network, x_display=x_display, bwrap=exe,
-                                                        binds=self._binds(sandbox_id, ())))
+                                                        binds=self._binds(sandbox_id, ()), env=env,
+                                                        marker=self.workspaces.marker))
+        return _entering(netns, argv) if self.network else argv
+
+    def launch(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE, env: dict[str, str],
+               x_display: int | None = None, netns: NetNamespace | None = None) -> Launch:
+        """How to start ``command`` in the sandbox ``sandbox_id`` with the environment ``env``
+        (``bwrap.environment``): all of it handed to bubblewrap through a descriptor (launch.py).
+        With the network on, it runs in ``netns`` (the computer's commands' namespace, whose way
+        out is its forwarder), or on the host's network when the server has no namespaces."""
+        exe = self._usable_bwrap()
+        options = bwrap.command_options(self.workspace(sandbox_id), command, cwd, env, network=self.network,
+                                        x_display=x_display, binds=self._binds(sandbox_id, ()))
+        prefix = _entering(netns if self.network else None, self._as_sandbox_user([]))
+        return through_descriptor(prefix, exe, options, bwrap.pid1(self.workspaces.marker))
 
     def program_line(self, sandbox_id: str, argv: Sequence[str], *, cwd: str, x_display: int | None,
                      binds: Sequence[tuple[Path, str]] = (), workspace: bool = True) -> list[str]:
         """The argv that runs the program ``argv`` in the sandbox ``sandbox_id`` (with its
-        /workspace unless ``workspace`` is false), on the host's network whatever the exec
-        setting: a browser browses, and the server reaches its DevTools port on loopback."""
+        /workspace unless ``workspace`` is false), in the network it is started in whatever the
+        exec setting: a browser's namespace (drivers/netns.py), where its forwarder listens and
+        the server reaches its DevTools port."""
         exe = self._usable_bwrap()
         return self._as_sandbox_user(bwrap.program_line(self.workspace(sandbox_id) if workspace else None, argv,
                                                         cwd, network=True, x_display=x_display, bwrap=exe,
@@ -283,12 +332,16 @@ class Sandbox:
 
     async def spawn(self, sandbox_id: str, command: str, *, cwd: str = bwrap.WORKSPACE,
                     env: dict[str, str] | None = None, x_display: int | None = None, timeout: float,
-                    max_output_bytes: int | None = None) -> Execution:
-        argv = self.command_line(sandbox_id, command, cwd=cwd, x_display=x_display)
-        proc = subprocess.Popen(  # a vfork + exec: about a millisecond, fine on the loop
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=bwrap.environment(env or {}, x_display), cwd="/", start_new_session=True,
-        )
+                    max_output_bytes: int | None = None, netns: NetNamespace | None = None) -> Execution:
+        launch = self.launch(sandbox_id, command, cwd=cwd, env=bwrap.environment(env or {}, x_display),
+                             x_display=x_display, netns=netns)
+        try:
+            proc = subprocess.Popen(  # a vfork + exec: about a millisecond, fine on the loop
+                launch.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=launch.env, cwd="/", start_new_session=True, pass_fds=launch.pass_fds,
+            )
+        finally:
+            launch.close()
         try:
             self.cap(sandbox_id, proc.pid)
         except SandboxUnavailable:
@@ -301,18 +354,19 @@ class Sandbox:
             self.limits.close()
         self.workspaces.close()
 
-    async def prepare(self, sandbox_id: str) -> Path:
-        """The workspace, made off the event loop (a capped one is mkfs and mount: ~25 ms) and once:
-        a second caller meanwhile waits for the first. A caller cancelled meanwhile (a pool closing)
-        still waits for it: what it then removes is mounted."""
-        making = self._preparing.get(sandbox_id)
+    async def prepare(self, sandbox_id: str, name: str | None = None) -> Path:
+        """The workspace (or the part ``name``: a desktop's home), made off the event loop (a capped
+        one is mkfs and mount: ~25 ms) and once: a second caller meanwhile waits for the first. A
+        caller cancelled meanwhile (a pool closing) still waits for it: what it then removes is mounted."""
+        key = (sandbox_id, name)
+        making = self._preparing.get(key)
         if making is None:
-            path = self.workspaces.path(sandbox_id)
+            path = self.workspaces.part(sandbox_id, name) if name else self.workspaces.path(sandbox_id)
             if path.is_dir():  # (made: whatever mounts it is done, or in ``_preparing``)
                 return path
-            making = asyncio.ensure_future(asyncio.to_thread(self.workspaces.ensure, sandbox_id))
-            self._preparing[sandbox_id] = making
-            making.add_done_callback(lambda _f: self._preparing.pop(sandbox_id, None))
+            making = asyncio.ensure_future(asyncio.to_thread(self.workspaces.ensure, sandbox_id, name))
+            self._preparing[key] = making
+            making.add_done_callback(lambda _f: self._preparing.pop(key, None))
         try:
             return await asyncio.shield(making)
         except asyncio.CancelledError:

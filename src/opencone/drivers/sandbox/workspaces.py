@@ -7,6 +7,12 @@ that uid must be able to walk down to the workspace. The default place is
 0700 home or pytest's tmp dir), workspaces go to a private directory in the
 system temp dir instead, named after the run dir so a restarted server finds
 its leftovers.
+
+Where the server may mount, a workspace and a desktop's home are each a
+filesystem of their own (disk.py): besides the size cap, what a sandbox
+sees of such a bind in /proc/self/mountinfo is a loop device and ``/``, not
+the host path behind it (a plain directory shows its path within the host's
+filesystem there).
 """
 
 from __future__ import annotations
@@ -23,13 +29,14 @@ from pathlib import Path
 
 import psutil
 
-from opencone.drivers.processes import processes_under
+from opencone.drivers.processes import processes_mentioning, processes_under
 from opencone.drivers.sandbox.bwrap import SANDBOX_GID, SANDBOX_UID
 from opencone.drivers.sandbox.disk import WorkspaceDisks, unmount_all_under
 
 log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+OWN_FILESYSTEM = ("home",)  # the parts bound into every sandbox of theirs besides /workspace
 
 
 def _walkable(path: Path, uid: int, gid: int) -> bool:
@@ -76,7 +83,9 @@ class Workspaces:
     def reset(self) -> int:
         """Kill sandboxes a crashed server left under the root and wipe it; return the kill count."""
         self.root = choose_root(self._run_dir, self._override)  # again: the run dir exists by now
-        victims = processes_under(self.root)
+        victims = processes_under(self.root)  # (browsers: their profile is here)
+        known = {proc.pid for proc in victims}
+        victims += [p for p in processes_mentioning(self.marker) if p.pid not in known]  # (commands)
         for proc in victims:
             try:
                 proc.kill()
@@ -119,6 +128,12 @@ class Workspaces:
             unmount_all_under(self.root)  # (none, unless a computer's end failed)
             shutil.rmtree(self.root, ignore_errors=True)
 
+    @property
+    def marker(self) -> str:
+        """What names this server's sandboxed commands on their command line (their pid 1's name),
+        in place of a path: it shows inside. The same for a server restarted on the same run dir."""
+        return "opencone-sandbox-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+
     def path(self, computer_id: str) -> Path:
         if not _SAFE_ID.match(computer_id):
             raise ValueError(f"unsafe computer id {computer_id!r}")
@@ -136,7 +151,8 @@ class Workspaces:
 
     def ensure(self, computer_id: str, name: str | None = None) -> Path:
         """The workspace (or the part ``name``), made if missing: 0700, the sandbox uid's; the
-        workspace on a filesystem of its own, of the capped size, where the server may mount."""
+        workspace and a home each on a filesystem of its own, of the capped size, where the
+        server may mount."""
         path = self.part(computer_id, name) if name else self.path(computer_id)
         if not path.is_dir():
             if not self.root.is_dir():
@@ -145,7 +161,7 @@ class Workspaces:
             ids = sandbox_ids()
             if ids is not None:
                 os.chown(path, *ids)
-            if name is None and self.disks is not None:
+            if (name is None or name in OWN_FILESYSTEM) and self.disks is not None:
                 try:
                     self.disks.make(path)
                 except OSError:
@@ -156,7 +172,8 @@ class Workspaces:
     def remove(self, computer_id: str) -> None:
         workspace = self.path(computer_id)
         if self.disks is not None:
-            self.disks.remove(workspace)
+            for mounted in (workspace, *(self.part(computer_id, name) for name in OWN_FILESYSTEM)):
+                self.disks.remove(mounted)
         for path in [workspace, *self.root.glob(f"{workspace.name}.*")]:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
