@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -26,6 +27,22 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the server process goes away."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def child_setup(ids: tuple[int, int] | None) -> Callable[[], None]:
+    """preexec_fn: become ``ids`` (uid, gid, no other group) when given, then ``die_with_parent``
+    (after the switch: a change of uid clears the parent-death signal). The event loop's
+    subprocess support (uvloop) takes no user or group of its own."""
+    if ids is None:
+        return die_with_parent
+    uid, gid = ids
+
+    def setup() -> None:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        die_with_parent()
+    return setup
 
 
 def _group_alive(pgid: int) -> bool:

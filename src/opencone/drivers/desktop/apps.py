@@ -1,10 +1,15 @@
 """The programs of a desktop session: the window manager and a terminal (in the sandbox).
 
 Each runs in its own session (so its whole group can be killed) with a
-parent-death signal. openbox gets a config file inside the desktop's run
-directory, which both tailors it and marks its command line for clean-up after
-a crash. The config has one workspace (a wheel click on the background never
-switches desktops) and no mouse bindings on application windows: such a
+parent-death signal. openbox runs unprivileged, as the X server does
+(xserver.py): as the sandbox user when the server is root. It reads its config
+from a memfd, as no file the server could write is sure to be reachable by
+that user (a 0700 data dir), and as the file's name is published to every X
+client (``_OB_CONFIG_FILE`` on the root window): no path of the host's there.
+The desktop's pidfile names it for clean-up after a crash.
+
+The config has one workspace (a wheel click on the background never switches
+desktops) and no mouse bindings on application windows: such a
 binding makes openbox grab every click and freeze the pointer until it has
 looked at it, so clicks would reach applications late, after the action
 returned. XInput focuses the clicked window itself instead. Every key binding
@@ -21,9 +26,10 @@ import shutil
 from pathlib import Path
 
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.processes import die_with_parent
+from opencone.drivers.processes import child_setup
 from opencone.drivers.sandbox import Sandbox, display_number
-from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
+from opencone.drivers.sandbox.bwrap import BASE_ENV, HOME_DIR, environment
+from opencone.drivers.sandbox.workspaces import sandbox_ids
 
 OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
 <openbox_config xmlns="http://openbox.org/3.4/rc">
@@ -106,12 +112,14 @@ def x_env(display: str, home: Path | None = None) -> dict[str, str]:
     return env
 
 
-async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None, *,
-                 pass_fds: tuple[int, ...] = ()) -> asyncio.subprocess.Process:
+async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None, *, pass_fds: tuple[int, ...] = (),
+                 ids: tuple[int, int] | None = None) -> asyncio.subprocess.Process:
+    """``cmd`` in a session of its own that dies with the server; as ``ids`` (uid, gid, and no
+    other group) when given."""
     try:
         return await asyncio.create_subprocess_exec(
             *cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=child_setup(ids),
             pass_fds=pass_fds,
         )
     except OSError as exc:
@@ -126,10 +134,20 @@ def _which(name: str, package: str) -> str:
 
 
 async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """openbox on ``display``, unprivileged; ``workdir`` (the desktop's run dir) is its home only
+    when it runs as the server's own user (a server that is not root)."""
     exe = _which("openbox", "openbox")
-    rc = workdir / "openbox-rc.xml"
-    rc.write_text(OPENBOX_RC)
-    return await _spawn([exe, "--config-file", str(rc)], x_env(display, workdir)), exe
+    ids = sandbox_ids()
+    env = {"PATH": BASE_ENV["PATH"], "LANG": "C.UTF-8", "DISPLAY": display,
+           "HOME": "/nonexistent" if ids is not None else str(workdir)}  # (as nobody's: it keeps no state)
+    rc = os.memfd_create("openbox-rc")  # (openbox's copy is not close-on-exec: it reads it again on a restart)
+    try:
+        os.write(rc, OPENBOX_RC.encode())
+        os.lseek(rc, 0, os.SEEK_SET)
+        proc = await _spawn([exe, "--config-file", f"/proc/self/fd/{rc}"], env, pass_fds=(rc,), ids=ids)
+    finally:
+        os.close(rc)
+    return proc, exe
 
 
 async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str, env: dict[str, str] | None = None,

@@ -4,6 +4,13 @@
 accepts connections. The raw-cost notes saw one start in 24 whose display
 could not be opened, so each start is checked with an Xlib connect and
 retried.
+
+Xvfb parses whatever the desktop's programs send it (a tenant's), so it does
+not run as root: as the sandbox user when the server is root
+(``sandbox_ids``), else as the server's user, with an environment of its own.
+Nothing the server does with it needs more: its socket takes any local client,
+MIT-SHM segments for screenshots are made by Xvfb and passed to the server as
+a descriptor (mss), and the server, root, may signal it.
 """
 
 from __future__ import annotations
@@ -13,14 +20,18 @@ import contextlib
 import logging
 import os
 import shutil
+from pathlib import Path
 
 from Xlib.display import Display as XDisplay
 
-from opencone.drivers.processes import die_with_parent, kill_group
+from opencone.drivers.processes import child_setup, kill_group
+from opencone.drivers.sandbox.bwrap import BASE_ENV
+from opencone.drivers.sandbox.workspaces import sandbox_ids
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 3
+SOCKET_DIR = "/tmp/.X11-unix"
 
 
 class XServerError(RuntimeError):
@@ -32,6 +43,7 @@ class XServer:
         self.process = process
         self.number = number
         self.executable = executable
+        self._socket_id: tuple[int, int, int] | None = None
 
     @property
     def name(self) -> str:
@@ -46,10 +58,40 @@ class XServer:
         await kill_group(self.process.pid, grace=1.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.process.wait(), 2)
+        if self.process.returncode is not None:
+            self._remove_socket()
+
+    @property
+    def socket(self) -> Path:
+        return Path(SOCKET_DIR) / f"X{self.number}"
+
+    def note_socket(self) -> None:
+        """Remember which file the socket is, for ``_remove_socket``."""
+        with contextlib.suppress(OSError):
+            st = self.socket.stat()
+            self._socket_id = (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+    def _remove_socket(self) -> None:
+        """The socket file of a killed Xvfb (it had no time to remove it, and a later Xvfb of
+        another user may not: /tmp/.X11-unix is sticky), unless it is already another's: a later
+        Xvfb of the same display removes a dead one's and makes its own."""
+        with contextlib.suppress(OSError):
+            st = self.socket.stat()
+            if (st.st_dev, st.st_ino, st.st_ctime_ns) == self._socket_id:
+                self.socket.unlink()
 
 
 def _check(name: str) -> None:
     XDisplay(name).close()
+
+
+def _socket_dir() -> None:
+    """The X sockets' directory, root's and 1777 as the X servers expect: one that is not root
+    cannot make it so (and an X server of another user's must not own it)."""
+    if os.geteuid() == 0 and not os.path.isdir(SOCKET_DIR):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(SOCKET_DIR)
+        os.chmod(SOCKET_DIR, 0o1777)
 
 
 async def _start_once(executable: str, width: int, height: int, timeout: float) -> XServer:
@@ -59,8 +101,8 @@ async def _start_once(executable: str, width: int, height: int, timeout: float) 
             executable, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24",
             "-nolisten", "tcp", "-noreset",  # -noreset: no server reset when the last client leaves
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd,),
-            start_new_session=True, preexec_fn=die_with_parent,
+            stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd,), env={"PATH": BASE_ENV["PATH"]},
+            start_new_session=True, preexec_fn=child_setup(sandbox_ids()),
         )
     except OSError as exc:
         os.close(read_fd)
@@ -71,6 +113,7 @@ async def _start_once(executable: str, width: int, height: int, timeout: float) 
         async with asyncio.timeout(timeout):
             number = await asyncio.to_thread(_read_number, read_fd)
             server = XServer(proc, number, executable)
+            server.note_socket()
             await asyncio.to_thread(_check, server.name)
         return server
     except BaseException:
@@ -94,6 +137,7 @@ async def start_xvfb(width: int, height: int, executable: str | None = None, tim
     exe = executable or shutil.which("Xvfb")
     if not exe:
         raise XServerError("Xvfb is not installed (Debian: apt-get install xvfb)")
+    _socket_dir()
     error: BaseException | None = None
     for attempt in range(1, ATTEMPTS + 1):
         try:
