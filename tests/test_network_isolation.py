@@ -311,6 +311,25 @@ def test_a_desktops_browser_and_networked_commands_are_confined_too(tmp_path: Pa
         srv.stop()
 
 
+def test_a_desktops_commands_cannot_open_another_desktops_x_server(tmp_path: Path) -> None:
+    """With exec's network on, a desktop's commands are in a namespace of their own: the X
+    servers' abstract sockets (in the host's network) are not there, and of the socket files
+    their sandbox holds only their own desktop's."""
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "0", "OPENCONE_EXEC_NETWORK": "true"})
+    try:
+        client = srv.client()
+        a, b = client.computers.create(kind="desktop"), client.computers.create(kind="desktop")
+        a_display = client.computers.exec.sync(a.id, command="echo $DISPLAY").stdout.strip()
+        b_display = client.computers.exec.sync(b.id, command="echo $DISPLAY").stdout.strip()
+        assert a_display.startswith(":") and a_display != b_display
+        own = client.computers.exec.sync(b.id, command="xdpyinfo >/dev/null && echo OWN-OK")
+        assert own.stdout.strip() == "OWN-OK", own
+        other = client.computers.exec.sync(b.id, command=f"xdpyinfo -display {a_display} >/dev/null && echo REACHED")
+        assert "REACHED" not in other.stdout and other.exit_code != 0, other
+    finally:
+        srv.stop()
+
+
 def test_a_bad_allowlist_stops_the_server_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError) as err:
         start_server(tmp_path, env={"OPENCONE_EGRESS_ALLOW": "127.0.0.1:8000,not a host"}, timeout=30)
