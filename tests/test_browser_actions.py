@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import free_port, jpeg_size, page_state
+from conftest import Server, free_port, jpeg_size, page_state
 from tzafon import Lightcone
 from tzafon.lib.computer_session import ComputerSession
 
@@ -329,3 +329,34 @@ def test_actions_on_one_computer_are_serialised(client: Lightcone, comp: Compute
     assert all(r.status == "success" for r in results)
     assert state(comp)["clicks"] == 16
 
+
+
+def test_typing_sends_the_key_events_playwright_sends(server: Server, site: str) -> None:
+    """The API types on opencone's own CDP connection (queued, not one round trip per key); what
+    the page sees must be what Playwright's own keyboard.type gives it, event for event."""
+    from playwright.sync_api import sync_playwright
+
+    text = "Hi, wörld!\tA~`1!2@3#4$5%6^7&8*9(0)-_=+[{]}\\|;:'\",<.>/? ✓ 日本\nend\r."
+    client = server.client()
+    comp = client.computers.create()
+    try:
+        assert client.computers.navigate(comp.id, url=f"{site}/keylog.html").status == "success"
+        with sync_playwright() as pw:
+            browser = pw.chromium.connect_over_cdp(f"{server.base_url}/computers/{comp.id}/cdp?token={server.api_key}")
+            page = next(p for p in browser.contexts[0].pages if p.url.endswith("/keylog.html"))
+            logs = []
+            for typist in ("api", "playwright", "api"):
+                page.evaluate("reset()")
+                if typist == "api":
+                    assert client.computers.type(comp.id, text=text).status == "success"
+                else:
+                    page.keyboard.type(text)
+                logs.append((page.evaluate("window.log"), page.evaluate("area.value")))
+            browser.close()
+        (api_log, api_value), (pw_log, pw_value), again = logs
+        assert api_value == pw_value and "wörld" in api_value and "日本" in api_value
+        assert api_log == pw_log, [(a, b) for a, b in zip(api_log, pw_log, strict=False) if a != b][:5]
+        assert again == logs[0]
+        assert len([e for e in api_log if e[0] == "keydown"]) > 40  # real key events, not only input
+    finally:
+        client.computers.delete(comp.id)
