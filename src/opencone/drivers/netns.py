@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _libc = ctypes.CDLL(None, use_errno=True)
-_switch = threading.Lock()  # one switch at a time per thread is enough, but keep it simple and safe
 
 
 def _check(result: int) -> None:
@@ -68,13 +66,12 @@ class NetNamespace:
     def create(cls) -> NetNamespace:
         """A new namespace with its loopback up (and nothing else)."""
         host = _host()
-        with _switch:
-            _check(_libc.unshare(_CLONE_NEWNET))  # (this thread only)
-            try:
-                _loopback_up()
-                fd = _own_namespace()
-            finally:
-                _check(_libc.setns(host, _CLONE_NEWNET))
+        _check(_libc.unshare(_CLONE_NEWNET))  # (this thread only, and only until the setns below)
+        try:
+            _loopback_up()
+            fd = _own_namespace()
+        finally:
+            _check(_libc.setns(host, _CLONE_NEWNET))
         return cls(fd)
 
     @contextlib.contextmanager
@@ -82,12 +79,11 @@ class NetNamespace:
         """This thread inside the namespace. Nothing may await in here: on the event loop's
         thread every other task would run inside it too."""
         host = _host()
-        with _switch:
-            _check(_libc.setns(self.fd, _CLONE_NEWNET))
-            try:
-                yield
-            finally:
-                _check(_libc.setns(host, _CLONE_NEWNET))
+        _check(_libc.setns(self.fd, _CLONE_NEWNET))
+        try:
+            yield
+        finally:
+            _check(_libc.setns(host, _CLONE_NEWNET))
 
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
         with self._inside():

@@ -1,4 +1,4 @@
-"""Start one lean Chromium with a DevTools endpoint on 127.0.0.1.
+"""Start one lean Chromium with a DevTools endpoint on 127.0.0.1 (of its own network namespace).
 
 The flags follow the measurements in the project's raw-cost notes: the "lean"
 ``--disable-features`` set halves memory per page and start-up CPU, and the

@@ -1,7 +1,8 @@
 """A browser computer whose traffic goes through its own forwarding proxy.
 
-Chromium is launched once with ``--proxy-server`` pointing at a ForwardingProxy
-on 127.0.0.1; ``change_proxy`` only changes the forwarder's upstream, so the
+Chromium is launched once, in the computer's network namespace
+(drivers/network.py), with ``--proxy-server`` pointing at a ForwardingProxy that
+listens there; ``change_proxy`` only changes the forwarder's upstream, so the
 browser, its tabs and its cookies stay as they are.
 """
 

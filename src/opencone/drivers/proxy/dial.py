@@ -39,7 +39,9 @@ async def _connect(host: str, port: int, what: str, policy: EgressPolicy, tls: s
     try:
         addresses = await policy.resolve(host, port)
     except EgressRefused as exc:
-        raise EgressRefused(f"{what}: {exc}" if proxy else str(exc)) from None
+        if proxy:  # (the message names the proxy: it is not the page's own destination)
+            raise EgressRefused(f"{what}: {exc}") from None
+        raise
     except OSError as exc:
         raise UpstreamError(f"cannot connect to {what}: {_reason(exc)}", failed or _net_error(exc)) from None
     error: OSError | None = None

@@ -114,7 +114,8 @@ class ForwardingProxy:
     @property
     def url(self) -> str:
         """What to give Chromium as ``--proxy-server`` (an address in the network it listens in)."""
-        host, port = self._server.sockets[0].getsockname()[:2] if self._server else (self._host, 0)
+        assert self._server is not None, "forwarder not started"
+        host, port = self._server.sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
 
     async def close(self) -> None:
