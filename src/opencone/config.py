@@ -141,6 +141,26 @@ class Settings(BaseSettings):
                     "host's network, every computer's own ports refused by number instead.",
     )
 
+    # -- models (gateway/registry.py): read as the vendors' SDKs read them, plus a models file --
+    openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("openai_api_key"), repr=False,
+                                       description="OPENAI_API_KEY: openai/<name> models go to OpenAI.")
+    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("openai_base_url"),
+                                        description="OPENAI_BASE_URL: another OpenAI-compatible Responses API.")
+    anthropic_api_key: str | None = Field(default=None, validation_alias=AliasChoices("anthropic_api_key"),
+                                          repr=False, description="ANTHROPIC_API_KEY: anthropic/<name> models.")
+    anthropic_base_url: str | None = Field(default=None, validation_alias=AliasChoices("anthropic_base_url"),
+                                           description="ANTHROPIC_BASE_URL.")
+    lightcone_api_key: str | None = Field(default=None, repr=False,
+                                          description="tzafon.* models go to Lightcone's own API with this key.")
+    lightcone_base_url: str = Field(default="https://api.tzafon.ai", description="Lightcone's API.")
+    models_file: Path | None = Field(
+        default=None, description="A TOML file of models (vLLM, Ollama… servers); <data dir>/models.toml if present.")
+    default_model: str | None = Field(default=None, description="The model a task or call that names none gets.")
+    model_timeout_seconds: float = Field(default=120.0, gt=0, description="One upstream model call's time limit.")
+    model_max_retries: int = Field(default=2, ge=0, le=10,
+                                   description="Retries of an upstream call on 408/409/429/5xx, with backoff.")
+    max_running_tasks: int = Field(default=10, ge=1, description="Agent tasks running at once (429 beyond).")
+
     # -- saved environments of persistent computers (core/environments.py) --
     environment_storage_cap_bytes: int = Field(
         default=5 * 1024**3, ge=0,

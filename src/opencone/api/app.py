@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.config import Settings
 from opencone.core.runtime import Runtime
+from opencone.gateway.service import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime(settings)
-        app.state.runtime = runtime
+        # the brains floor, above the services: models and their clients (a models file's keys by name)
+        gateway = Gateway(settings, runtime, os.environ)
+        app.state.runtime, app.state.gateway = runtime, gateway
         await runtime.start()
+        await gateway.start()
         if runtime.first_key:
             # printed once, on the first start without OPENCONE_API_KEY; only its hash is stored
             print(f"\nopencone: created an API key for the default organisation (shown once):\n\n"
@@ -39,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await gateway.stop()
             await runtime.stop()
 
     app = FastAPI(

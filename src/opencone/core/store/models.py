@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -84,3 +96,28 @@ class EnvironmentRecord(Base):
     context_id: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     saved_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the computer that saved it last
     last_error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class TaskRecord(Base):
+    """An agent task (agent/): what was asked, how far it got, how it ended."""
+
+    __tablename__ = "agent_tasks"
+    __table_args__ = (UniqueConstraint("org_id", "idempotency_key", name="uq_agent_tasks_idempotency"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    instruction: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32))
+    computer_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the start request, as validated
+    task_metadata: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the caller's `metadata`
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tokens in/out summed over the task
