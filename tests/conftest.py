@@ -31,6 +31,9 @@ __all__ = ["PaintedWindow", "Server", "free_port", "grabbed_pixels", "jpeg_pixel
 
 PAGES = Path(__file__).with_name("pages")
 
+# fake model providers and the recording form site, for the agent and gateway tests (tests/fake_models)
+pytest_plugins = ["fake_models.fixtures"]
+
 
 @pytest.fixture()
 def x_display() -> Iterator[str]:
