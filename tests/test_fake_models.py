@@ -30,7 +30,7 @@ from anthropic.types.beta import BetaMessage
 from fake_models import FakeModels, start_fake
 from fake_models.fixtures import agent_form_state
 from fake_models.policy import smart_resize
-from fake_models.screen import PALETTE
+from fake_models.screen import PALETTE, find_targets
 from fake_models.site import FormSite
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response, ResponseStreamEvent
@@ -173,6 +173,18 @@ def test_wrong_key_is_a_401_in_each_vendors_shape(fake_models: FakeModels) -> No
                                               messages=[{"role": "user", "content": "hi"}])
     assert an.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     assert fake_models.requests()[-1]["error"] == "unauthorized"
+
+
+def test_targets_are_found_beside_stray_pixels_of_their_colour() -> None:
+    form = SimForm()
+    px = form.pixels()
+    px[20:22, 100:900] = (26, 115, 232)    # a focus ring in Chromium's blue, across the toolbar
+    px[60:62, 100:900] = PALETTE["field_idle"]  # a thin line of the field's own colour
+    px[600:640, 1100:1140] = PALETTE["field_idle"]  # and a small square of it
+    screen = find_targets(simplejpeg.decode_jpeg(simplejpeg.encode_jpeg(px, quality=50, colorspace="RGB")))
+    assert screen.field_state == "idle"
+    assert screen.blobs["field_idle"].box == (120, 160, 479, 207)
+    assert near((screen.blobs["submit"].cx, screen.blobs["submit"].cy), form.center(SimForm.SUBMIT))
 
 
 # -- OpenAI Responses ---------------------------------------------------------------------------------------------
@@ -917,7 +929,7 @@ def test_script_refuses_unknown_settings_and_faults(fake_models: FakeModels) -> 
 
 
 def test_form_site_records_submissions(form_site: FormSite) -> None:
-    assert httpx.get(form_site.form_url).text.count("#1e50ff") >= 1
+    assert httpx.get(form_site.form_url).text.count("#2828ff") >= 1
     assert httpx.get(f"{form_site.url}/agent_form_submit", params={"value": "a b&c"}).status_code == 204
     assert form_site.submissions() == ["a b&c"]
 

@@ -78,7 +78,7 @@ The policy (policy.py) and the page
 -----------------------------------
 tests/pages/agent_form.html (served by the ``site`` fixture, or by ``form_site``, which also
 records ``GET /agent_form_submit?value=…``) paints a text field whose colour tells its state
-(idle #1e50ff, focused #ffb400, filled #00c8c8), a submit button (#e01e1e) and, once
+(idle #2828ff, focused #ffb400, filled #00c8c8), a submit button (#e01e1e) and, once
 submitted, a banner (#1eb41e); it writes ``AGENTFORM{"value", "submissions", "focused",
 "clicks"}END`` into the page (``fixtures.agent_form_state(html)`` reads it). The value to type
 is taken from the newest user text saying ``type '<value>'`` (or ``"<value>"``), so an

@@ -18,7 +18,7 @@ import numpy
 
 # RGB of each target on tests/pages/agent_form.html (keep the page's CSS in step)
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "field_idle": (30, 80, 255),      # the text field, neither focused nor filled
+    "field_idle": (40, 40, 255),      # the text field, neither focused nor filled (not Chromium's #1a73e8)
     "field_focused": (255, 180, 0),   # focused and empty
     "field_filled": (0, 200, 200),    # holds text
     "submit": (224, 30, 30),          # the submit button
@@ -153,25 +153,55 @@ class Screen:
         return {"size": [self.width, self.height], **{n: b.describe() for n, b in self.blobs.items()}}
 
 
+def _channel_tables() -> list[numpy.ndarray]:
+    """Per channel, for each value 0-255, a bit per palette colour whose channel is within the
+    tolerance: three table look-ups and two ANDs then say which colour each pixel is near."""
+    values = numpy.arange(256)
+    tables = []
+    for channel in range(3):
+        table = numpy.zeros(256, numpy.uint8)
+        for bit, rgb in enumerate(PALETTE.values()):
+            table |= ((numpy.abs(values - rgb[channel]) <= TOLERANCE) << bit).astype(numpy.uint8)
+        tables.append(table)
+    return tables
+
+
+_TABLES = _channel_tables()
+
+
 def find_targets(pixels: numpy.ndarray) -> Screen:
     """Every palette colour present on the image, with its extent.
 
-    The extent is taken from the rows and columns where the colour is dense (at least a
-    third of its densest row or column), so a few stray pixels of the same hue (JPEG
-    ringing at the edge of another target) do not stretch it."""
+    A colour's target is its densest band of rows (rows holding at least a third of its
+    densest row, contiguous, the band of most pixels), then the same for columns within that
+    band: so stray pixels of the same hue elsewhere (JPEG ringing, a focus ring or an icon in
+    the browser's own toolbar) neither count nor stretch it."""
     h, w = pixels.shape[:2]
-    small = pixels[::STRIDE, ::STRIDE].astype(numpy.int16)
+    small = pixels[::STRIDE, ::STRIDE]
+    near = _TABLES[0][small[..., 0]] & _TABLES[1][small[..., 1]] & _TABLES[2][small[..., 2]]
+    present = int(numpy.bitwise_or.reduce(near, axis=None))
     screen = Screen(w, h)
-    for name, rgb in PALETTE.items():
-        mask = numpy.all(numpy.abs(small - numpy.array(rgb, numpy.int16)) <= TOLERANCE, axis=2)
-        count = int(mask.sum())
+    for bit, name in enumerate(PALETTE):
+        if not present & (1 << bit):
+            continue
+        mask = (near & (1 << bit)) != 0
+        y0, y1 = _densest_band(mask.sum(axis=1))
+        band = mask[y0:y1 + 1]
+        x0, x1 = _densest_band(band.sum(axis=0))
+        count = int(band[:, x0:x1 + 1].sum())
         if count * STRIDE * STRIDE < MIN_PIXELS:
             continue
-        cols, rows = mask.sum(axis=0), mask.sum(axis=1)
-        xs = numpy.nonzero(cols >= max(1, cols.max() // 3))[0]
-        ys = numpy.nonzero(rows >= max(1, rows.max() // 3))[0]
-        x0, x1 = int(xs[0]) * STRIDE, int(xs[-1]) * STRIDE + STRIDE - 1
-        y0, y1 = int(ys[0]) * STRIDE, int(ys[-1]) * STRIDE + STRIDE - 1
-        x1, y1 = min(x1, w - 1), min(y1, h - 1)
-        screen.blobs[name] = Blob(name, (x0 + x1) / 2, (y0 + y1) / 2, (x0, y0, x1, y1), count * STRIDE * STRIDE)
+        box = (x0 * STRIDE, y0 * STRIDE, min(x1 * STRIDE + STRIDE - 1, w - 1), min(y1 * STRIDE + STRIDE - 1, h - 1))
+        screen.blobs[name] = Blob(name, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box, count * STRIDE * STRIDE)
     return screen
+
+
+def _densest_band(counts: numpy.ndarray) -> tuple[int, int]:
+    """First and last index of the contiguous run of dense entries (>= a third of the
+    largest) that holds the most."""
+    dense = counts >= max(1, int(counts.max()) // 3)
+    edges = numpy.diff(numpy.concatenate(([0], dense.view(numpy.int8), [0])))
+    starts, ends = numpy.nonzero(edges == 1)[0], numpy.nonzero(edges == -1)[0]
+    masses = [int(counts[a:b].sum()) for a, b in zip(starts, ends, strict=True)]
+    best = int(numpy.argmax(masses))
+    return int(starts[best]), int(ends[best]) - 1
