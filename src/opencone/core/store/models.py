@@ -121,3 +121,24 @@ class TaskRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tokens in/out summed over the task
+
+
+class ResponseRecord(Base):
+    """A ``/v1/responses`` response (gateway/): for one an upstream holds (``mode`` native), only whose
+    it is and where it lives; for one emulated over a chat upstream, all of it: its input, output,
+    status and the event log its stream is replayed from."""
+
+    __tablename__ = "responses"
+    id: Mapped[str] = mapped_column(String(96), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    model: Mapped[str] = mapped_column(String(256))  # the id the caller named (the registry's)
+    mode: Mapped[str] = mapped_column(String(16))  # native | emulated
+    status: Mapped[str] = mapped_column(String(32))
+    background: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous_response_id: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the create body but its input
+    input_items: Mapped[list[Any]] = mapped_column(JSON, default=list)  # this request's own input, as items
+    response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the Response object, as last known
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the stream's events, for ?starting_after=
