@@ -179,6 +179,8 @@ class Call:
     name: str = "computer"  # the native action's name, e.g. "left_click", for logs and events
     function: str | None = None  # a call of one of ``Conversation.functions`` (then no actions)
     arguments: dict[str, Any] | None = None
+    error: str | None = None  # the call could not be read (unknown action, bad field): not run, and
+    # the model is told so in the next observation
 
 
 @dataclass(frozen=True, slots=True)
