@@ -160,6 +160,14 @@ class Settings(BaseSettings):
     model_max_retries: int = Field(default=2, ge=0, le=10,
                                    description="Retries of an upstream call on 408/409/429/5xx, with backoff.")
     max_running_tasks: int = Field(default=10, ge=1, description="Agent tasks running at once (429 beyond).")
+    # -- the agent loop (agent/loop.py) --
+    agent_max_steps: int = Field(default=100, ge=1, le=10000,
+                                 description="Model calls a task may make when its start names no max_steps.")
+    agent_max_failures: int = Field(default=3, ge=1, le=100,
+                                    description="Failures in a row (model errors, unusable answers, steps whose "
+                                                "every action failed) before a task fails.")
+    agent_settle_ms: int = Field(default=250, ge=0, le=10000,
+                                 description="Wait after a step's input actions before the next screenshot.")
 
     # -- saved environments of persistent computers (core/environments.py) --
     environment_storage_cap_bytes: int = Field(

@@ -11,11 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from opencone import __version__
+from opencone.agent.service import AgentService
 from opencone.api import errors, openapi
 from opencone.api.auth import REDACT_TOKENS
 from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
-from opencone.api.routes import actions, cdp, computers, events, exec, files, health, live, screencast, tabs
+from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
+from opencone.api.wire.actions import renderer
 from opencone.config import Settings
 from opencone.core.runtime import Runtime
 from opencone.gateway.service import Gateway
@@ -34,6 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime, app.state.gateway = runtime, gateway
         await runtime.start()
         await gateway.start()
+        # the agent loop, beside the gateway: it renders screenshots as the REST API does (capability URLs)
+        agents = AgentService(runtime, gateway, lambda base: renderer(runtime.files, base))
+        app.state.agents = agents
+        await agents.start()
         if runtime.first_key:
             # printed once, on the first start without OPENCONE_API_KEY; only its hash is stored
             print(f"\nopencone: created an API key for the default organisation (shown once):\n\n"
@@ -44,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await agents.stop()
             await gateway.stop()
             await runtime.stop()
 
@@ -56,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     openapi.install(app)  # error bodies, auth and media types as the server really answers
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
-    for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp):
+    for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     # outermost: bodies are bounded and checked before either of the two routings parses one

@@ -120,6 +120,7 @@ class TaskRecord(Base):
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)  # why it ended: done, max_steps, stuck…
     usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tokens in/out summed over the task
 
 

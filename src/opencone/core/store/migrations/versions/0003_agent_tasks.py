@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("result", sa.Text(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("exit_code", sa.Integer(), nullable=True),
+        sa.Column("reason", sa.String(64), nullable=True),
         sa.Column("usage", sa.JSON(), nullable=False),
         sa.UniqueConstraint("org_id", "idempotency_key", name="uq_agent_tasks_idempotency"),
     )
