@@ -935,13 +935,15 @@ def test_form_site_records_submissions(form_site: FormSite) -> None:
 
 
 # -- the real page in a real browser ------------------------------------------------------------------------------
-def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site: FormSite, server: Any) -> None:
+@pytest.mark.parametrize("kind", ["browser", "desktop"])
+def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site: FormSite, server: Any,
+                                              kind: str) -> None:
     """A minimal loop by hand (no agent code): opencone's screenshots go to the fake, the fake's
     actions go to opencone. The page as Chromium paints it is what the policy reads."""
     lightcone = server.client()
     client = openai_client(fake_models)
-    with lightcone.computer.create(kind="browser") as computer:
-        computer.navigate(form_site.form_url)
+    with lightcone.computer.create(kind=kind) as computer:
+        assert computer.navigate(form_site.form_url).status == "success"
         viewport = computer.screenshot(base64=True)
         shot = viewport.result["screenshot_url"]
         w, h = simplejpeg.decode_jpeg_header(base64.b64decode(shot.partition(",")[2]))[1::-1]

@@ -189,7 +189,7 @@ async def create(request: Request) -> Response:
     message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:
         message["tool_calls"] = tool_calls
-    call.note(dialect=dialect, view=view.summary(), decision=plan.describe(), reply=message)
+    call.note(dialect=dialect, view=view.summary(call.settings.mode != "fast"), decision=plan.describe(), reply=message)
     out_tokens = max(1, len(json.dumps(message)) // 4)
     usage = {"prompt_tokens": call.input_tokens(), "completion_tokens": out_tokens,
              "total_tokens": call.input_tokens() + out_tokens}

@@ -165,8 +165,8 @@ async def create(request: Request) -> Response:
              "cache_read_input_tokens": 0}
     message = {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": model, "content": content,
                "stop_reason": stop, "stop_sequence": None, "usage": usage}
-    call.note(tool=tool.get("type") if tool else None, view=view.summary(), decision=plan.describe(),
-              reply=content)
+    call.note(tool=tool.get("type") if tool else None, view=view.summary(call.settings.mode != "fast"),
+              decision=plan.describe(), reply=content)
     if not call.stream:
         return answer_json(call, message, headers={"request-id": new_id("req_")})
     return stream_response(call, events(message, call.settings.chunk), headers={"request-id": new_id("req_")})

@@ -19,6 +19,7 @@ can change it. Coordinates leave here in image pixels; ``Space`` puts them in a 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -66,7 +67,15 @@ class ImageRef:
         except (binascii.Error, ValueError):
             return None
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, decode: bool = True) -> dict[str, object]:
+        """For the log; without ``decode`` (the fast mode) from the header only."""
+        if not decode and self._image is None:
+            raw = self.raw()
+            size = image_size(raw) if raw else None
+            if raw and size:
+                fmt = "png" if raw[:4] == b"\x89PNG" else "jpeg"
+                return {"w": size[0], "h": size[1], "format": fmt, "bytes": len(raw),
+                        "sha1": hashlib.sha1(raw).hexdigest()}
         img = self.image()
         if img is not None:
             return img.describe()
@@ -82,9 +91,9 @@ class View:
     all_images: int = 0                                     # images in the whole conversation
     model_turns: int = 0                                    # model turns before this request
 
-    def summary(self) -> dict[str, object]:
+    def summary(self, decode: bool = True) -> dict[str, object]:
         return {"user_texts": self.user_texts, "latest_texts": self.latest_texts,
-                "latest_images": [i.describe() for i in self.latest_images], "all_images": self.all_images,
+                "latest_images": [i.describe(decode) for i in self.latest_images], "all_images": self.all_images,
                 "model_turns": self.model_turns}
 
 

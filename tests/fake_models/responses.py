@@ -244,7 +244,7 @@ def outputs(call: Call, kind: str, tool: dict[str, Any] | None, view: View) -> t
 
 def echo(view: View) -> str:
     said = view.latest_texts[-1] if view.latest_texts else (view.user_texts[-1] if view.user_texts else "")
-    images = [i.describe() for i in view.latest_images]
+    images = [i.describe(decode=False) for i in view.latest_images]
     shown = "; ".join(f"{d['w']}x{d['h']} {d['format']}" if "w" in d else f"unreadable ({d['error']})"
                       for d in images)
     return f"echo: {said}" + (f" [images: {shown}]" if shown else "")
@@ -356,7 +356,8 @@ async def create(request: Request) -> Response:
     stored = body.get("store", True) is not False
     if background and not stored:
         return reject(call, "openai", 400, "Background mode requires store=true.", param="background")
-    call.note(flavour=kind, view=view.summary(), decision=plan.describe(), reply=output, response_id=rid)
+    call.note(flavour=kind, view=view.summary(call.settings.mode != "fast"), decision=plan.describe(), reply=output,
+              response_id=rid)
     final = response_object(call, rid, output, "completed", prev_id)
     events = stream_events(final, call.settings.chunk, background)
     record = {"response": final, "conversation": items + output, "input_items": _with_ids(new),

@@ -4,7 +4,6 @@ and the test hooks. Run as ``python -m fake_models`` (see ``launcher.start_fake`
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -146,8 +145,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each connection (it checks the
+    # protocol number); a socket of protocol 0 would hold each answer's body ~40 ms (Nagle)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(128)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30)
@@ -156,4 +158,4 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())  # nobody reads the pipe after the port line
-    asyncio.run(server.serve(sockets=[sock]))
+    server.run(sockets=[sock])
