@@ -686,7 +686,7 @@ def run_responses(fake: FakeModels, form: SimForm, kind: str, shot: Shot | None 
     response = client.responses.create(model=model, tools=tools, input=[user_with_image(shot(form))])  # type: ignore
     for n in range(1, steps + 1):
         calls = computer_calls(response)
-        if not calls or calls[0].action is not None and calls[0].action.type not in ("click", "type"):
+        if not calls or calls[0].action is not None and calls[0].action.type not in ("click", "type", "wait"):
             return response.output_text, n
         actions = calls[0].actions or [calls[0].action]
         for a in actions:
@@ -719,7 +719,7 @@ def run_chat(fake: FakeModels, form: SimForm, model: str, unscale: Callable[[flo
             if action[0] == "click":
                 x, y = map(int, re.findall(r"\d+", action[1]))
                 form.click(*unscale(x, y))
-            else:
+            elif action[0] == "type":
                 form.type(re.fullmatch(r"content='(.*)'", action[1]).group(1))  # type: ignore[union-attr]
         else:
             calls = qwen_args(message)
@@ -727,7 +727,7 @@ def run_chat(fake: FakeModels, form: SimForm, model: str, unscale: Callable[[flo
                 return (calls[0].get("text") if calls else message.content), n
             if calls[0]["action"] == "left_click":
                 form.click(*unscale(*calls[0]["coordinate"]))
-            else:
+            elif calls[0]["action"] == "type":
                 form.type(calls[0]["text"])
             messages += [{"role": "tool", "tool_call_id": c.id, "content": "ok"} for c in message.tool_calls or []]
         messages.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot(form)}}]})
@@ -810,6 +810,23 @@ def test_mis_scaled_coordinates_never_finish(fake_models: FakeModels) -> None:
     answer, _ = run_anthropic(fake_models, form, shot=lambda f: base64.b64encode(simplejpeg.encode_jpeg(
         f.pixels()[::1, ::1], colorspace="RGB")).decode(), steps=3, display=(1024, 576))
     assert form.submissions == [] and answer is not None and "declares a 1024x576 display" in answer
+
+
+def test_an_unchanged_screen_gets_one_wait_then_the_action_again(fake_models: FakeModels) -> None:
+    """A screenshot taken before the screen repainted (the same bytes as the turn before): the
+    fake waits once, as a model would, then acts on what it sees."""
+    client = openai_client(fake_models)
+    shot = SimForm().data_url()
+    messages = chat_messages(shot)
+    answers = []
+    for _ in range(3):
+        message = client.chat.completions.create(model="fake-qwen3vl", tools=[QWEN_TOOL],  # type: ignore[arg-type]
+                                                 messages=messages).choices[0].message
+        answers.append(qwen_args(message)[0]["action"])
+        messages += [message.model_dump(exclude_none=True),
+                     *[{"role": "tool", "tool_call_id": c.id, "content": "ok"} for c in message.tool_calls or []],
+                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": shot}}]}]
+    assert answers == ["left_click", "wait", "left_click"]
 
 
 def test_an_injected_value_wins(fake_models: FakeModels) -> None:
@@ -959,6 +976,8 @@ def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site
                 computer.click(action.x, action.y)
             elif action.type == "type":
                 computer.type(action.text)
+            elif action.type == "wait":
+                time.sleep(0.5)
             shot = computer.screenshot(base64=True).result["screenshot_url"]
             response = client.responses.create(
                 model="computer-use-preview", tools=[tool], previous_response_id=response.id,  # type: ignore

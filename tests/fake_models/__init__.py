@@ -88,7 +88,11 @@ banner → done, answer ``Submitted '<value>'.``; field idle → click it; focus
 value; filled → click submit. No image in the latest turn (or one by URL, or undecodable), or
 nothing recognisable on it: text saying so, no action (but a first turn without any image gets
 a ``screenshot`` action from the OpenAI and Anthropic computer tools, as the real models do).
-Filling the form takes 4 model calls from a first screenshot (GA: 2).
+A newest screenshot byte-identical to the one of the turn before (taken before the screen
+repainted) gets one wait (OpenAI ``{type: wait}``, Anthropic ``{action: wait, duration: 1}``,
+Qwen/Northstar ``{action: wait, time: 1}``, UI-TARS ``wait()``), then the plan again; a screen
+that stays stale is never done. Filling the form takes 4 model calls from a first screenshot
+(GA: 2), plus one per wait.
 A screenshot whose size is not the tool's declared display (preview tool, Anthropic) is refused
 in text, unless ``display_mismatch="scale"``.
 

@@ -35,7 +35,7 @@ from starlette.responses import Response
 
 from . import policy
 from .core import Call, State, answer_json, begin, new_id, pieces, reject, sse, stream_response
-from .policy import Click, Done, ImageRef, Plan, Say, Space, Type, View
+from .policy import Click, Done, ImageRef, Plan, Say, Space, Type, View, Wait
 from .responses import echo
 
 DIALECTS = ("qwen3vl", "northstar", "uitars", "text")
@@ -74,11 +74,7 @@ def view_of(messages: list[dict[str, Any]]) -> View:
         texts = [p.get("text", "") for p in parts if p.get("type") == "text"] if role == "user" else []
         images = [ImageRef(data_url=(p.get("image_url") or {}).get("url", "")) for p in parts
                   if p.get("type") == "image_url"]
-        view.user_texts += texts
-        view.all_images += len(images)
-        if i > last_model:
-            view.latest_texts += texts
-            view.latest_images += images
+        view.add(texts, images, latest=i > last_model)
     return view
 
 
@@ -112,6 +108,8 @@ def qwen_calls(plan: Plan, space: Space) -> list[dict[str, Any]]:
         return [{"action": "left_click", "coordinate": list(space.point(first.x, first.y))}]
     if isinstance(first, Type):
         return [{"action": "type", "text": first.text}]
+    if isinstance(first, Wait):
+        return [{"action": "wait", "time": 1}]
     if isinstance(first, Done):
         return [{"action": "answer", "text": first.answer}, {"action": "terminate", "status": "success"}]
     return []
@@ -129,6 +127,8 @@ def uitars_text(plan: Plan, space: Space) -> str:
         return f"Thought: {thought}\nAction: click(start_box='({x},{y})')"
     if isinstance(first, Type):
         return f"Thought: {thought}\nAction: type(content='{uitars_escape(first.text)}')"
+    if isinstance(first, Wait):
+        return f"Thought: {thought}\nAction: wait()"
     if isinstance(first, Done):
         return f"Thought: The form was submitted.\nAction: finished(content='{uitars_escape(first.answer)}')"
     return f"Thought: {thought}"

@@ -24,7 +24,7 @@ from starlette.responses import Response
 
 from . import policy
 from .core import Call, State, answer_json, begin, new_id, pieces, reject, sse, stream_response
-from .policy import Click, Done, ImageRef, Plan, Say, Screenshot, Space, Type, View
+from .policy import Click, Done, ImageRef, Plan, Say, Screenshot, Space, Type, View, Wait
 from .responses import echo
 
 
@@ -57,11 +57,7 @@ def view_of(messages: list[dict[str, Any]]) -> View:
                 images = [_image(block)]
             elif kind == "tool_result":
                 images = [_image(b) for b in _blocks(block.get("content")) if b.get("type") == "image"]
-            view.user_texts += texts
-            view.all_images += len(images)
-            if latest:
-                view.latest_texts += texts
-                view.latest_images += images
+            view.add(texts, images, latest=latest)
     return view
 
 
@@ -133,6 +129,8 @@ def decide(call: Call, tool: dict[str, Any] | None, view: View) -> tuple[list[di
         action: dict[str, Any] = {"action": "left_click", "coordinate": list(space.point(first.x, first.y))}
     elif isinstance(first, Type):
         action = {"action": "type", "text": first.text}
+    elif isinstance(first, Wait):
+        action = {"action": "wait", "duration": 1}
     else:
         assert isinstance(first, Screenshot)
         action = {"action": "screenshot"}

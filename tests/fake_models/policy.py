@@ -9,6 +9,7 @@ plans from what the screen shows:
 * the field idle (blue)                 → click the field, type the value, click submit;
 * the field focused and empty (amber)   → type the value, click submit;
 * the field filled (cyan)               → click submit;
+* the very screenshot of the turn before → wait, once (the screen was not repainted yet);
 * no screenshot, one it cannot decode, or nothing it recognises → say so, and do nothing.
 
 A protocol that takes one action per turn uses the plan's first step; the GA ``computer``
@@ -55,6 +56,12 @@ class ImageRef:
         self.image()
         return self._error
 
+    def sha1(self) -> str | None:
+        if self._image is not None:
+            return self._image.sha1
+        raw = self.raw()
+        return hashlib.sha1(raw).hexdigest() if raw else None
+
     def raw(self) -> bytes | None:
         import base64
         import binascii
@@ -86,10 +93,22 @@ class ImageRef:
 @dataclass
 class View:
     user_texts: list[str] = field(default_factory=list)     # every user text, oldest first
-    latest_texts: list[str] = field(default_factory=list)   # those of the latest turn
+    latest_texts: list[str] = field(default_factory=list)   # those of the latest turn (after the last model turn)
     latest_images: list[ImageRef] = field(default_factory=list)
-    all_images: int = 0                                     # images in the whole conversation
+    earlier_images: list[ImageRef] = field(default_factory=list)  # the images before it, oldest first
     model_turns: int = 0                                    # model turns before this request
+
+    def add(self, texts: list[str], images: list[ImageRef], latest: bool) -> None:
+        self.user_texts += texts
+        if latest:
+            self.latest_texts += texts
+            self.latest_images += images
+        else:
+            self.earlier_images += images
+
+    @property
+    def all_images(self) -> int:
+        return len(self.earlier_images) + len(self.latest_images)
 
     def summary(self, decode: bool = True) -> dict[str, object]:
         return {"user_texts": self.user_texts, "latest_texts": self.latest_texts,
@@ -120,6 +139,11 @@ class Type:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """The screen has not changed since the last action: give it a moment (once)."""
+
+
+@dataclass(frozen=True)
 class Done:
     answer: str
 
@@ -137,7 +161,7 @@ class Screenshot:
     protocol has such an action (OpenAI and Anthropic computer tools)."""
 
 
-Step = Click | Type | Done | Say | Screenshot
+Step = Click | Type | Wait | Done | Say | Screenshot
 
 
 @dataclass
@@ -164,7 +188,7 @@ class Plan:
         """The leading steps that act on the computer (what a batching tool sends at once)."""
         out: list[Step] = []
         for step in self.steps:
-            if not isinstance(step, Click | Type | Screenshot):
+            if not isinstance(step, Click | Type | Wait | Screenshot):
                 break
             out.append(step)
         return out
@@ -186,6 +210,8 @@ def intent(step: Step) -> str:
         return f"The text field has the focus; I will type '{step.text}'."
     if isinstance(step, Screenshot):
         return "I need to see the screen first."
+    if isinstance(step, Wait):
+        return "The screen has not changed since my last action; I will wait a moment."
     return step.answer if isinstance(step, Done) else step.text if isinstance(step, Say) else ""
 
 
@@ -209,6 +235,9 @@ def decide(view: View, *, can_ask_screenshot: bool = False) -> Plan:
     screen = find_targets(image.pixels)
     value = wanted_value(view.user_texts)
     plan = Plan([], image, screen)
+    if unchanged_once(view, image):
+        plan.steps = [Wait()]
+        return plan
     if "submitted" in screen.blobs:
         plan.steps = [Done(f"Submitted '{value}'." if value else "The form was submitted.")]
         return plan
@@ -232,6 +261,17 @@ def decide(view: View, *, can_ask_screenshot: bool = False) -> Plan:
         steps.append(Say("The field is filled but I cannot find the submit button."))
     plan.steps = steps
     return plan
+
+
+def unchanged_once(view: View, image: Image) -> bool:
+    """The newest screenshot is the very one of the turn before (the last action shows no
+    effect yet: a screen not repainted), and the one before that differed: wait once, then
+    act on what is shown, as a model would (a screen that stays stale never gets done)."""
+    if not view.model_turns or not view.earlier_images:
+        return False
+    previous = view.earlier_images[-1].sha1()
+    before = view.earlier_images[-2].sha1() if len(view.earlier_images) > 1 else None
+    return previous == image.sha1 and before != previous
 
 
 def fast(view: View, steps: int) -> Plan:

@@ -30,7 +30,7 @@ from starlette.responses import Response, StreamingResponse
 
 from . import policy
 from .core import Call, State, answer_json, begin, new_id, pieces, reject, sse, stream_response
-from .policy import Click, Done, ImageRef, Plan, Say, Space, Type, View
+from .policy import Click, Done, ImageRef, Plan, Say, Space, Type, View, Wait
 
 COMPUTER_TOOLS = ("computer_use_preview", "computer", "computer_use")
 MODEL_ITEMS = {"computer_call", "function_call", "reasoning", "custom_tool_call", "web_search_call",
@@ -105,11 +105,7 @@ def view_of(items: list[dict[str, Any]]) -> View:
             view.model_turns += 1
         previous_was_model = model
         texts, images = texts_of(item), images_of(item)
-        view.user_texts += texts
-        view.all_images += len(images)
-        if i > last_model:
-            view.latest_texts += texts
-            view.latest_images += images
+        view.add(texts, images, latest=i > last_model)
     return view
 
 
@@ -173,6 +169,8 @@ def openai_action(step: policy.Step, space: Space) -> dict[str, Any]:
         return {"type": "click", "button": "left", "x": x, "y": y}
     if isinstance(step, Type):
         return {"type": "type", "text": step.text}
+    if isinstance(step, Wait):
+        return {"type": "wait"}
     return {"type": "screenshot"}
 
 
