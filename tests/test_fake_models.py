@@ -160,6 +160,17 @@ def test_models_list_and_retrieve(fake_models: FakeModels) -> None:
     assert [m.id for m in anthropic_client(fake_models).models.list()][0].startswith("claude")
 
 
+def test_models_toml_is_a_models_file_opencone_reads(fake_models: FakeModels, tmp_path: Any) -> None:
+    from opencone.gateway.registry import read_models_file
+
+    path = tmp_path / "models.toml"
+    path.write_text(fake_models.models_toml())
+    entries = {e.id: e for e in read_models_file(path, fake_models.server_env())}
+    assert entries["fake-uitars"].dialect == "uitars" and entries["fake-uitars"].base_url == fake_models.base_url
+    assert entries["fake-claude"].base_url == fake_models.anthropic_base_url
+    assert {e.api_key for e in entries.values()} == {fake_models.api_key}
+
+
 def test_wrong_key_is_a_401_in_each_vendors_shape(fake_models: FakeModels) -> None:
     with pytest.raises(openai.AuthenticationError) as oa:
         openai.OpenAI(base_url=fake_models.base_url, api_key="wrong", max_retries=0).responses.create(

@@ -29,6 +29,13 @@ Base URLs (what a user would set)::
     chat in a fixed dialect, any model:   fake.dialect_base_url("uitars")  http://127.0.0.1:N/dialect/uitars/v1
     fake.openai_env() / fake.anthropic_env(): the {KEY, BASE_URL} pairs; fake.api_key: the key.
 
+An opencone server pointed at it, as a user would configure one: ``fake.server_env()`` (the
+vendors' variables, so ``openai/computer-use-preview``, ``openai/gpt-5.4``,
+``anthropic/claude-sonnet-4-5`` and ``tzafon.northstar-cua-fast`` reach the fake, plus
+``FAKE_MODELS_API_KEY``) and ``fake.models_toml()`` (write it to a file, set
+``OPENCONE_MODELS_FILE``): ``fake-qwen3vl``, ``fake-northstar``, ``fake-uitars`` (openai-chat
+with that dialect), ``fake-cua-preview``, ``fake-cua-ga``, ``fake-claude``, ``fake-lightcone``.
+
 Auth: ``Authorization: Bearer <key>`` (OpenAI), ``x-api-key: <key>`` or Bearer (Anthropic);
 anything else is a 401 in the vendor's shape (OpenAI ``{"error": {message, type, param,
 code: "invalid_api_key"}}``; Anthropic ``{"type": "error", "error": {"type":

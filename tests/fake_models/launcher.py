@@ -64,6 +64,36 @@ class FakeModels:
     def anthropic_env(self) -> dict[str, str]:
         return {"ANTHROPIC_API_KEY": self.api_key, "ANTHROPIC_BASE_URL": self.anthropic_base_url}
 
+    def server_env(self, key_env: str = "FAKE_MODELS_API_KEY") -> dict[str, str]:
+        """The environment for an opencone server whose every provider is this fake: the vendors'
+        variables (``openai/<name>``, ``anthropic/<name>``, ``tzafon.*`` ids) and ``key_env``,
+        the key the ``models_toml`` entries name."""
+        return {**self.openai_env(), **self.anthropic_env(), "OPENCONE_LIGHTCONE_API_KEY": self.api_key,
+                "OPENCONE_LIGHTCONE_BASE_URL": self.lightcone_base_url, key_env: self.api_key}
+
+    def models_toml(self, key_env: str = "FAKE_MODELS_API_KEY") -> str:
+        """A models file (``OPENCONE_MODELS_FILE``, the format of opencone.gateway.registry) with
+        one entry per fake flavour, its key read from ``key_env``: fake-qwen3vl, fake-northstar,
+        fake-uitars (openai-chat with that dialect), fake-cua-preview, fake-cua-ga (openai),
+        fake-claude (anthropic), fake-lightcone (lightcone, Northstar)."""
+        entries = [
+            ("fake-qwen3vl", "openai-chat", self.base_url, "Qwen/Qwen3-VL-8B-Instruct", "qwen3vl"),
+            ("fake-northstar", "openai-chat", self.base_url, "Tzafon/Northstar-CUA-Fast", "northstar"),
+            ("fake-uitars", "openai-chat", self.base_url, "ByteDance-Seed/UI-TARS-1.5-7B", "uitars"),
+            ("fake-cua-preview", "openai", self.base_url, "computer-use-preview", None),
+            ("fake-cua-ga", "openai", self.base_url, "gpt-5.4", None),
+            ("fake-claude", "anthropic", self.anthropic_base_url, "claude-sonnet-4-5", None),
+            ("fake-lightcone", "lightcone", self.lightcone_base_url, "tzafon.northstar-cua-fast", None),
+        ]
+        out = []
+        for model_id, provider, base_url, upstream, dialect in entries:
+            out += ["[[models]]", f'id = "{model_id}"', f'provider = "{provider}"', f'base_url = "{base_url}"',
+                    f'api_key_env = "{key_env}"', f'upstream_model = "{upstream}"']
+            if dialect:
+                out.append(f'dialect = "{dialect}"')
+            out.append("")
+        return "\n".join(out)
+
     # hooks
     def requests(self, since: int = 0, *, bodies: bool = True, api: str | tuple[str, ...] | None = None
                  ) -> list[dict[str, Any]]:
