@@ -954,6 +954,8 @@ def test_script_refuses_unknown_settings_and_faults(fake_models: FakeModels) -> 
         fake_models.script({"count": 3})
     with pytest.raises(ValueError, match="true or false"):
         fake_models.script(log_bodies="no")
+    with pytest.raises(ValueError, match="one of policy, fast"):
+        fake_models.script(mode="slow")
 
 
 def test_form_site_records_submissions(form_site: FormSite) -> None:

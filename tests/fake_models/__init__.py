@@ -112,7 +112,9 @@ retry count…), ``body``, ``status``, ``duration_ms``, ``fault``, ``error``, an
 calls ``view`` (``user_texts``, ``latest_texts``, ``latest_images`` as {w, h, format, bytes,
 sha1}, ``all_images``, ``model_turns``), ``decision`` (targets found, planned steps),
 ``reply``, ``dialect``/``flavour``. An entry is logged when the request arrives (a request in
-flight is already there). ``fake.model_requests()``: only model calls. ``fake.clear()``,
+flight is already there). ``fake.model_requests()``: only model calls. ``fake.last_seq()``:
+the newest ``seq`` (e.g. ``n = fake.last_seq()``; pause; ``assert not
+fake.model_requests(since=n)``). ``fake.clear()``,
 ``fake.reset()`` (start settings, no faults, empty log and store), ``log_file``: JSONL of
 finished requests.
 

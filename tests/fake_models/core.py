@@ -43,6 +43,9 @@ class Settings:
             current = getattr(self, key)
             if isinstance(current, bool) and not isinstance(value, bool):
                 raise ValueError(f"setting {key!r} takes true or false, not {value!r}")
+            choices = {"mode": ("policy", "fast"), "display_mismatch": ("refuse", "scale")}.get(key)
+            if choices and value not in choices:
+                raise ValueError(f"setting {key!r} is one of {', '.join(choices)}, not {value!r}")
             setattr(self, key, type(current)(value))
 
 
