@@ -49,7 +49,39 @@ output_text.delta*, output_text.done, content_part.done; reasoning: reasoning_su
 reasoning_summary_text events; function calls: function_call_arguments.delta*/done),
 response.completed; ``sequence_number`` on each, from 0. The flavour comes from the request:
 
-============* ``qwen3vl``: the ``computer_use`` function, ``{"action": "left_click", "coordinate": [x, y]}``
+* tool ``computer_use_preview``: one ``action`` per ``computer_call``, after a ``reasoning``
+  item (summary text), coordinates in pixels of the tool's ``display_width`` x
+  ``display_height``. Done: a ``message`` with the answer, no computer_call.
+* tool ``computer`` (GA): batched ``actions``, the whole plan in one call (click the field,
+  type, click submit), coordinates in pixels of the screenshot; after a ``reasoning`` item.
+  Done: a ``message``.
+* tool ``computer_use`` (Lightcone), or a ``tzafon.northstar*`` model with any computer tool:
+  one ``action``, coordinates raw 0–999 of the screenshot (clients do ``int(v / 1000 * dim)``),
+  no reasoning item. Done: a ``message`` with the answer, then a call of the ``done`` function
+  (``{"message": <answer>}``) when the request declares one, else a computer_call whose action
+  is ``{"type": "terminate", "status": "success", "result": <answer>}`` (no OpenAI type: read
+  it with the tzafon types, or as a dict).
+* no computer tool (or ``tool_choice: "none"``): a ``message``, ``echo: <newest user text>``.
+
+Actions are ``{type: click, button: left, x, y}``, ``{type: type, text}``, ``{type: wait}``,
+``{type: screenshot}`` (only on a first turn that brought no image); ``pending_safety_checks:
+[]``; ids ``resp_``, ``rs_``, ``cu_``, ``call_``, ``msg_``, ``fc_``. The fake has its own store:
+``previous_response_id`` chains (``instructions`` are not carried over), ``store: false``,
+``background: true`` (``queued``, done after the latency; ``POST /v1/responses/{id}/cancel``),
+``GET /v1/responses/{id}`` (``?stream=true&starting_after=N`` replays the events after N),
+``DELETE /v1/responses/{id}``, ``GET /v1/responses/{id}/input_items`` (``order``, default desc).
+Like the real API it answers 400 when a tool output names no call of the conversation, when a
+call of the conversation has no output, when a resent ``computer_call`` comes without its
+``reasoning`` item, when a pending safety check is not echoed in ``acknowledged_safety_checks``,
+and for an unknown ``previous_response_id``.
+
+``POST /v1/chat/completions`` (JSON, or SSE chunks: a role chunk, content and tool-call
+deltas, a finish chunk, with ``stream_options.include_usage`` a ``choices: []`` usage chunk,
+then ``data: [DONE]``). The dialect is the route's (``/dialect/<d>/v1/chat/completions``), else
+the ``x-fake-dialect`` header's, else the model id's: ``ui-tars``/``uitars`` → uitars,
+``northstar`` → northstar, ``qwen3-vl``/``qwen3vl`` → qwen3vl, anything else → text.
+
+* ``qwen3vl``: the ``computer_use`` function, ``{"action": "left_click", "coordinate": [x, y]}``
   or ``{"action": "type", "text": …}``, coordinates 0–1000 of the screenshot; as ``tool_calls``
   (``finish_reason: "tool_calls"``) when the request declares a function named
   ``computer_use``, else as ``<tool_call>{"name": "computer_use", "arguments": {…}}</tool_call>``
