@@ -5,6 +5,10 @@ OpenAI computer-use actions, Notte steps) is translated at the edge into one
 of these. A driver implements each of them once. Coordinates are screenshot
 pixels; validation of ranges that do not depend on a live computer happens
 here, so bad input is rejected before it reaches a browser.
+
+A pointer or typing action targets a point or an ``Element``: a ref from an
+element snapshot (``[ref=e5]``, core/perception.py), which the browser resolves
+to the element itself, or a Playwright selector (for the Notte adapters).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from opencone.core.exec_limits import check_command, check_cwd, check_env
 from opencone.core.keys import normalize_chord, normalize_key
@@ -21,6 +25,9 @@ from opencone.core.keys import normalize_chord, normalize_key
 MAX_COORD = 100_000.0
 MAX_TEXT = 100_000
 MAX_WAIT_MS = 60_000
+REF_PATTERN = r"^(f[0-9]{1,9})?e[0-9]{1,9}$"  # Playwright's aria refs: e5 in the page, f1e3 in a frame
+MAX_SNAPSHOT_CHARS = 2_000_000
+MAX_MARKDOWN_CHARS = 5_000_000
 
 Button = Literal["left", "right", "middle", "back", "forward"]
 
@@ -58,11 +65,45 @@ class Point(BaseModel):
         return v
 
 
+class Element(BaseModel):
+    """An element to act on instead of a point: ``ref`` from an element snapshot (of the snapshot
+    ``snapshot_id``, else of the tab's latest), or a Playwright ``selector``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ref: str | None = Field(default=None, pattern=REF_PATTERN, max_length=24)
+    snapshot_id: str | None = Field(default=None, min_length=1, max_length=64)
+    selector: str | None = Field(default=None, min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one(self) -> Element:
+        if (self.ref is None) == (self.selector is None):
+            raise ValueError("give an element as ref (from a snapshot) or as selector, not both or neither")
+        if self.snapshot_id is not None and self.ref is None:
+            raise ValueError("snapshot_id goes with ref")
+        return self
+
+    def describe(self) -> str:
+        return self.ref if self.ref is not None else f"selector {self.selector!r}"
+
+
+def _at_most_one_target(at: Point | None, element: Element | None, required: bool) -> None:
+    if at is not None and element is not None:
+        raise ValueError("give either a point (x, y) or an element (ref), not both")
+    if required and at is None and element is None:
+        raise ValueError("a point (x, y) or an element (ref) is required")
+
+
 class Click(_Action):
     kind: Literal["click"] = "click"
-    at: Point
+    at: Point | None = None
     button: Button = "left"
     count: Literal[1, 2, 3] = 1
+    element: Element | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Click:
+        _at_most_one_target(self.at, self.element, required=True)
+        return self
 
 
 class MoveMouse(_Action):
@@ -83,15 +124,50 @@ class MouseUp(_Action):
 
 
 class Drag(_Action):
+    """Along ``path`` (two points or more), or from the element ``element`` onto ``to_element``."""
+
     kind: Literal["drag"] = "drag"
-    path: list[Point] = Field(min_length=2, max_length=1000)
+    path: list[Point] = Field(default_factory=list, max_length=1000)
     button: Button = "left"
+    element: Element | None = None
+    to_element: Element | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> Drag:
+        if self.element is None and self.to_element is None:
+            if len(self.path) < 2:
+                raise ValueError("path: a drag needs at least 2 points (or element and to_element)")
+        elif self.element is None or self.to_element is None or self.path:
+            raise ValueError("a drag by element needs both element and to_element (ref and to_ref), and no points")
+        return self
 
 
 class TypeText(_Action):
     kind: Literal["type"] = "type"
     text: str = Field(max_length=MAX_TEXT)
     at: Point | None = None  # point_and_type: click here first
+    element: Element | None = None  # or click this element first
+
+    @model_validator(mode="after")
+    def _target(self) -> TypeText:
+        _at_most_one_target(self.at, self.element, required=False)
+        return self
+
+
+class Fill(_Action):
+    """Replace the value of a text field (or contenteditable) with ``text``."""
+
+    kind: Literal["fill"] = "fill"
+    element: Element
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class SelectOption(_Action):
+    """Select the options of a ``<select>`` whose value or label is one of ``values``."""
+
+    kind: Literal["select_option"] = "select_option"
+    element: Element
+    values: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=100)
 
 
 class PressKeys(_Action):
@@ -131,6 +207,7 @@ class Scroll(_Action):
     at: Point | None = None  # None: the middle of the screen
     dx: float = 0.0
     dy: float = 0.0
+    element: Element | None = None  # or over this element (scrolled into view first)
 
     @field_validator("dx", "dy")
     @classmethod
@@ -138,6 +215,11 @@ class Scroll(_Action):
         if not math.isfinite(v) or abs(v) > MAX_COORD:
             raise ValueError(f"scroll delta must be a finite number within ±{MAX_COORD:g}")
         return v
+
+    @model_validator(mode="after")
+    def _target(self) -> Scroll:
+        _at_most_one_target(self.at, self.element, required=False)
+        return self
 
 
 class Wait(_Action):
@@ -162,6 +244,34 @@ class Navigate(_Action):
 
 class GetHtml(_Action):
     kind: Literal["get_html"] = "get_html"
+
+
+class History(_Action):
+    """The browser's back, forward or reload."""
+
+    kind: Literal["history"] = "history"
+    op: Literal["back", "forward", "reload"]
+
+
+class Snapshot(_Action):
+    """An element snapshot of the tab (core/perception.py): Playwright's ``[ref=eN]`` text, or JSON."""
+
+    kind: Literal["snapshot"] = "snapshot"
+    format: Literal["text", "json"] = "text"
+    interactive_only: bool = False  # only the elements one can act on, as a flat list
+    viewport_only: bool = False  # only what is (partly) inside the viewport, with its ancestors
+    max_chars: int = Field(default=50_000, ge=200, le=MAX_SNAPSHOT_CHARS)
+    boxes: bool = False  # the text form with each element's box, in screenshot pixels (JSON always has them)
+
+
+class Markdown(_Action):
+    """The page as markdown (core/markdown.py)."""
+
+    kind: Literal["markdown"] = "markdown"
+    main_only: bool = True  # the main content: no navigation, header, footer, aside, forms
+    links: bool = True  # links as [text](url); without, their text only
+    images: bool = False  # images as ![alt](url), and listed
+    max_chars: int = Field(default=200_000, ge=200, le=MAX_MARKDOWN_CHARS)
 
 
 class SetViewport(_Action):
@@ -229,6 +339,6 @@ class ChangeProxy(_Action):
 Action = Annotated[
     Click | MoveMouse | MouseDown | MouseUp | Drag | TypeText | PressKeys | KeyDown | KeyUp | Scroll
     | Wait | Screenshot | Navigate | GetHtml | SetViewport | ListTabs | NewTab | SwitchTab | CloseTab
-    | RunCommand | ChangeProxy,
+    | RunCommand | ChangeProxy | Fill | SelectOption | History | Snapshot | Markdown,
     Field(discriminator="kind"),
 ]

@@ -181,7 +181,7 @@ def _view_of(row: ComputerRecord) -> ComputerView:
 
 def _action_timeout(action: a.Action, settings: Settings) -> float:
     match action:
-        case a.Navigate() | a.NewTab():
+        case a.Navigate() | a.NewTab() | a.History():
             return settings.navigation_timeout_seconds + 5
         case a.Wait(ms=ms):
             return ms / 1000 + 5

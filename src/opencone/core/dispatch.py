@@ -1,7 +1,9 @@
 """Run one canonical action on a driver.
 
 This is the only place that knows both the canonical action model and the
-driver interface; a new action is added here once, for every driver.
+driver interface; a new action is added here once, for every driver. An action
+on an element (a ref from a snapshot) is checked against the computer's
+snapshots first (core/perception.py), then done by the driver on the element.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opencone.core import actions as a
+from opencone.core import markdown, perception
 from opencone.drivers.base import CommandResult, ComputerDriver, Display, DriverError, PageContext
 
 CommandRunner = Callable[[a.RunCommand], Awaitable[CommandResult]]
@@ -42,13 +45,18 @@ def _inside(p: a.Point, display: Display) -> None:
 
 def _points(action: a.Action) -> list[a.Point]:
     match action:
-        case a.Click(at=p) | a.MoveMouse(at=p):
+        case a.MoveMouse(at=p):
             return [p]
-        case a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p):
+        case a.Click(at=p) | a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p):
             return [p] if p else []
         case a.Drag(path=path):
             return list(path)
     return []
+
+
+async def _element(driver: ComputerDriver, element: a.Element, tab: str | None) -> Any:
+    """What the driver gets for an element: its ref checked against the tab's snapshots."""
+    return await perception.target(driver, element, tab)
 
 
 async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, limits: Limits,
@@ -57,7 +65,9 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
     for point in _points(action):
         _inside(point, driver.display)
     match action:
-        case a.Click(at=p, button=button, count=count):
+        case a.Click(element=el, button=button, count=count) if el is not None:
+            await driver.element_click(await _element(driver, el, tab), button, count, tab)  # type: ignore[attr-defined]
+        case a.Click(at=p, button=button, count=count) if p is not None:
             await driver.click(p.x, p.y, button, count, tab)
         case a.MoveMouse(at=p):
             await driver.move(p.x, p.y, tab)
@@ -65,18 +75,30 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             await driver.mouse_down(p.x if p else None, p.y if p else None, button, tab)
         case a.MouseUp(at=p, button=button):
             await driver.mouse_up(p.x if p else None, p.y if p else None, button, tab)
+        case a.Drag(element=src, to_element=dst) if src is not None and dst is not None:
+            await driver.element_drag(await _element(driver, src, tab),  # type: ignore[attr-defined]
+                                      await _element(driver, dst, tab), tab)
         case a.Drag(path=path, button=button):
             await driver.drag([(p.x, p.y) for p in path], button, tab)
+        case a.TypeText(text=text, element=el) if el is not None:
+            await driver.element_type(await _element(driver, el, tab), text, tab)  # type: ignore[attr-defined]
         case a.TypeText(text=text, at=p):
             if p:
                 await driver.click(p.x, p.y, "left", 1, tab)
             await driver.type_text(text, tab)
+        case a.Fill(element=el, text=text):
+            await driver.element_fill(await _element(driver, el, tab), text, tab)  # type: ignore[attr-defined]
+        case a.SelectOption(element=el, values=values):
+            chosen = await driver.element_select(await _element(driver, el, tab), values, tab)  # type: ignore[attr-defined]
+            return Outcome({"selected": chosen})
         case a.PressKeys(keys=keys):
             await driver.press_keys(keys, tab)
         case a.KeyDown(key=key):
             await driver.key_down(key, tab)
         case a.KeyUp(key=key):
             await driver.key_up(key, tab)
+        case a.Scroll(element=el, dx=dx, dy=dy) if el is not None:
+            await driver.element_scroll(await _element(driver, el, tab), dx, dy, tab)  # type: ignore[attr-defined]
         case a.Scroll(at=p, dx=dx, dy=dy):
             d = driver.display
             x, y = (p.x, p.y) if p else (d.pixel_width / 2, d.pixel_height / 2)
@@ -90,6 +112,12 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             await driver.navigate(url, limits.navigation_timeout, tab)
         case a.GetHtml():
             return Outcome({"html_content": await driver.html(tab)})
+        case a.Snapshot():
+            return Outcome(perception.render(await perception.take(driver, tab), action))
+        case a.Markdown():
+            return Outcome(await markdown.page_markdown(perception.perceiving(driver), tab, action))
+        case a.History(op=op):
+            await perception.perceiving(driver).history(op, limits.navigation_timeout, tab)
         case a.SetViewport(width=w, height=h, scale_factor=s):
             await driver.set_viewport(Display(w, h, s))
             return Outcome({"width": w, "height": h, "scale_factor": s})

@@ -78,6 +78,63 @@ class CdpEndpoint:
     files_dir: str  # the one directory a CDP client may download into and upload from
 
 
+@dataclass(slots=True)
+class PageSnapshot:
+    """What a browser offers for an element snapshot: Playwright's own ``aria_snapshot(mode="ai",
+    boxes=True)`` text (boxes in CSS pixels of each frame's viewport), and what is needed to read
+    those boxes in screenshot pixels."""
+
+    text: str
+    url: str
+    title: str
+    tab_id: str
+    viewport: tuple[float, float]  # the page's viewport, CSS px
+    scale: float  # screenshot pixels per CSS pixel
+    origin: tuple[float, float] = (0.0, 0.0)  # where the viewport's top left is in the screenshot, screenshot px
+
+
+@dataclass(slots=True, frozen=True)
+class RefProbe:
+    """One element of the latest snapshot, looked at again: the identity of its document (a new
+    document has another), and its content box in its frame's viewport, CSS px (for an
+    ``<iframe>``: where the frame's own viewport is)."""
+
+    document: str
+    content: tuple[float, float, float, float]
+
+
+@dataclass(slots=True, frozen=True)
+class ElementTarget:
+    """An element an action targets, as the services resolved it: a ref of a snapshot (with the
+    document it was taken in, so the browser refuses it in another), or a selector."""
+
+    ref: str | None = None
+    document: str | None = None
+    selector: str | None = None
+    description: str = ""  # 'button "Buy"' of the snapshot, for messages
+    snapshot_id: str | None = None
+
+
+class Perceives(Protocol):
+    """Optional for a driver: element snapshots and actions on elements (browsers, a desktop's browser)."""
+
+    async def page_snapshot(self, tab: str | None) -> PageSnapshot: ...
+    async def probe_refs(self, refs: list[str], tab: str | None) -> dict[str, RefProbe | None]:
+        """Each ref of the latest snapshot looked at again; None for one no longer on the page."""
+        ...
+
+    async def element_click(self, target: ElementTarget, button: str, count: int, tab: str | None) -> None: ...
+    async def element_type(self, target: ElementTarget, text: str, tab: str | None) -> None: ...
+    async def element_fill(self, target: ElementTarget, text: str, tab: str | None) -> None: ...
+    async def element_select(self, target: ElementTarget, values: list[str], tab: str | None) -> list[str]: ...
+    async def element_scroll(self, target: ElementTarget, dx: float, dy: float, tab: str | None) -> None: ...
+    async def element_drag(self, source: ElementTarget, dest: ElementTarget, tab: str | None) -> None: ...
+    async def history(self, op: str, timeout: float, tab: str | None) -> None: ...
+    async def page_url(self, tab: str | None) -> tuple[str, str]:
+        """The tab's URL and title (for markdown's links and heading)."""
+        ...
+
+
 # (event type, fields): tab_opened / tab_closed / navigated from a browser
 DriverEventCallback = Callable[[str, dict[str, Any]], None]
 

@@ -18,6 +18,7 @@ from opencone.api.json_body import JsonBody
 from opencone.api.wire import actions as w
 from opencone.core import actions as a
 from opencone.core.computers import Step
+from opencone.core.errors import InvalidInput
 
 # every action runs on a live computer of the key's organisation and takes a body (api/guard.py checks it)
 router = APIRouter(tags=["actions"], responses={200: {"model": w.ActionResult}, **problems(401, 404, 409, 413, 422)})
@@ -33,12 +34,31 @@ async def _run(request: Request, org: str, computer_id: str, actions: list[a.Act
 
 
 def _pt(b: w.PointBody) -> dict[str, float]:
+    if b.x is None or b.y is None:  # (a ref instead: this action takes a point only)
+        raise InvalidInput("body: x and y required for this action (it takes no ref)", field="body")
     return {"x": b.x, "y": b.y}
 
 
+def _target(b: w.PointBody) -> dict[str, Any]:
+    """The click's target: the point, or the element ``ref`` (core/perception.py)."""
+    if b.ref is not None:
+        return {"element": w.element(b.ref, b.snapshot_id)}
+    return {"at": {"x": b.x, "y": b.y}}
+
+
+def _drag(b: w.DragBody) -> a.Action:
+    if b.ref is not None or b.to_ref is not None:
+        if b.ref is None or b.to_ref is None:
+            raise InvalidInput("body: a drag by element needs both ref and to_ref", field="body")
+        return w.build("body", {"kind": "drag", "element": w.element(b.ref, b.snapshot_id),
+                                "to_element": w.element(b.to_ref, b.snapshot_id)})
+    return w.build("body", {"kind": "drag", "path": [{"x": b.x1, "y": b.y1}, {"x": b.x2, "y": b.y2}]})
+
+
 def _scroll(b: w.ScrollBody) -> a.Action:
-    at = None if b.x is None or b.y is None else {"x": b.x, "y": b.y}
-    return w.build("body", {"kind": "scroll", "at": at, "dx": b.dx, "dy": b.dy})
+    at = None if b.x is None or b.y is None or b.ref is not None else {"x": b.x, "y": b.y}
+    return w.build("body", {"kind": "scroll", "at": at, "element": w.element(b.ref, b.snapshot_id),
+                            "dx": b.dx, "dy": b.dy})
 
 
 class HotRoute(NamedTuple):
@@ -50,15 +70,15 @@ class HotRoute(NamedTuple):
 # The action endpoints agents call most, by the last part of their path: their FastAPI routes
 # below, and the fast path in front of FastAPI (api/hot_actions.py), both use these.
 HOT: dict[str, HotRoute] = {
-    "click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", "at": _pt(b)})),
-    "double-click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", "at": _pt(b), "count": 2})),
+    "click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", **_target(b)})),
+    "double-click": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "click", **_target(b), "count": 2})),
     "right-click": HotRoute(w.PointBody,
-                            lambda b: w.build("body", {"kind": "click", "at": _pt(b), "button": "right"})),
+                            lambda b: w.build("body", {"kind": "click", **_target(b), "button": "right"})),
     "mouse-down": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "mouse_down", "at": _pt(b)})),
     "mouse-up": HotRoute(w.PointBody, lambda b: w.build("body", {"kind": "mouse_up", "at": _pt(b)})),
-    "drag": HotRoute(w.DragBody, lambda b: w.build("body", {"kind": "drag", "path": [
-        {"x": b.x1, "y": b.y1}, {"x": b.x2, "y": b.y2}]})),
-    "type": HotRoute(w.TypeBody, lambda b: w.build("body", {"kind": "type", "text": b.text})),
+    "drag": HotRoute(w.DragBody, _drag),
+    "type": HotRoute(w.TypeBody, lambda b: w.build("body", {"kind": "type", "text": b.text,
+                                                            "element": w.element(b.ref, b.snapshot_id)})),
     "hotkey": HotRoute(w.HotkeyBody, lambda b: w.build("body", {"kind": "press_keys", "keys": b.keys})),
     "key-down": HotRoute(w.KeyBody, lambda b: w.build("body", {"kind": "key_down", "key": b.key})),
     "key-up": HotRoute(w.KeyBody, lambda b: w.build("body", {"kind": "key_up", "key": b.key})),
@@ -136,6 +156,44 @@ async def key_up(computer_id: str, body: w.KeyBody, request: Request,
 async def scroll(computer_id: str, body: w.ScrollBody, request: Request,
                  org: str = Depends(current_org)) -> JsonBody:
     return await run_hot(request, org, computer_id, "scroll", body)
+
+
+@router.post("/computers/{computer_id}/fill")
+async def fill(computer_id: str, body: w.FillBody, request: Request, org: str = Depends(current_org)) -> JsonBody:
+    """Ours: replace the value of the field ``ref`` (of a snapshot) with ``text``."""
+    step = w.build("body", {"kind": "fill", "element": w.element(body.ref, body.snapshot_id), "text": body.text})
+    return await _run(request, org, computer_id, [step], body)
+
+
+@router.post("/computers/{computer_id}/select-option")
+async def select_option(computer_id: str, body: w.SelectBody, request: Request,
+                        org: str = Depends(current_org)) -> JsonBody:
+    """Ours: select options of the ``<select>`` ``ref`` by value or label; ``result.selected`` says which."""
+    values = body.values if body.values is not None else ([body.value] if body.value is not None else [])
+    step = w.build("body", {"kind": "select_option", "element": w.element(body.ref, body.snapshot_id),
+                            "values": values})
+    return await _run(request, org, computer_id, [step], body)
+
+
+@router.post("/computers/{computer_id}/snapshot")
+async def snapshot(computer_id: str, request: Request, body: w.SnapshotBody | None = None,
+                   org: str = Depends(current_org)) -> JsonBody:
+    """Ours: an element snapshot of the tab, Playwright's ``[ref=eN]`` text or JSON (``result.snapshot_id``,
+    ``result.snapshot`` or ``result.elements``); act on its refs with ``ref`` instead of ``x``/``y``."""
+    body = body or w.SnapshotBody()
+    step = w.build("body", {"kind": "snapshot", "format": body.format, "interactive_only": body.interactive_only,
+                            "viewport_only": body.viewport_only, "max_chars": body.max_chars, "boxes": body.boxes})
+    return await _run(request, org, computer_id, [step], body)
+
+
+@router.post("/computers/{computer_id}/markdown")
+async def markdown(computer_id: str, request: Request, body: w.MarkdownBody | None = None,
+                   org: str = Depends(current_org)) -> JsonBody:
+    """Ours: the page as markdown (``result.markdown``; ``main_only``, ``links``, ``images``, ``max_chars``)."""
+    body = body or w.MarkdownBody()
+    step = w.build("body", {"kind": "markdown", "main_only": body.main_only, "links": body.links,
+                            "images": body.images, "max_chars": body.max_chars})
+    return await _run(request, org, computer_id, [step], body)
 
 
 @router.post("/computers/{computer_id}/navigate")

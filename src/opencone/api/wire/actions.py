@@ -5,6 +5,11 @@ Three dialects arrive here: the bodies of the Lightcone action endpoints
 ``/batch``, and the OpenAI computer-use actions that SDK users pass straight to
 ``batch`` (``point_and_type``, ``move``, ``keypress.keys``, ``scroll_x``,
 ``drag.path``, ``wait`` without ``ms``). All become ``opencone.core.actions``.
+
+Our extensions (core/perception.py): every pointer and typing action takes
+``ref`` (with an optional ``snapshot_id``) instead of ``x``/``y``, drags take
+``ref`` and ``to_ref``, and ``fill``, ``select_option``, ``snapshot`` and
+``markdown`` are actions of their own.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
 from opencone.api.json_body import valid_text
 from opencone.core import actions as a
@@ -29,6 +35,8 @@ ACTION_TYPES = (
     "close_tab", "key_down", "key_up", "mouse_down", "mouse_up",
     # OpenAI computer-use actions that SDK users pass to batch as they come from the model
     "point_and_type", "move",
+    # ours: on elements of a snapshot (core/perception.py), and the page as a snapshot or markdown
+    "fill", "select_option", "snapshot", "markdown",
 )
 DEFAULT_WAIT_MS = 1000
 _BUTTONS = {"left": "left", "right": "right", "middle": "middle", "wheel": "middle",
@@ -44,20 +52,102 @@ class _Body(BaseModel):
     request_id: str | None = None
 
 
+_REF = Field(default=None, max_length=64, description="An element of a snapshot (`e5`, `f1e3`), instead of x/y.")
+_SNAPSHOT_ID = Field(default=None, max_length=64,
+                     description="The snapshot `ref` is from; the tab's latest when left out.")
+
+
+def _missing(model: str, data: Any, names: list[str]) -> ValidationError:
+    """A 'Field required' error on each name, as if they were required fields."""
+    return ValidationError.from_exception_data(
+        model, [InitErrorDetails(type="missing", loc=(name,), input=data) for name in names])
+
+
 class PointBody(_Body):
-    x: float
-    y: float
+    """``x``/``y`` in screenshot pixels, or ``ref`` (an element of a snapshot)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [{"required": ["x", "y"]},
+                                                                          {"required": ["ref"]}]})
+    x: float | None = None
+    y: float | None = None
+    ref: str | None = _REF
+    snapshot_id: str | None = _SNAPSHOT_ID
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _point_or_ref(cls, data: Any, handler: Any) -> PointBody:
+        body: PointBody = handler(data)
+        if body.ref is None:
+            missing = [k for k in ("x", "y") if getattr(body, k) is None]
+            if missing:
+                raise _missing(cls.__name__, data, missing)
+        return body
 
 
 class DragBody(_Body):
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    """From ``x1``/``y1`` to ``x2``/``y2``, or from the element ``ref`` onto ``to_ref``."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"required": ["x1", "y1", "x2", "y2"]}, {"required": ["ref", "to_ref"]}]})
+    x1: float | None = None
+    y1: float | None = None
+    x2: float | None = None
+    y2: float | None = None
+    ref: str | None = _REF
+    to_ref: str | None = Field(default=None, max_length=64, description="The element to drop on (with `ref`).")
+    snapshot_id: str | None = _SNAPSHOT_ID
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _points_or_refs(cls, data: Any, handler: Any) -> DragBody:
+        body: DragBody = handler(data)
+        if body.ref is None and body.to_ref is None:
+            missing = [k for k in ("x1", "y1", "x2", "y2") if getattr(body, k) is None]
+            if missing:
+                raise _missing(cls.__name__, data, missing)
+        return body
 
 
 class TypeBody(_Body):
     text: str
+    ref: str | None = Field(default=None, max_length=64, description="Click this element of a snapshot first.")
+    snapshot_id: str | None = _SNAPSHOT_ID
+
+
+class FillBody(_Body):
+    """Replace the value of the field ``ref`` with ``text``."""
+
+    ref: str = Field(max_length=64)
+    text: str
+    snapshot_id: str | None = _SNAPSHOT_ID
+
+
+class SelectBody(_Body):
+    """Select, in the ``<select>`` ``ref``, the options whose value or label is one of ``values``."""
+
+    ref: str = Field(max_length=64)
+    values: list[str] | None = None
+    value: str | None = Field(default=None, description="One value: the same as `values: [value]`.")
+    snapshot_id: str | None = _SNAPSHOT_ID
+
+
+class SnapshotBody(_Body):
+    """An element snapshot of the tab: Playwright's `[ref=eN]` text (``format: "text"``) or JSON."""
+
+    format: Literal["text", "json"] = "text"
+    interactive_only: bool = False
+    viewport_only: bool = False
+    max_chars: int = Field(default=50_000, ge=200, le=a.MAX_SNAPSHOT_CHARS)
+    boxes: bool = Field(default=False, description="The text form with each element's box (screenshot pixels).")
+
+
+class MarkdownBody(_Body):
+    """The page as markdown."""
+
+    main_only: bool = True
+    links: bool = True
+    images: bool = False
+    max_chars: int = Field(default=200_000, ge=200, le=a.MAX_MARKDOWN_CHARS)
 
 
 class HotkeyBody(_Body):
@@ -73,6 +163,8 @@ class ScrollBody(_Body):
     dy: float = 0
     x: float | None = None
     y: float | None = None
+    ref: str | None = Field(default=None, max_length=64, description="Scroll over this element (into view first).")
+    snapshot_id: str | None = _SNAPSHOT_ID
 
 
 class NavigateBody(_Body):
@@ -155,6 +247,20 @@ class ComputerAction(BaseModel):
     command: str | None = None
     timeout_seconds: float | None = None
     max_output_length: int | None = None
+    # ours: elements of a snapshot, and the snapshot and markdown actions
+    ref: str | None = None
+    to_ref: str | None = None
+    snapshot_id: str | None = None
+    values: list[str] | None = None
+    value: str | None = None
+    format: str | None = None
+    interactive_only: bool | None = None
+    viewport_only: bool | None = None
+    max_chars: int | None = None
+    boxes: bool | None = None
+    main_only: bool | None = None
+    links: bool | None = None
+    images: bool | None = None
 
 
 class ExecuteBody(BaseModel):
@@ -216,6 +322,17 @@ def _point(x: float | None, y: float | None) -> dict[str, float] | None:
     return None if x is None or y is None else {"x": x, "y": y}
 
 
+def element(ref: str | None, snapshot_id: str | None = None) -> dict[str, str] | None:
+    """A canonical ``Element`` for a wire ``ref`` (None without one)."""
+    if ref is None:
+        return None
+    return {"ref": ref, "snapshot_id": snapshot_id} if snapshot_id is not None else {"ref": ref}
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _button(where: str, raw: str | None, default: str = "left") -> str:
     if raw is None:
         return default
@@ -229,17 +346,23 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
     """Canonical actions for one ``ComputerAction``, and the tab it targets."""
     t = act.type
     tab = act.tab_id
+    el = element(act.ref, act.snapshot_id)
     match t:
         case "click" | "double_click" | "right_click":
-            _need(where, x=act.x, y=act.y)
+            if el is None:
+                _need(where, x=act.x, y=act.y)
             button = "right" if t == "right_click" else _button(where, act.button)
-            return [build(where, {"kind": "click", "at": _point(act.x, act.y), "button": button,
-                                  "count": 2 if t == "double_click" else 1})], tab
+            return [build(where, {"kind": "click", "at": None if el else _point(act.x, act.y), "element": el,
+                                  "button": button, "count": 2 if t == "double_click" else 1})], tab
         case "move":
             _need(where, x=act.x, y=act.y)
             return [build(where, {"kind": "move", "at": _point(act.x, act.y)})], tab
         case "mouse_down" | "mouse_up":
             return [build(where, {"kind": t, "at": _point(act.x, act.y),
+                                  "button": _button(where, act.button)})], tab
+        case "drag" if act.ref is not None or act.to_ref is not None:
+            _need(where, ref=act.ref, to_ref=act.to_ref)
+            return [build(where, {"kind": "drag", "element": el, "to_element": element(act.to_ref, act.snapshot_id),
                                   "button": _button(where, act.button)})], tab
         case "drag":
             if act.path:
@@ -250,10 +373,24 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
             return [build(where, {"kind": "drag", "path": path, "button": _button(where, act.button)})], tab
         case "type" | "point_and_type":
             _need(where, text=act.text)
-            at = _point(act.x, act.y) if t == "point_and_type" else None
-            if t == "point_and_type":
+            at = _point(act.x, act.y) if t == "point_and_type" and el is None else None
+            if t == "point_and_type" and el is None:
                 _need(where, x=act.x, y=act.y)
-            return [build(where, {"kind": "type", "text": act.text, "at": at})], tab
+            return [build(where, {"kind": "type", "text": act.text, "at": at, "element": el})], tab
+        case "fill":
+            _need(where, ref=act.ref, text=act.text)
+            return [build(where, {"kind": "fill", "element": el, "text": act.text})], tab
+        case "select_option":
+            values = act.values if act.values is not None else ([act.value] if act.value is not None else None)
+            _need(where, ref=act.ref, values=values)
+            return [build(where, {"kind": "select_option", "element": el, "values": values})], tab
+        case "snapshot":
+            return [build(where, {"kind": "snapshot", **_given(
+                format=act.format, interactive_only=act.interactive_only, viewport_only=act.viewport_only,
+                max_chars=act.max_chars, boxes=act.boxes)})], tab
+        case "markdown":
+            return [build(where, {"kind": "markdown", **_given(
+                main_only=act.main_only, links=act.links, images=act.images, max_chars=act.max_chars)})], tab
         case "keypress":
             keys = act.keys if act.keys is not None else ([act.key] if act.key else None)
             _need(where, keys=keys)
@@ -269,7 +406,8 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
             y = act.y if act.y is not None else act.y1
             dx = act.dx if act.dx is not None else (act.scroll_x or 0)
             dy = act.dy if act.dy is not None else (act.scroll_y or 0)
-            return [build(where, {"kind": "scroll", "at": _point(x, y), "dx": dx, "dy": dy})], tab
+            return [build(where, {"kind": "scroll", "at": None if el else _point(x, y), "element": el,
+                                  "dx": dx, "dy": dy})], tab
         case "wait":
             return [build(where, {"kind": "wait", "ms": DEFAULT_WAIT_MS if act.ms is None else act.ms})], tab
         case "screenshot":

@@ -5,7 +5,8 @@ the page (queued commands, no hop through Playwright's node driver: clicks 2.8
 against 4.2 ms, typing half the time, measured); other input through
 Playwright's mouse and keyboard. Screenshots are a raw CDP
 ``Page.captureScreenshot`` (JPEG from the compositor in one or two frames, half
-the time of ``page.screenshot``).
+the time of ``page.screenshot``). Element snapshots and actions on refs are
+Playwright's own (drivers/chromium/perception.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from playwright.async_api import Error as PlaywrightError
 from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
 from opencone.drivers.chromium.cdp_client import CdpConnection
 from opencone.drivers.chromium.launcher import ChromiumProcess, launch_chromium
+from opencone.drivers.chromium.perception import ChromiumPerception
 from opencone.drivers.chromium.screencast import ChromiumScreencast
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, StealthTargets
@@ -54,7 +56,9 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else exc.__class__.__name__
 
 
-class ChromiumComputer:
+class ChromiumComputer(ChromiumPerception):
+    """Element snapshots and actions on elements (refs) come from ChromiumPerception (perception.py)."""
+
     kind = "browser"
     x_display: str | None = None  # the X display a desktop's browser draws on; None when headless
 

@@ -27,7 +27,17 @@ from Xlib import Xatom
 from Xlib import error as xerror
 from Xlib.display import Display as XDisplay
 
-from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.base import (
+    CdpEndpoint,
+    ComputerGone,
+    Display,
+    DriverError,
+    ElementTarget,
+    PageContext,
+    PageSnapshot,
+    RefProbe,
+    TabInfo,
+)
 from opencone.drivers.chromium import profiles
 from opencone.drivers.chromium.computer import ChromiumComputer
 from opencone.drivers.chromium.launcher import proxy_flags
@@ -559,6 +569,66 @@ class DesktopComputer(RoutedThroughProxy):
 
     async def cdp_endpoint(self) -> CdpEndpoint:
         return await (await self._need_browser()).cdp_endpoint()
+
+    # -- perception: element snapshots and refs, of the desktop's browser --------------------
+    # (drivers/chromium/perception.py; the boxes are placed on the X screen by the window's
+    # position, and input on elements goes to the page over CDP, as Playwright sends it)
+    def _browser(self) -> ChromiumComputer:
+        browser = self._open_browser()
+        if browser is None:
+            raise DriverError(_NO_BROWSER)
+        return browser
+
+    async def page_snapshot(self, tab: str | None) -> PageSnapshot:
+        return await self._browser().page_snapshot(tab)
+
+    async def probe_refs(self, refs: list[str], tab: str | None) -> dict[str, RefProbe | None]:
+        return await self._browser().probe_refs(refs, tab)
+
+    async def page_url(self, tab: str | None) -> tuple[str, str]:
+        return await self._browser().page_url(tab)
+
+    async def element_click(self, target: ElementTarget, button: str, count: int, tab: str | None) -> None:
+        try:
+            await self._browser().element_click(target, button, count, tab)
+        finally:
+            self._ready.after_input()
+
+    async def element_type(self, target: ElementTarget, text: str, tab: str | None) -> None:
+        try:
+            await self._browser().element_type(target, text, tab)
+        finally:
+            self._ready.after_input()
+
+    async def element_fill(self, target: ElementTarget, text: str, tab: str | None) -> None:
+        try:
+            await self._browser().element_fill(target, text, tab)
+        finally:
+            self._ready.after_input()
+
+    async def element_select(self, target: ElementTarget, values: list[str], tab: str | None) -> list[str]:
+        try:
+            return await self._browser().element_select(target, values, tab)
+        finally:
+            self._ready.after_input()
+
+    async def element_scroll(self, target: ElementTarget, dx: float, dy: float, tab: str | None) -> None:
+        try:
+            await self._browser().element_scroll(target, dx, dy, tab)
+        finally:
+            self._ready.after_input()
+
+    async def element_drag(self, source: ElementTarget, dest: ElementTarget, tab: str | None) -> None:
+        try:
+            await self._browser().element_drag(source, dest, tab)
+        finally:
+            self._ready.after_input()
+
+    async def history(self, op: str, timeout: float, tab: str | None) -> None:
+        try:
+            await self._browser().history(op, timeout, tab)
+        finally:
+            self._ready.after_input()
 
 
 async def _downloads_to_home(browser: ChromiumComputer) -> None:
