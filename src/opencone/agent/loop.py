@@ -192,8 +192,10 @@ class TaskRun:
             keepalive.cancel()
         self._finish(end)
         await self._teardown()
-        with contextlib.suppress(Exception):
+        try:
             await self.persist(self)
+        except Exception:
+            log.exception("could not record the end of agent task %s", self.task_id)
 
     def _finish(self, end: Ending) -> None:
         if self.ended:

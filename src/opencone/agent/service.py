@@ -291,13 +291,16 @@ class AgentService:
         return run if run is not None and run.org_id == org_id else None
 
     async def get(self, org_id: str, task_id: str) -> TaskView:
+        # the run first: it leaves memory only once its record is final, so a record read after
+        # missing the run is never older than the run was
+        run = self.run_of(org_id, task_id)
         row = await self._row(org_id, task_id)
         if row is None:
             raise NotFound(f"no task {task_id!r}")
-        run = self.run_of(org_id, task_id)
         return self._view_of_run(run, row) if run is not None else _view_of_row(row)
 
     async def list(self, org_id: str, status: str | None = None, limit: int = 50) -> list[TaskView]:
+        running = {r.task_id: r for r in self.runs.values() if r.org_id == org_id}  # before the rows (see get)
         q = select(TaskRecord).where(TaskRecord.org_id == org_id)
         if status is not None:
             q = q.where(TaskRecord.status == status)
@@ -305,7 +308,7 @@ class AgentService:
             rows = (await s.execute(q.order_by(TaskRecord.created_at.desc()).limit(limit))).scalars().all()
         out = []
         for row in rows:
-            run = self.run_of(org_id, row.id)
+            run = running.get(row.id)
             out.append(self._view_of_run(run, row) if run is not None else _view_of_row(row))
         return out
 

@@ -140,7 +140,7 @@ def _translate(act: dict[str, Any], to_px: ToPixels) -> list[a.Action]:
             return [a.Navigate(url=url)]
         case "screenshot" | "cursor_position":
             return []
-    raise ActionError(f"unknown action type {t!r}")
+    raise ActionError(f"{t!r} is not a computer action")
 
 
 def _bad(t: str, name: str) -> a.Point:
