@@ -8,6 +8,7 @@ document declares. bench/fuzz_openapi.py runs the same for longer.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from conftest import Server, start_server
 
 from opencone import fuzz
+from opencone.api.wire.openai import PATHS as GATEWAY_PATHS
 
 EXAMPLES = 5  # per operation and mode: about 300 requests in all
 SEED = 20261
@@ -57,11 +59,16 @@ def test_errors_are_problems_in_the_document(server: Server) -> None:
     schemas = doc["components"]["schemas"]
     assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
     assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "error_message"}
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    openai_error = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}  # the gateway's
+    gateway = 0
     for label, op in _operations(doc):
+        ours = re.match(GATEWAY_PATHS, label.split(" ", 1)[1]) is not None
+        gateway += ours
         for status, response in op["responses"].items():
             if status[0] in "45":
-                assert response["content"] == {
-                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}, label
+                assert response["content"] == (openai_error if ours else problem), label
+    assert gateway == 11  # /v1/models (and /models), one model, chat (two spellings), six of responses
 
 
 def test_each_operation_lists_the_errors_it_can_give(server: Server) -> None:

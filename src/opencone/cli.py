@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -121,3 +122,56 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
         console.print(f"[red]no key {key_id}[/red]")
         raise typer.Exit(1)
     console.print(f"revoked {key_id}")
+
+
+@app.command()
+def models(
+    check: Annotated[bool, typer.Option("--check", help="Ask each upstream whether it answers (and takes its key)")]
+    = False,
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model, for scripts")] = False,
+) -> None:
+    """List the models this server can call (as GET /v1/models does), from the environment and the
+    models file; with --check, whether each upstream answers (exit 1 if one does not)."""
+    from opencone.gateway import listing
+    from opencone.gateway.registry import NOTHING_CONFIGURED, ModelRegistry, ModelsFileError
+
+    settings = _settings(data_dir)
+    try:
+        registry = ModelRegistry.load(settings, os.environ)
+    except ModelsFileError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    rows = listing.rows(registry)
+    checks: dict[str, listing.Check] = {}
+    if check and rows:
+        from opencone.gateway.clients import UpstreamClients
+
+        async def run() -> list[listing.Check]:
+            clients = UpstreamClients(min(settings.model_timeout_seconds, 15.0), max_retries=0)
+            try:
+                return await listing.check(registry, clients)
+            finally:
+                await clients.close()
+
+        checks = {c.id: c for c in asyncio.run(run())}
+    if as_json:
+        for row in rows:
+            if row["id"] in checks:
+                row = {**row, "answers": checks[row["id"]].ok, "check": checks[row["id"]].detail}
+            print(json.dumps(row))
+    elif not rows:
+        console.print(NOTHING_CONFIGURED)
+    else:
+        table = Table("id", "provider", "upstream model", "base URL", "dialect", "key from", "default",
+                      *(["check"] if check else []))
+        for row in rows:
+            cells = [row["id"], row["provider"], row["upstream_model"], row["base_url"], row["dialect"], row["key"],
+                     "yes" if row["default"] else ""]
+            if check:
+                c = checks[row["id"]]
+                cells.append(f"[green]{c.detail}[/green]" if c.ok else f"[red]{c.detail}[/red]")
+            table.add_row(*cells)
+        console.print(table)
+    if check and not all(c.ok for c in checks.values()):
+        raise typer.Exit(1)

@@ -7,7 +7,9 @@ Here the document is taken as FastAPI builds it from the routes, whose
 then:
 
 - every error status (4xx, 5xx) is a ``Problem`` as ``application/problem+json``,
-  the body api/errors.py sends;
+  the body api/errors.py sends; but for the model gateway's routes, whose
+  errors are OpenAI's ``{"error": {…}}`` as JSON (api/wire/openai.py): left as
+  they say;
 - FastAPI's own 422s are dropped with their schemas: where a 422 can happen
   the route says so;
 - the operations behind an API key (those that can answer 401) get a
@@ -62,6 +64,8 @@ def truthful(doc: dict[str, Any]) -> dict[str, Any]:
                 if _is_fastapi_422(responses[status]):
                     del responses[status]
                     continue
+                if _refs(responses[status], "/OpenAIError"):
+                    continue
                 responses[status]["content"] = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
             if "401" in responses:  # behind a key: Bearer, unless the route says (KEY_OR_TOKEN)
                 op.setdefault("security", [{"bearer": []}])
@@ -69,5 +73,9 @@ def truthful(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_fastapi_422(response: dict[str, Any]) -> bool:
+    return _refs(response, "/HTTPValidationError")
+
+
+def _refs(response: dict[str, Any], name: str) -> bool:
     refs = [media.get("schema", {}).get("$ref", "") for media in response.get("content", {}).values()]
-    return any(ref.endswith("/HTTPValidationError") for ref in refs)
+    return any(ref.endswith(name) for ref in refs)
