@@ -17,7 +17,6 @@ from opencone.api.auth import REDACT_TOKENS
 from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
-from opencone.api.routes import notte, notte_seed
 from opencone.api.routes import chat as chat_routes
 from opencone.api.routes import models as model_routes
 from opencone.api.routes import responses as response_routes
@@ -70,13 +69,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
-    for module in (notte_seed, notte):  # the Notte session API, both eras (api/notte_sessions.py)
-        app.include_router(module.router)
     for module in (model_routes, chat_routes, response_routes):  # the model gateway (OpenAI-shaped errors)
         app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     # outermost: bodies are bounded and checked before either of the two routings parses one
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
-                       renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused,
-                                  notte_seed.PATHS: notte_seed.refused})
+                       renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused})
     return app
