@@ -426,3 +426,16 @@ def test_a_restart_marks_running_tasks_failed(tmp_path: Path, fake_models: FakeM
         assert [e["type"] for e in events] == ["failed"] and events[0]["reason"] == "server_restarted"
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize("model", ["anthropic/claude-sonnet-4-5", "qwen3-vl"])
+def test_deltas_stream_from_the_other_formats_too(tasks_server: Server, fake_models: FakeModels,
+                                                  form_site: FormSite, model: str) -> None:
+    """stream_deltas makes the upstream call a stream (Anthropic's and a chat server's SSE), read
+    with the vendor SDK's own parser; the deltas arrive as progress_update events."""
+    events = stream_task(tasks_server, model=model, start_url=form_site.form_url, viewport_width=1280,
+                         viewport_height=720, stream_deltas=True)
+    assert_done(tasks_server, events, form_site)
+    assert all(r["stream"] for r in fake_models.model_requests(bodies=False))
+    deltas = "".join(e["delta"] for e in events if e["type"] == "progress_update")
+    assert deltas and ("I will" in deltas or "<tool_call>" in deltas), deltas[:200]

@@ -127,6 +127,7 @@ class TaskRun:
     items: list[Any] = field(default_factory=list)
     failures: int = 0
     seen: list[tuple[str, str]] = field(default_factory=list)
+    recorded_at: float = 0.0
     task: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -278,7 +279,7 @@ class TaskRun:
                 self.pause()
             await self._checkpoint()  # paused: the decided actions wait for the resume
             outcomes, acted = await self._execute(decision)
-            await self.persist(self)
+            await self._record()
             if decision.done:
                 if decision.success:
                     return Ending(COMPLETED, "done", result=decision.result)
@@ -290,6 +291,13 @@ class TaskRun:
                                 f"(max_steps={max_steps})")
 
     # -- a step's parts -------------------------------------------------------------------------
+    async def _record(self) -> None:
+        """The record, at most once a second while the task runs (its start and end always)."""
+        now = time.monotonic()
+        if now - self.recorded_at >= 1.0:
+            self.recorded_at = now
+            await self.persist(self)
+
     async def _checkpoint(self) -> None:
         """Cancel, the wall clock, pause: between steps and before actions run."""
         while True:

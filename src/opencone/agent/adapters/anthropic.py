@@ -42,7 +42,7 @@ from opencone.agent.adapters.base import (
     scaled,
 )
 from opencone.agent.adapters.keys import UnknownKeyError, chord, to_xdotool
-from opencone.agent.adapters.upstream import dumped, json_body, mapped
+from opencone.agent.adapters.upstream import dumped, json_body, mapped, sdk_arguments
 from opencone.core import actions as a
 
 TARGETS = ((1024, 768), (1280, 800), (1366, 768))  # XGA, WXGA, FWXGA
@@ -268,13 +268,13 @@ class AnthropicAdapter:
 
     # -- the call -------------------------------------------------------------------------------
     async def decide(self, conv: Conversation, on_text: TextDelta | None = None) -> Decision:
-        body = self.request(conv)
+        args = sdk_arguments(self.request(conv), ("model", "max_tokens", "betas"), {"messages": []})
         if on_text is None:
             with mapped(self.what):
-                raw = await self.client.beta.messages.with_raw_response.create(**body)
+                raw = await self.client.beta.messages.with_raw_response.create(**args)
             return self.parse(json_body(raw, self.what), conv)
         with mapped(self.what):
-            async with self.client.beta.messages.stream(**body) as stream:
+            async with self.client.beta.messages.stream(**args) as stream:
                 async for text in stream.text_stream:
                     on_text(text)
                 final = await stream.get_final_message()

@@ -43,7 +43,7 @@ from opencone.agent.adapters.base import (
     previous_turn,
 )
 from opencone.agent.adapters.keys import UnknownKeyError, chord
-from opencone.agent.adapters.upstream import json_body, mapped
+from opencone.agent.adapters.upstream import json_body, mapped, sdk_arguments
 from opencone.core import actions as a
 
 SCROLL_NOTCH = 100
@@ -395,16 +395,16 @@ class ChatAdapter:
 
     # -- the call -------------------------------------------------------------------------------
     async def decide(self, conv: Conversation, on_text: TextDelta | None = None) -> Decision:
-        body = self.request(conv)
+        args = sdk_arguments(self.request(conv), ("model",), {"messages": []})
         if on_text is None:
             with mapped(self.what):
-                raw = await self.client.chat.completions.with_raw_response.create(**body)
+                raw = await self.client.chat.completions.with_raw_response.create(**args)
             return self.parse(json_body(raw, self.what), conv)
         content: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         usage: dict[str, Any] | None = None
         with mapped(self.what):
-            stream = await self.client.chat.completions.create(**body, stream=True,
+            stream = await self.client.chat.completions.create(**args, stream=True,
                                                                stream_options={"include_usage": True})
             async for chunk in stream:
                 if chunk.usage is not None:

@@ -33,7 +33,7 @@ from opencone.agent.adapters.base import (
     Usage,
     previous_turn,
 )
-from opencone.agent.adapters.upstream import dumped, json_body, mapped
+from opencone.agent.adapters.upstream import dumped, json_body, mapped, sdk_arguments
 from opencone.core import actions as a
 
 _KEPT = ("reasoning", "message", "computer_call", "function_call")
@@ -131,9 +131,9 @@ class ResponsesAdapter:
                     out.extend(self.turn_items(item.decision, from_px))
             elif isinstance(item, Observation):
                 turn = previous_turn(items, n)
-                if turn is None:
+                if turn is None or n not in recent:  # a first screen, or the screen after a folded turn
                     _user(out, _image(item.screenshot) if n in recent else {"type": "input_text", "text": OMITTED})
-                elif n in recent:
+                else:
                     out.extend(self.outputs(turn.decision, item))
         return out
 
@@ -276,14 +276,14 @@ class ResponsesAdapter:
 
     # -- the call -------------------------------------------------------------------------------
     async def decide(self, conv: Conversation, on_text: TextDelta | None = None) -> Decision:
-        body = self.request(conv)
+        args = sdk_arguments(self.request(conv), ("model",))
         if on_text is None:
             with mapped(self.what):
-                raw = await self.client.responses.with_raw_response.create(**body)
+                raw = await self.client.responses.with_raw_response.create(**args)
             return self.parse(json_body(raw, self.what), conv)
         final: dict[str, Any] | None = None
         with mapped(self.what):
-            stream = await self.client.responses.create(**body, stream=True)
+            stream = await self.client.responses.create(**args, stream=True)
             async for event in stream:
                 kind = getattr(event, "type", None)
                 if kind == "response.output_text.delta":

@@ -101,3 +101,18 @@ def dumped(model: Any) -> dict[str, Any]:
     if isinstance(model, dict):
         return model
     return model.to_dict(warnings=False)  # type: ignore[no-any-return]
+
+
+def sdk_arguments(body: dict[str, Any], typed: tuple[str, ...], placeholders: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Keyword arguments for an SDK method: the ``typed`` fields as they are, everything else as
+    ``extra_body``, which the SDK sends unchanged. Its typed path walks every nested field of a
+    request against its TypedDicts: 25-40 ms for a transcript carrying three screenshots, a step's
+    whole browser work. ``placeholders`` fill required parameters that ride in ``extra_body``."""
+    kwargs = {k: body[k] for k in typed if k in body}
+    kwargs.update(placeholders or {})
+    extra = {k: v for k, v in body.items() if k not in typed}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
