@@ -14,6 +14,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +196,24 @@ def test_only_the_most_recent_screenshots_are_sent(agent_server: Server, fake_mo
     assert counts == [1, 2, 3, 3], counts
     last = json.dumps(fake_models.model_requests()[-1]["body"])
     assert "an older screenshot, no longer shown" in last
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_shows_the_agent_example_file() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"`examples/agent_task.py`:\n\n```python\n(.*?)```", readme, re.S)
+    assert block, "README has no agent task example block"
+    assert block.group(1).strip() in (ROOT / "examples" / "agent_task.py").read_text()
+
+
+def test_the_readme_agent_example_runs(agent_server: Server, fake_models: FakeModels, form_site: FormSite) -> None:
+    env = {**os.environ, "TZAFON_API_KEY": agent_server.api_key, "LIGHTCONE_BASE_URL": agent_server.base_url,
+           "TASK": INSTRUCTION, "START_URL": form_site.form_url, "MODEL": "openai/computer-use-preview"}
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "agent_task.py")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"completed after \d+ steps: Submitted 'blue-42'", out.stdout), out.stdout
+    assert "status: completed exit code: 0" in out.stdout and "action: {'type': 'click'" in out.stdout
+    assert form_site.wait_for_submission() == [VALUE]
