@@ -439,3 +439,14 @@ def test_deltas_stream_from_the_other_formats_too(tasks_server: Server, fake_mod
     assert all(r["stream"] for r in fake_models.model_requests(bodies=False))
     deltas = "".join(e["delta"] for e in events if e["type"] == "progress_update")
     assert deltas and ("I will" in deltas or "<tool_call>" in deltas), deltas[:200]
+
+
+def test_a_desktop_task_fills_in_the_form_in_its_browser(tasks_server: Server, fake_models: FakeModels,
+                                                         form_site: FormSite) -> None:
+    """kind: desktop. The screenshots are the whole X screen (window manager, browser window and
+    all), the clicks go through XTest: the same loop, the same adapters."""
+    events = stream_task(tasks_server, model="anthropic/claude-sonnet-4-5", kind="desktop",
+                         start_url=form_site.form_url, viewport_width=1280, viewport_height=800)
+    assert_done(tasks_server, events, form_site)
+    assert events[0]["kind"] == "desktop"
+    assert {(e["width"], e["height"]) for e in events if e["type"] == "screenshot"} == {(1280, 800)}
