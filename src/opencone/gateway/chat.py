@@ -2,10 +2,12 @@
 
 OpenAI-compatible upstreams (providers ``openai``, ``openai-chat``, ``lightcone``)
 get the body as it came, but for its model (the upstream's name) and its images
-(our own screenshot links inlined), through the ``openai`` SDK (its auth, retries,
-timeouts), and their answer goes back byte for byte: the JSON, or the SSE stream
-chunk by chunk as it arrives (the usage chunk and ``data: [DONE]`` are the
-upstream's own). Fields OpenAI proper does not know (vLLM's ``top_k``,
+(our own screenshot links inlined), through the ``openai`` SDK's own request
+method (``client.post``: its auth, base URL, retries with backoff, timeouts and
+error types, without building and parsing typed objects, which cost a call a
+millisecond here), and their answer goes back byte for byte: the JSON, or the
+SSE stream chunk by chunk as it arrives (the usage chunk and ``data: [DONE]`` are
+the upstream's own). Fields OpenAI proper does not know (vLLM's ``top_k``,
 ``repetition_penalty``…, spec a.6) are dropped for provider ``openai``, and named
 in the ``x-opencone-dropped-fields`` header; the others are sent to servers that
 take them. Anthropic models go through anthropic_chat.py and the ``anthropic`` SDK.
@@ -63,17 +65,26 @@ def validate(body: Any) -> dict[str, Any]:
     return body
 
 
-def _openai_arguments(entry: ModelEntry, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    rest = dict(body)
+def upstream_body(entry: ModelEntry, body: dict[str, Any], known: frozenset[str]) -> tuple[dict[str, Any], list[str]]:
+    """The body an OpenAI-compatible upstream gets: its model name; for OpenAI itself, only the
+    fields it knows (``known``), and the names of those dropped."""
+    out = {**body, "model": entry.upstream_model}
     dropped: list[str] = []
     if entry.provider == "openai":
-        dropped = sorted(k for k in rest if k not in OPENAI_CHAT_FIELDS)
+        dropped = sorted(k for k in out if k not in known)
         for name in dropped:
-            del rest[name]
-    rest.pop("model", None)
+            del out[name]
+    return out, dropped
+
+
+def _openai_arguments(entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of the SDK's typed ``chat.completions.create`` (for the emulator, which
+    reads the parsed chunks)."""
+    rest, _ = upstream_body(entry, body, OPENAI_CHAT_FIELDS)
+    rest.pop("model")
     messages = rest.pop("messages")
     stream = bool(rest.pop("stream", False))
-    return {"model": entry.upstream_model, "messages": messages, "stream": stream, "extra_body": rest or None}, dropped
+    return {"model": entry.upstream_model, "messages": messages, "stream": stream, "extra_body": rest or None}
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
@@ -90,20 +101,12 @@ class ChatGateway:
         """The upstream's answer to a chat body (images already inlined), for the edge to send."""
         if entry.provider == "anthropic":
             return await self._anthropic_answer(entry, body)
-        arguments, dropped = _openai_arguments(entry, body)
-        client = self.upstreams.openai(entry)
-        if not arguments["stream"]:
-            try:
-                raw = await client.chat.completions.with_raw_response.create(**arguments)
-            except Exception as exc:
-                raise upstream_error(exc, entry.id) from None
-            return ChatAnswer(body=raw.http_response.content, dropped=dropped)
-        manager = client.chat.completions.with_streaming_response.create(**arguments)
-        try:
-            response = await manager.__aenter__()
-        except Exception as exc:
-            raise upstream_error(exc, entry.id) from None
-        return ChatAnswer(stream=passed_on(manager, response, entry.id), dropped=dropped)
+        payload, dropped = upstream_body(entry, body, OPENAI_CHAT_FIELDS)
+        answer = await raw_call(self.upstreams.openai(entry), "post", "/chat/completions", entry.id, body=payload,
+                                stream=bool(payload.get("stream")))
+        if isinstance(answer, bytes):
+            return ChatAnswer(body=answer, dropped=dropped)
+        return ChatAnswer(stream=answer, dropped=dropped)
 
     async def _anthropic_answer(self, entry: ModelEntry, body: dict[str, Any]) -> ChatAnswer:
         dropped = sorted(k for k in body if k not in anthropic_chat.supported_fields())
@@ -134,7 +137,7 @@ class ChatGateway:
                 params = anthropic_chat.messages_params(body, entry.upstream_model)
                 message = await self.upstreams.anthropic(entry).messages.create(**params)
                 return anthropic_chat.completion(message.to_dict(), entry.id)
-            arguments, _ = _openai_arguments(entry, body)
+            arguments = _openai_arguments(entry, body)
             result = await self.upstreams.openai(entry).chat.completions.create(**arguments)
             return result.to_dict()  # type: ignore[no-any-return]
         except GatewayError:
@@ -155,7 +158,7 @@ class ChatGateway:
                         for chunk in translator.feed(event.to_dict()):
                             yield chunk
                 return
-            arguments, _ = _openai_arguments(entry, body)
+            arguments = _openai_arguments(entry, body)
             stream = await self.upstreams.openai(entry).chat.completions.create(**arguments)
             async with stream:
                 async for chunk in stream:
@@ -173,11 +176,30 @@ async def _first(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None
         return None
 
 
-async def passed_on(manager: Any, response: Any, where: str) -> AsyncIterator[bytes]:
+async def raw_call(client: Any, method: str, path: str, where: str, *, body: Any = None,
+                   params: dict[str, Any] | None = None, stream: bool = False) -> bytes | AsyncIterator[bytes]:
+    """One request through the SDK's own ``get``/``post``/``delete``: the answer's bytes, or (``stream``)
+    its bytes as they come. SDK exceptions come out as the gateway's (``upstream_error``)."""
+    options: dict[str, Any] = {"params": params} if params else {}
+    try:
+        if method == "post":
+            response = await client.post(path, body=body, cast_to=httpx2.Response, stream=stream, options=options)
+        elif method == "get":
+            response = await client.get(path, cast_to=httpx2.Response, stream=stream, options=options)
+        else:
+            response = await client.delete(path, cast_to=httpx2.Response, options=options)
+    except Exception as exc:
+        raise upstream_error(exc, where) from None
+    if not stream:
+        return response.content  # type: ignore[no-any-return]
+    return passed_on(response, where)
+
+
+async def passed_on(response: httpx2.Response, where: str) -> AsyncIterator[bytes]:
     """The upstream's SSE bytes as they arrive; a failure after the first byte is one error chunk
     (which the OpenAI SDK raises as an ``APIError``), then ``[DONE]``."""
     try:
-        async for chunk in response.iter_bytes():
+        async for chunk in response.aiter_bytes():
             yield chunk
     except httpx2.TimeoutException as exc:
         yield sse.data(UpstreamTimeout(f"{where} stopped answering: {exc}").body())
@@ -187,4 +209,4 @@ async def passed_on(manager: Any, response: Any, where: str) -> AsyncIterator[by
         yield sse.DONE
     finally:
         with contextlib.suppress(Exception):
-            await manager.__aexit__(None, None, None)
+            await response.aclose()

@@ -33,16 +33,15 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pydantic_core
-from openai import omit
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from opencone.core.ids import new_id
 from opencone.core.store.models import ResponseRecord
 from opencone.gateway import sse
-from opencone.gateway.chat import ChatGateway, passed_on
+from opencone.gateway.chat import ChatGateway, raw_call, upstream_body
 from opencone.gateway.clients import UpstreamClients
-from opencone.gateway.errors import GatewayError, InvalidRequest, model_error, upstream_error
+from opencone.gateway.errors import GatewayError, InvalidRequest, model_error
 from opencone.gateway.images import OwnFiles, inline_response_input
 from opencone.gateway.registry import ModelEntry, ModelRegistry, NoModelConfigured, UnknownModel
 from opencone.gateway.response_items import chat_body, has_computer_tool, normalized
@@ -151,7 +150,8 @@ class ResponsesGateway:
                                 created_at=datetime.now(UTC), request=_request_of(raw), input_items=items,
                                 response=run.response, events=[]) if store else None
         if record is not None and background:
-            await self.store.add(record)  # a restart finds it and says it failed
+            record.response = dict(run.response)
+            await self.store.add(record)  # written now: a restart finds it and says it failed
         run.start()
 
         async def call() -> None:
@@ -202,22 +202,16 @@ class ResponsesGateway:
                                          code="server_error")
                 run.fail(f"internal error: {exc.__class__.__name__}")
             if record is not None and (run.error is None or keep_failed):
-                try:
-                    await self._save(run, record)
-                except Exception:
-                    log.exception("could not store response %s", run.id)
+                await self._save(run, record)
         finally:
             run.release()  # the terminal event, after the store has it (a next request may chain on it)
             self.runs.pop(run.id, None)
 
     async def _save(self, run: ResponseRun, record: ResponseRecord) -> None:
         response = run.response
-        if record.background:
-            await self.store.finish(run.id, response["status"], response, run.log)
-        else:
-            record.status, record.response, record.events = response["status"], response, run.log
-            record.completed_at = datetime.now(UTC)
-            await self.store.add(record)
+        record.status, record.response, record.events = response["status"], response, run.log
+        record.completed_at = datetime.now(UTC)
+        self.store.put(record, new=not record.background)  # every read finds it now; written a moment later
 
     async def _sse(self, events: AsyncIterator[dict[str, Any]], run: ResponseRun | None = None,
                    cancel_on_close: bool = False) -> AsyncIterator[bytes]:
@@ -258,8 +252,7 @@ class ResponsesGateway:
     async def cancel(self, org: str, response_id: str) -> Answer:
         run, record = await self._find(org, response_id)
         if record is not None and record.mode == "native":
-            entry = self._upstream_of(record)
-            return await self._raw(entry, lambda c: c.responses.with_raw_response.cancel(response_id))
+            return await self._raw(self._upstream_of(record), "post", f"/responses/{response_id}/cancel")
         background = run.response.get("background") if run is not None else record.background  # type: ignore[union-attr]
         if not background:
             raise InvalidRequest("only background responses can be cancelled", param="response_id")
@@ -278,11 +271,7 @@ class ResponsesGateway:
     async def delete(self, org: str, response_id: str) -> dict[str, Any]:
         run, record = await self._find(org, response_id)
         if record is not None and record.mode == "native":
-            entry = self._upstream_of(record)
-            try:
-                await self.upstreams.openai(entry).responses.delete(response_id)
-            except Exception as exc:
-                raise upstream_error(exc, entry.id) from None
+            await self._raw(self._upstream_of(record), "delete", f"/responses/{response_id}")
         if run is not None:
             await self._stop_run(run)
         await self.store.delete(org, response_id)
@@ -292,10 +281,13 @@ class ResponsesGateway:
                           include: list[str]) -> Answer:
         run, record = await self._find(org, response_id)
         if record is not None and record.mode == "native":
-            entry = self._upstream_of(record)
-            return await self._raw(entry, lambda c: c.responses.input_items.with_raw_response.list(
-                response_id, limit=limit, order=order, after=after if after is not None else omit,
-                include=include or omit))
+            params: dict[str, Any] = {"limit": limit, "order": order}
+            if after is not None:
+                params["after"] = after
+            if include:
+                params["include"] = include  # (the SDK sends include[]=…)
+            return await self._raw(self._upstream_of(record), "get", f"/responses/{response_id}/input_items",
+                                   params=params)
         items = list(run.input_items if run is not None else record.input_items)  # type: ignore[union-attr]
         if order == "desc":
             items.reverse()
@@ -316,12 +308,9 @@ class ResponsesGateway:
             raise GatewayError(f"response {record.id} is held by the upstream of model {record.model}, which is "
                                "no longer configured", status=410, code="model_not_configured") from None
 
-    async def _raw(self, entry: ModelEntry, call: Callable[[Any], Awaitable[Any]]) -> Answer:
-        try:
-            raw = await call(self.upstreams.openai(entry))
-        except Exception as exc:
-            raise upstream_error(exc, entry.id) from None
-        return Answer(body=raw.http_response.content)
+    async def _raw(self, entry: ModelEntry, method: str, path: str, **kw: Any) -> Answer:
+        answer = await raw_call(self.upstreams.openai(entry), method, path, entry.id, **kw)
+        return Answer(body=answer) if isinstance(answer, bytes) else Answer(stream=answer)
 
     async def _native_create(self, org: str, entry: ModelEntry, req: CreateBody, raw: dict[str, Any],
                              own: OwnFiles) -> Answer:
@@ -337,78 +326,53 @@ class ResponsesGateway:
                 body["input"] = [_without_id(i) for i in context] + normalized(req.input)
         if isinstance(body.get("input"), list):
             body["input"] = await inline_response_input(body["input"], own)
-        dropped: list[str] = []
-        if entry.provider == "openai":
-            dropped = sorted(k for k in body if k not in OPENAI_RESPONSES_FIELDS)
-            for name in dropped:
-                del body[name]
-            if isinstance(body.get("tools"), list):
-                body["tools"] = [_openai_tool(t) for t in body["tools"]]
-        body.pop("model", None)
-        stream = bool(body.pop("stream", False))
-        arguments = {"model": entry.upstream_model, "input": body.pop("input", omit), "extra_body": body or None}
-        client = self.upstreams.openai(entry)
+        body, dropped = upstream_body(entry, body, OPENAI_RESPONSES_FIELDS)
+        if entry.provider == "openai" and isinstance(body.get("tools"), list):
+            body["tools"] = [_openai_tool(t) for t in body["tools"]]
+        stream = bool(body.get("stream"))
         store = req.store is not False
 
-        def record(value: Any) -> ResponseRecord | None:
-            if not store or not isinstance(value, dict) or not isinstance(value.get("id"), str):
-                return None
-            return ResponseRecord(id=value["id"], org_id=org, model=entry.id, mode="native",
-                                  status=str(value.get("status") or "completed"), background=bool(req.background),
-                                  previous_response_id=req.previous_response_id, created_at=datetime.now(UTC),
-                                  request={}, input_items=[], response={}, events=[])
+        def note(value: Any) -> None:
+            """The response the upstream made, noted as this organisation's."""
+            if store and isinstance(value, dict) and isinstance(value.get("id"), str):
+                self.store.put(ResponseRecord(
+                    id=value["id"], org_id=org, model=entry.id, mode="native",
+                    status=str(value.get("status") or "completed"), background=bool(req.background),
+                    previous_response_id=req.previous_response_id, created_at=datetime.now(UTC), request={},
+                    input_items=[], response={}, events=[]))
 
-        if not stream:
-            try:
-                answer = await client.responses.with_raw_response.create(**arguments)
-            except Exception as exc:
-                raise upstream_error(exc, entry.id) from None
-            content = answer.http_response.content
-            try:
-                mine = record(pydantic_core.from_json(content))
-            except ValueError:
-                mine = None
-            if mine is not None:
-                await self.store.add(mine)
-            return Answer(body=content, dropped=dropped)
-        manager = client.responses.with_streaming_response.create(**arguments, stream=True)
-        try:
-            response = await manager.__aenter__()
-        except Exception as exc:
-            raise upstream_error(exc, entry.id) from None
+        answer = await self._raw(entry, "post", "/responses", body=body, stream=stream)
+        if answer.stream is None:
+            assert isinstance(answer.body, bytes)
+            with contextlib.suppress(ValueError):
+                note(pydantic_core.from_json(answer.body))
+            return Answer(body=answer.body, dropped=dropped)
+        upstream = answer.stream
 
         async def noted() -> AsyncIterator[bytes]:
-            """The upstream's bytes; the response it names in its first event noted as ours."""
+            """The upstream's bytes; the response its first event names noted as ours."""
             first = sse.FirstEvent()
-            async for chunk in passed_on(manager, response, entry.id):
-                yield chunk
-                if not first.done:
-                    first.feed(chunk)
-                    if first.done and isinstance(first.value, dict):
-                        mine = record(first.value.get("response"))
-                        if mine is not None:
-                            try:
-                                await self.store.add(mine)
-                            except Exception:
-                                log.exception("could not note response %s", mine.id)
+            async with contextlib.aclosing(upstream):  # type: ignore[type-var]
+                async for chunk in upstream:
+                    yield chunk
+                    if not first.done:
+                        first.feed(chunk)
+                        if first.done and isinstance(first.value, dict):
+                            note(first.value.get("response"))
 
         return Answer(stream=noted(), dropped=dropped)
 
     async def _native_retrieve(self, record: ResponseRecord, stream: bool, starting_after: int | None,
                                include: list[str]) -> Answer:
-        entry = self._upstream_of(record)
-        client = self.upstreams.openai(entry)
-        options: dict[str, Any] = {"include": include or omit}
-        if not stream:
-            return await self._raw(entry, lambda c: c.responses.with_raw_response.retrieve(record.id, **options))
-        if starting_after is not None:
-            options["starting_after"] = starting_after
-        manager = client.responses.with_streaming_response.retrieve(record.id, stream=True, **options)
-        try:
-            response = await manager.__aenter__()
-        except Exception as exc:
-            raise upstream_error(exc, entry.id) from None
-        return Answer(stream=passed_on(manager, response, entry.id))
+        params: dict[str, Any] = {}
+        if include:
+            params["include"] = include  # (the SDK sends include[]=…)
+        if stream:
+            params["stream"] = "true"
+            if starting_after is not None:
+                params["starting_after"] = starting_after
+        return await self._raw(self._upstream_of(record), "get", f"/responses/{record.id}", params=params,
+                               stream=stream)
 
     # -- life ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -423,6 +387,7 @@ class ResponsesGateway:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        await self.store.close()  # what is still held is written
 
 
 async def _replay(events: list[dict[str, Any]], after: int) -> AsyncIterator[dict[str, Any]]:
