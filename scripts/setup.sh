@@ -57,3 +57,21 @@ if [ "${1:-}" = "--test" ] && command -v node >/dev/null && command -v npm >/dev
       || echo "npm ci in tests/node failed; the Puppeteer test will be skipped" >&2
   fi
 fi
+
+# the Notte clients, test tools only (tests/test_notte*.py), each in a virtual environment of its own:
+# notte 1.2.1 pins pillow<12 and pulls litellm and Playwright, which the project's environment must not take
+notte_env() {  # name, requirement
+  local dir=".venv/notte-$1" want="$2"
+  if [ ! -f "$dir/.installed" ] || [ "$(cat "$dir/.installed")" != "$want" ]; then
+    rm -rf "$dir"
+    "$PYTHON" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q "$want"
+    echo "$want" > "$dir/.installed"
+  fi
+}
+if [ "${1:-}" = "--test" ]; then
+  notte_env seed "notte==1.2.1" & seed=$!
+  notte_env sdk "notte-sdk==1.10.0" & sdk=$!
+  wait "$seed"
+  wait "$sdk"
+fi

@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         description="TEST ONLY: sleep this long between writing a save's temporary file and renaming it, so "
                     "tests can kill the server mid-save. Leave at 0.",
     )
+    test_clock_file: Path | None = Field(
+        default=None,
+        description="TEST ONLY: a file holding seconds the server's clock runs ahead of the system's, read "
+                    "whenever it changes (core/clock.py), so tests can let lifetimes expire without waiting.",
+    )
 
     @field_validator("advanced_proxy_url")
     @classmethod

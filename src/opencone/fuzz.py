@@ -76,6 +76,11 @@ class Report:
         return "\n".join(lines)
 
 
+# operations that may make a Notte session (a computer) the run must not leave behind
+_NOTTE_MAKERS = ("POST /session/start", "POST /sessions/start", "POST /env/observe", "POST /env/step",
+                 "POST /env/scrape")
+
+
 def _capped(value: Any) -> Any:
     """The body with every duration it asks for cut to a moment (negative cases stay negative or
     become valid, both of which the checks accept)."""
@@ -161,6 +166,11 @@ def _run_operation(server: Server, operation: Any, label: str, mode: Any, params
             created = response.json().get("id")
             if created:
                 httpx.delete(f"{server.base_url}/computers/{created}", headers=headers, timeout=timeout)
+        if label in _NOTTE_MAKERS and status == 200:  # a Notte session is a computer too (api/notte_sessions.py)
+            body = response.json()
+            made = body.get("session_id") or (body.get("session") or {}).get("session_id")
+            if made and made != params.get("computer_id"):
+                httpx.delete(f"{server.base_url}/computers/{made}", headers=headers, timeout=timeout)
 
     try:
         one()

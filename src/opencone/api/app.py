@@ -19,6 +19,8 @@ from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.api.routes import chat as chat_routes
 from opencone.api.routes import models as model_routes
+from opencone.api.routes import notte as notte_routes
+from opencone.api.routes import notte_seed as notte_seed_routes
 from opencone.api.routes import responses as response_routes
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.actions import renderer
@@ -69,10 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
+    for module in (notte_seed_routes, notte_routes):  # the Notte session API, both eras (api/notte_sessions.py)
+        app.include_router(module.router)
     for module in (model_routes, chat_routes, response_routes):  # the model gateway (OpenAI-shaped errors)
         app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     # outermost: bodies are bounded and checked before either of the two routings parses one
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
-                       renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused})
+                       renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused,
+                                  notte_seed_routes.PATHS: notte_seed_routes.refused})
     return app

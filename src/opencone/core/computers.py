@@ -428,6 +428,16 @@ class ComputerService:
             computer_status=TERMINATED, termination_reason=row.termination_reason,
         )
 
+    async def check_lifetime(self, org_id: str, computer_id: str) -> ComputerView:
+        """The computer, ended first if its lifetime says it must end now: the reaper's rule, applied
+        at once for an API whose every access first checks it (a Notte session's idle timeout)."""
+        comp = self._live_for(org_id, computer_id)
+        if comp is not None and not comp.ending:
+            reason = lifetimes.end_reason(self._clock.now(), comp.lifetime())
+            if reason is not None and not (reason is EndReason.INACTIVITY and comp.busy):
+                await self._end(comp, reason)
+        return await self.get(org_id, computer_id)
+
     async def require_live(self, org_id: str, computer_id: str) -> LiveComputer:
         """The live computer, or NotFound / Conflict (terminated)."""
         return await self._require_live(org_id, computer_id)

@@ -8,7 +8,7 @@ import logging
 
 from opencone.config import Settings
 from opencone.core.accounts import Accounts
-from opencone.core.clock import Clock, SystemClock
+from opencone.core.clock import Clock, FileOffsetClock, SystemClock
 from opencone.core.computers import ComputerService
 from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock = clock or (FileOffsetClock(settings.test_clock_file) if settings.test_clock_file else SystemClock())
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = sessionmaker(self.engine)

@@ -186,7 +186,8 @@ class ChromiumPerception:
         t = await self._tab(tab)
         page = t.page
         go = {"back": page.go_back, "forward": page.go_forward, "reload": page.reload}[op]
+        # (a page back from the back-forward cache fires no load event: back and forward wait for the commit)
         try:
-            await go(wait_until="load", timeout=timeout * 1000)
+            await go(wait_until="load" if op == "reload" else "commit", timeout=timeout * 1000)
         except PlaywrightError as exc:
             raise DriverError(f"{op} failed: {_why(exc)}") from None
