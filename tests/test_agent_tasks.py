@@ -450,3 +450,17 @@ def test_a_desktop_task_fills_in_the_form_in_its_browser(tasks_server: Server, f
     assert_done(tasks_server, events, form_site)
     assert events[0]["kind"] == "desktop"
     assert {(e["width"], e["height"]) for e in events if e["type"] == "screenshot"} == {(1280, 800)}
+
+
+def test_a_pending_safety_check_is_reported_and_acknowledged(tasks_server: Server, fake_models: FakeModels,
+                                                             form_site: FormSite) -> None:
+    """A computer_call with a pending safety check: a safety_check event, and the next request
+    acknowledges it (the fake, like OpenAI, answers 400 otherwise, which would fail the task)."""
+    fake_models.script({"safety_check": True, "count": 1})
+    events = stream_task(tasks_server, model=PREVIEW, start_url=form_site.form_url, viewport_width=1280,
+                         viewport_height=720)
+    assert_done(tasks_server, events, form_site)
+    checks = [e for e in events if e["type"] == "safety_check"]
+    assert len(checks) == 1 and checks[0]["checks"][0]["code"] == "malicious_instructions"
+    acked = [i for i in fake_models.model_requests()[1]["body"]["input"] if i.get("acknowledged_safety_checks")]
+    assert acked and acked[0]["acknowledged_safety_checks"][0]["id"] == checks[0]["checks"][0]["id"]

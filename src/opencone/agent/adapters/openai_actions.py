@@ -44,7 +44,7 @@ def _point(act: dict[str, Any], to_px: ToPixels, xk: str = "x", yk: str = "y") -
 def _held(act: dict[str, Any], body: list[a.Action]) -> list[a.Action]:
     """Actions with modifier keys held (``keys`` on click/scroll/move/drag: GA and Lightcone)."""
     keys = act.get("keys")
-    if act.get("type") in ("keypress", "key_down", "key_up") or not keys:
+    if act.get("type") in ("keypress", "key", "hotkey", "key_down", "key_up") or not keys:
         return body
     names = chord(keys)
     return [*(a.KeyDown(key=k) for k in names), *body, *(a.KeyUp(key=k) for k in reversed(names))]

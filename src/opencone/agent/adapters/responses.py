@@ -242,8 +242,9 @@ class ResponsesAdapter:
             args = None
         call_id = str(item.get("call_id") or item.get("id") or "call")
         if name in DONE_ACTIONS and self.dialect == "lightcone":
-            return Call(call_id, (), item, name, name, args), str((args or {}).get("result") or (args or {}).get(
-                "text") or "")
+            given = args if isinstance(args, dict) else {}
+            answer = given.get("result") or given.get("message") or given.get("text") or given.get("answer")
+            return Call(call_id, (), item, name, name, given), str(answer or "")
         if not isinstance(args, dict):
             return Call(call_id, (), item, name, name, None, f"the arguments of {name} are not a JSON object"), None
         return Call(call_id, (), item, name, name, args), None
