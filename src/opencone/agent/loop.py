@@ -74,7 +74,6 @@ class Limits:
     model_retries: int = 2
     settle_seconds: float = 0.25
     keepalive_seconds: float = 15.0
-    max_wait_ms: int = 60_000
 
 
 @dataclass(slots=True)
