@@ -276,3 +276,61 @@ def test_a_desktops_browser_has_refs_too(server: Server, site: str) -> None:
         assert "Growing" not in _ok(server, comp.id, "markdown")["markdown"]
     finally:
         client.computers.delete(comp.id)
+
+
+def test_refs_of_a_frame_that_loaded_a_new_document_are_refused(server: Server, page: str) -> None:
+    """An iframe that navigates keeps its ref prefix, and its new document numbers its refs from 1
+    again: the same ref now names another element, so the old snapshot's is refused."""
+    first = snapshot(server, page, format="json")
+    frame_button = refs_by_name(first)["Frame button"]["ref"]
+    _ok(server, page, "click", {"ref": refs_by_name(first)["Frame link"]["ref"]})  # the frame goes to page2
+    assert wait_until(lambda: "Second page" in json.dumps(snapshot(server, page, format="json")["elements"]))
+    second = snapshot(server, page, format="json")
+    heading = next(e for e in second["elements"] if e.get("name") == "Second page")
+    assert heading["ref"][:2] == frame_button[:2]  # (the same frame prefix)
+    answer = _post(server, page, "click", {"ref": frame_button, "snapshot_id": first["snapshot_id"]})
+    assert answer["status"] == "error" and "stale" in answer["error_message"], answer
+    assert second["snapshot_id"] in answer["error_message"]  # refused by the snapshots, before the browser
+    assert page_log(server, page) == []
+
+
+async def test_the_browser_refuses_a_ref_of_another_document(tmp_path: Any, site: str) -> None:
+    """The driver's own guard, under the services' (a snapshot the services never saw, e.g. one
+    that failed half way): a ref checked against the document it was taken in."""
+    from playwright.async_api import async_playwright
+
+    from opencone.config import _default_chromium
+    from opencone.core.perception import parse
+    from opencone.drivers.base import Display, DriverError, ElementTarget
+    from opencone.drivers.chromium.computer import ChromiumComputer
+
+    async with async_playwright() as pw:
+        browser = await ChromiumComputer.launch(pw, _default_chromium(), tmp_path / "profile", Display(800, 600))
+        try:
+            tab = browser.tabs.all()[0]
+            await tab.page.goto(f"{site}/perception.html")
+            parsed = parse((await browser.page_snapshot(None)).text)
+            ref = next(n.ref for n in parsed.nodes if n.name == "Frame button")
+            iframe = next(r for r, prefix in parsed.iframes.items() if ref.startswith(prefix))
+            probe = (await browser.probe_frames([iframe], None))[iframe]
+            assert probe is not None and ref is not None
+            target = ElementTarget(ref=ref, document=probe.document, description="the frame's button",
+                                   snapshot_id="s", main_frame=False)
+            await browser.element_click(target, "left", 1, None)  # the document it was taken in: fine
+            await tab.page.evaluate("document.getElementById('frame').src = 'perception_frame.html?again'")
+            await tab.page.wait_for_timeout(500)
+            await tab.page.aria_snapshot(mode="ai")  # the frame's refs, numbered again
+            with pytest.raises(DriverError, match="stale"):
+                await browser.element_click(target, "left", 1, None)
+            log = await tab.page.evaluate("document.getElementById('log').textContent")
+            assert log == 'LOG["frame"]END'  # one click: the first
+            # the page's own refs are checked against the page's document
+            page = await browser.page_snapshot(None)
+            buy = next(n.ref for n in parse(page.text).nodes if n.name == "Buy")
+            with pytest.raises(DriverError, match="stale"):
+                await browser.element_click(ElementTarget(ref=buy, document=page.document + "0"), "left", 1, None)
+            await browser.element_click(ElementTarget(ref=buy, document=page.document), "left", 1, None)
+            log = await tab.page.evaluate("document.getElementById('log').textContent")
+            assert log == 'LOG["frame","buy"]END'
+        finally:
+            await browser.close()

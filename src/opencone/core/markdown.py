@@ -62,8 +62,7 @@ def convert(html: str, url: str, spec: a.Markdown) -> dict[str, Any]:
 
 
 async def page_markdown(driver: Any, tab: str | None, spec: a.Markdown) -> dict[str, Any]:
-    html = await driver.html(tab)
-    url, title = await driver.page_url(tab)
+    html, url, title = await driver.page_source(tab)
     if len(html) > _IN_THREAD:
         out = await asyncio.to_thread(convert, html, url, spec)
     else:

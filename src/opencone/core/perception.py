@@ -30,7 +30,7 @@ from typing import Any
 
 from opencone.core import actions as a
 from opencone.core.ids import new_id
-from opencone.drivers.base import DriverError, ElementTarget, PageSnapshot, RefProbe
+from opencone.drivers.base import DriverError, ElementTarget, FrameProbe, PageSnapshot
 
 SNAPSHOTS_KEPT = 8  # per tab: refs of older ones are refused as unknown
 INTERACTIVE_ROLES = frozenset({
@@ -198,23 +198,21 @@ class Frame:
     clip: tuple[float, float, float, float] | None = None  # its visible rect there; None: the viewport
 
 
-def frames_from(parsed: Parsed, probes: dict[str, RefProbe | None]) -> dict[str, Frame]:
-    """Each frame's document and place, from the browser's look at the probed refs."""
-    frames: dict[str, Frame] = {}
-    for prefix, ref in parsed.first.items():
-        probe = probes.get(ref)
-        frames[prefix] = Frame(probe.document if probe else None)
-    frames.setdefault(parsed.main, Frame(None))
-    # outer frames first: an iframe's ref is in its parent frame, met before the frame inside it
+def frames_from(parsed: Parsed, page: PageSnapshot, probes: dict[str, FrameProbe | None]) -> dict[str, Frame]:
+    """Each frame's document and place: the page's from the snapshot, the others from the
+    browser's look at their iframes (outer ones first: an iframe's ref comes before its frame's)."""
+    frames: dict[str, Frame] = {prefix: Frame(None) for prefix in parsed.first}
+    frames[parsed.main] = Frame(page.document or None)
     for iframe_ref, prefix in parsed.iframes.items():
         probe = probes.get(iframe_ref)
         outer = frames.get(ref_prefix(iframe_ref))
         inner = frames.get(prefix)
         if probe is None or outer is None or inner is None:
-            continue
+            continue  # (its document unknown: its refs are refused)
         x, y, w, h = probe.content
         ox, oy = outer.offset[0] + x, outer.offset[1] + y
         rect = (ox, oy, w, h)
+        inner.document = probe.document
         inner.offset = (ox, oy)
         inner.clip = rect if outer.clip is None else _intersect(outer.clip, rect)
     return frames
@@ -260,6 +258,7 @@ class Remembered:
     url: str
     refs: dict[str, tuple[str, str | None]]  # ref -> (role, name)
     documents: dict[str, str | None]  # frame prefix -> its document then
+    main: str = ""  # the page's own prefix
 
 
 @dataclass(slots=True)
@@ -323,7 +322,7 @@ class SnapshotBook:
             raise DriverError(f"ref {ref}: the frame it is in could not be checked when snapshot "
                               f"{memo.snapshot_id} was taken; take a new snapshot")
         return ElementTarget(ref=ref, document=document, description=_describe(named),
-                             snapshot_id=memo.snapshot_id)
+                             snapshot_id=memo.snapshot_id, main_frame=prefix == memo.main)
 
 
 def _describe(named: tuple[str, str | None]) -> str:
@@ -352,20 +351,16 @@ def perceiving(driver: Any) -> Any:
 async def take(driver: Any, tab: str | None) -> Taken:
     """Snapshot the tab, place its frames and boxes, and remember it."""
     perceiving(driver)
-    for attempt in (1, 2):
-        page: PageSnapshot = await driver.page_snapshot(tab)
-        parsed = parse(page.text)
-        wanted = list(dict.fromkeys([*parsed.first.values(), *parsed.iframes]))
-        probes: dict[str, RefProbe | None] = await driver.probe_refs(wanted, tab) if wanted else {}
-        if attempt == 1 and any(probes.get(ref) is None for ref in parsed.first.values()):
-            continue  # a frame's document changed while it was looked at: once more
-        break
-    frames = frames_from(parsed, probes)
+    page: PageSnapshot = await driver.page_snapshot(tab)
+    parsed = parse(page.text)
+    probes: dict[str, FrameProbe | None] = await driver.probe_frames(list(parsed.iframes), tab) \
+        if parsed.iframes else {}
+    frames = frames_from(parsed, page, probes)
     locate(parsed, frames, page)
     nodes = parsed.nodes
     memo = Remembered(new_id("snap", 6), page.tab_id, page.url,
                       {n.ref: (n.role, n.name) for n in nodes if n.ref is not None},
-                      {prefix: f.document for prefix, f in frames.items()})
+                      {prefix: f.document for prefix, f in frames.items()}, parsed.main)
     book(driver).add(memo)
     return Taken(memo, page, nodes)
 

@@ -91,13 +91,13 @@ class PageSnapshot:
     viewport: tuple[float, float]  # the page's viewport, CSS px
     scale: float  # screenshot pixels per CSS pixel
     origin: tuple[float, float] = (0.0, 0.0)  # where the viewport's top left is in the screenshot, screenshot px
+    document: str = ""  # the identity of the main frame's document: a new document has another
 
 
 @dataclass(slots=True, frozen=True)
-class RefProbe:
-    """One element of the latest snapshot, looked at again: the identity of its document (a new
-    document has another), and its content box in its frame's viewport, CSS px (for an
-    ``<iframe>``: where the frame's own viewport is)."""
+class FrameProbe:
+    """An ``<iframe>`` of the latest snapshot, looked at again: the identity of the document in
+    it, and where its viewport is (its content box) in its parent frame's viewport, CSS px."""
 
     document: str
     content: tuple[float, float, float, float]
@@ -113,14 +113,15 @@ class ElementTarget:
     selector: str | None = None
     description: str = ""  # 'button "Buy"' of the snapshot, for messages
     snapshot_id: str | None = None
+    main_frame: bool = True  # the ref is of the page itself, not of a frame in it
 
 
 class Perceives(Protocol):
     """Optional for a driver: element snapshots and actions on elements (browsers, a desktop's browser)."""
 
     async def page_snapshot(self, tab: str | None) -> PageSnapshot: ...
-    async def probe_refs(self, refs: list[str], tab: str | None) -> dict[str, RefProbe | None]:
-        """Each ref of the latest snapshot looked at again; None for one no longer on the page."""
+    async def probe_frames(self, refs: list[str], tab: str | None) -> dict[str, FrameProbe | None]:
+        """Each iframe ref of the latest snapshot looked at again; None for one no longer on the page."""
         ...
 
     async def element_click(self, target: ElementTarget, button: str, count: int, tab: str | None) -> None: ...
@@ -130,8 +131,8 @@ class Perceives(Protocol):
     async def element_scroll(self, target: ElementTarget, dx: float, dy: float, tab: str | None) -> None: ...
     async def element_drag(self, source: ElementTarget, dest: ElementTarget, tab: str | None) -> None: ...
     async def history(self, op: str, timeout: float, tab: str | None) -> None: ...
-    async def page_url(self, tab: str | None) -> tuple[str, str]:
-        """The tab's URL and title (for markdown's links and heading)."""
+    async def page_source(self, tab: str | None) -> tuple[str, str, str]:
+        """The tab's HTML, URL and title, in one look (for markdown)."""
         ...
 
 

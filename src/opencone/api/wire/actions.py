@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
@@ -39,6 +40,7 @@ ACTION_TYPES = (
     "fill", "select_option", "snapshot", "markdown",
 )
 DEFAULT_WAIT_MS = 1000
+_SMALL = 64  # (a list this short is cheaper to walk than to serialize)
 _BUTTONS = {"left": "left", "right": "right", "middle": "middle", "wheel": "middle",
             "back": "back", "forward": "forward"}
 
@@ -474,4 +476,10 @@ def action_result(report: ActionReport, files: FileStore, base: str) -> dict[str
     }
     if report.page_context is not None:
         body["page_context"] = report.page_context
+    if any(isinstance(v, list) and len(v) > _SMALL for v in result.values()):
+        try:  # a long list (a JSON snapshot's elements): one pass in Rust finds no lone surrogate, most
+            pydantic_core.to_json(body)  # often, where valid_text's walk rebuilds every dict in it
+            return body
+        except pydantic_core.PydanticSerializationError:
+            pass
     return valid_text(body)  # a page's text may hold lone surrogates: the client and the event get U+FFFD

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Locator
 
-from opencone.drivers.base import DriverError, ElementTarget, PageSnapshot, RefProbe
+from opencone.drivers.base import DriverError, ElementTarget, FrameProbe, PageSnapshot
 
 if TYPE_CHECKING:
     from opencone.drivers.base import Display
@@ -30,20 +30,24 @@ SNAPSHOT_TIMEOUT_MS = 15_000
 ELEMENT_TIMEOUT_MS = 5_000  # how long an action waits for its element to be actionable
 
 PROBE_TIMEOUT_MS = 2_000  # a ref just seen in the snapshot is found at once; only a race waits
-# one look at a ref: its document's identity (a new document has another time origin) and
-# its content box in its frame's viewport (for an <iframe>: where the frame inside it is).
-# (Locator.evaluate: evaluate_all finds no aria-ref element, its query runs in another world.)
-_PROBE_JS = """e => {
-  const w = e.ownerDocument.defaultView, r = e.getBoundingClientRect(), s = w.getComputedStyle(e);
+# a document's identity: its time origin (a new document has another; reading it changes nothing)
+_ORIGIN_JS = "() => String(performance.timeOrigin)"
+# where an <iframe>'s viewport is in its parent's: its content box
+_CONTENT_JS = """e => {
+  const r = e.getBoundingClientRect(), s = e.ownerDocument.defaultView.getComputedStyle(e);
   const px = k => parseFloat(s[k]) || 0;
-  return [String(w.performance.timeOrigin), r.left + e.clientLeft + px('paddingLeft'),
-          r.top + e.clientTop + px('paddingTop'), e.clientWidth - px('paddingLeft') - px('paddingRight'),
+  return [r.left + e.clientLeft + px('paddingLeft'), r.top + e.clientTop + px('paddingTop'),
+          e.clientWidth - px('paddingLeft') - px('paddingRight'),
           e.clientHeight - px('paddingTop') - px('paddingBottom')];
 }"""
+# (Locator.evaluate, slower than a frame's evaluate, for a ref in a frame: evaluate_all finds no
+# aria-ref element at all, its query runs in another world than the snapshot's)
 _DOCUMENT_JS = "e => String(e.ownerDocument.defaultView.performance.timeOrigin)"
 _VIEW_JS = """() => [innerWidth, innerHeight, screenX, screenY, outerWidth, outerHeight, devicePixelRatio,
-  document.title]"""
+  document.title, String(performance.timeOrigin)]"""
 _NEXT_FRAME_JS = "() => new Promise(r => requestAnimationFrame(() => r(null)))"
+_SOURCE_JS = """() => { const d = document.doctype, e = document.documentElement;
+  return [(d ? new XMLSerializer().serializeToString(d) : '') + (e ? e.outerHTML : ''), document.title]; }"""
 
 
 _NOISE = re.compile(r"^(\d+ × )?(waiting .*|retrying .*|attempting .*|locator resolved to .*|scrolling .*|done .*)$")
@@ -80,33 +84,45 @@ class ChromiumPerception:
                 t.page.evaluate(_VIEW_JS))
         except PlaywrightError as exc:
             raise DriverError(f"snapshot failed: {_why(exc)}") from None
-        vw, vh, sx, sy, ow, oh, dpr, title = view
+        # (the page's document is read beside the snapshot, not after it: a navigation in between gives
+        # a snapshot whose refs this document has not, refused as gone, or a document its refs are
+        # not in, refused as stale; never a ref taken for another element)
+        vw, vh, sx, sy, ow, oh, dpr, title, document = view
         if self.emulate_viewport:  # headless: the screenshot is the viewport, at the device scale
             scale, origin = self.display.scale, (0.0, 0.0)
         else:  # a desktop's window: the viewport sits below the browser's toolbars on the X screen
             scale = float(dpr) or 1.0
             origin = ((sx + (ow - vw) / 2) * scale, (sy + oh - vh) * scale)
         return PageSnapshot(text=text, url=t.page.url, title=str(title), tab_id=t.tab_id,
-                            viewport=(float(vw), float(vh)), scale=scale, origin=origin)
+                            viewport=(float(vw), float(vh)), scale=scale, origin=origin, document=document)
 
-    async def probe_refs(self, refs: list[str], tab: str | None) -> dict[str, RefProbe | None]:
+    async def probe_frames(self, refs: list[str], tab: str | None) -> dict[str, FrameProbe | None]:
         t = await self._tab(tab)
 
-        async def one(ref: str) -> RefProbe | None:
+        async def one(ref: str) -> FrameProbe | None:
             with contextlib.suppress(PlaywrightError):
-                got = await t.page.get_by_ref(ref).evaluate(_PROBE_JS, timeout=PROBE_TIMEOUT_MS)
-                return RefProbe(got[0], (float(got[1]), float(got[2]), float(got[3]), float(got[4])))
+                handle = await t.page.get_by_ref(ref).element_handle(timeout=PROBE_TIMEOUT_MS)
+                try:
+                    frame = await handle.content_frame()
+                    if frame is None:
+                        return None
+                    document, box = await asyncio.gather(frame.evaluate(_ORIGIN_JS), handle.evaluate(_CONTENT_JS))
+                    return FrameProbe(document, (float(box[0]), float(box[1]), float(box[2]), float(box[3])))
+                finally:
+                    await handle.dispose()
             return None
 
         found = await asyncio.gather(*(one(ref) for ref in refs))
         return dict(zip(refs, found, strict=True))
 
-    async def page_url(self, tab: str | None) -> tuple[str, str]:
+    async def page_source(self, tab: str | None) -> tuple[str, str, str]:
+        """The tab's HTML (as ``page.content()`` gives it), URL and title, in one call."""
         t = await self._tab(tab)
-        title = ""
-        with contextlib.suppress(PlaywrightError):
-            title = await t.page.title()
-        return t.page.url, title
+        try:
+            html, title = await t.page.evaluate(_SOURCE_JS)
+        except PlaywrightError as exc:
+            raise DriverError(f"reading the page failed: {_why(exc)}") from None
+        return str(html), t.page.url, str(title)
 
     # -- elements -------------------------------------------------------------------------
     async def _element(self, target: ElementTarget, tab: str | None) -> tuple[Tab, Locator]:
@@ -118,8 +134,13 @@ class ChromiumPerception:
         locator = t.page.get_by_ref(target.ref)
         what = f"ref {target.ref} ({target.description}) of snapshot {target.snapshot_id}"
         try:  # (count does not wait: a ref that names nothing is said at once)
-            found = await locator.count()
-            document = await locator.evaluate(_DOCUMENT_JS, timeout=PROBE_TIMEOUT_MS) if found else None
+            if target.main_frame:  # the page's document (a frame's evaluate: faster than the element's)
+                found, document = await asyncio.gather(locator.count(), t.page.evaluate(_ORIGIN_JS))
+            else:
+                found = await locator.count()
+                document = await locator.evaluate(_DOCUMENT_JS, timeout=PROBE_TIMEOUT_MS) if found else None
+            if not found:
+                document = None
         except PlaywrightError as exc:
             if "Invalid frame in aria-ref" not in str(exc):  # (its frame is gone: so is the element)
                 raise DriverError(f"ref {target.ref}: {_why(exc)}") from None

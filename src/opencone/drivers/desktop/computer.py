@@ -33,9 +33,9 @@ from opencone.drivers.base import (
     Display,
     DriverError,
     ElementTarget,
+    FrameProbe,
     PageContext,
     PageSnapshot,
-    RefProbe,
     TabInfo,
 )
 from opencone.drivers.chromium import profiles
@@ -582,11 +582,11 @@ class DesktopComputer(RoutedThroughProxy):
     async def page_snapshot(self, tab: str | None) -> PageSnapshot:
         return await self._browser().page_snapshot(tab)
 
-    async def probe_refs(self, refs: list[str], tab: str | None) -> dict[str, RefProbe | None]:
-        return await self._browser().probe_refs(refs, tab)
+    async def probe_frames(self, refs: list[str], tab: str | None) -> dict[str, FrameProbe | None]:
+        return await self._browser().probe_frames(refs, tab)
 
-    async def page_url(self, tab: str | None) -> tuple[str, str]:
-        return await self._browser().page_url(tab)
+    async def page_source(self, tab: str | None) -> tuple[str, str, str]:
+        return await self._browser().page_source(tab)
 
     async def element_click(self, target: ElementTarget, button: str, count: int, tab: str | None) -> None:
         try:
