@@ -37,6 +37,7 @@ class ResponseRun:
         self.task: asyncio.Task[None] | None = None
         self.error: Any = None  # the GatewayError it failed with, for a create that waits for it
         self._terminal: dict[str, Any] | None = None  # made, not yet released
+        self.decision: dict[str, Any] | None = None  # a computer turn's decision (gateway/computer.py), kept
         self._changed = asyncio.Event()
         self._text: tuple[int, dict[str, Any], list[str]] | None = None  # open message: index, item, deltas
         self._calls: dict[int, tuple[int, dict[str, Any], list[str]]] = {}  # chat index -> index, item, args
@@ -117,6 +118,9 @@ class ResponseRun:
                 self._finish = choice["finish_reason"]
         if chunk.get("usage"):
             self._usage = chunk["usage"]
+
+    def usage(self, input_tokens: int, output_tokens: int) -> None:
+        self._usage = {"prompt_tokens": input_tokens, "completion_tokens": output_tokens}
 
     def feed_completion(self, completion: dict[str, Any]) -> None:
         """A whole ``chat.completion``, said as the one chunk it would have been."""

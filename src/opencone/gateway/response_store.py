@@ -139,8 +139,8 @@ class ResponseStore:
                     delete(ResponseRecord).where(ResponseRecord.id == response_id, ResponseRecord.org_id == org))
         return bool(result.rowcount) or pending is not None  # type: ignore[attr-defined]
 
-    async def context(self, org: str, previous_id: str) -> tuple[ResponseRecord, list[dict[str, Any]]]:
-        """The response ``previous_id`` names, and the items of its whole chain, oldest first."""
+    async def context(self, org: str, previous_id: str) -> tuple[list[ResponseRecord], list[dict[str, Any]]]:
+        """The responses of the chain ``previous_id`` ends (newest first), and their items, oldest first."""
         chain: list[ResponseRecord] = []
         seen: set[str] = set()
         next_id: str | None = previous_id
@@ -165,7 +165,7 @@ class ResponseStore:
         for record in reversed(chain):
             items.extend(record.input_items)
             items.extend(record.response.get("output") or [])
-        return head, items
+        return chain, items
 
     async def fail_unfinished(self, reason: str) -> int:
         """At start: responses left running by a server that stopped are failed, saying why."""

@@ -16,6 +16,9 @@ are resent; ``instructions`` are not carried over), ``store: false`` (never kept
 so never retrievable), ``background: true`` (an asyncio task; ``cancel`` cancels
 it), streams in the order the ``openai`` SDK enforces (response_run.py), and
 ``GET …?stream=true&starting_after=N`` replays from N+1, live or after the end.
+With a computer tool, the turn goes through the agent loop's adapters instead
+(computer.py): ``computer_call`` items come out, and the decision is kept with the
+response so that the chain replays the provider's own payload.
 A chain may start emulated and go on with a native model (its items are sent as
 input); the other way round is a 400, since the upstream holds that chain.
 """
@@ -36,11 +39,13 @@ import pydantic_core
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from opencone.agent.adapters.base import Decision
 from opencone.core.ids import new_id
 from opencone.core.store.models import ResponseRecord
 from opencone.gateway import sse
 from opencone.gateway.chat import ChatGateway, raw_call, upstream_body
 from opencone.gateway.clients import UpstreamClients
+from opencone.gateway.computer import ComputerModels, Tool, conversation, decode, encode, render
 from opencone.gateway.errors import GatewayError, InvalidRequest, model_error
 from opencone.gateway.images import OwnFiles, inline_response_input
 from opencone.gateway.registry import ModelEntry, ModelRegistry, NoModelConfigured, UnknownModel
@@ -107,6 +112,7 @@ class ResponsesGateway:
         self.upstreams = upstreams
         self.chat = chat
         self.store = store
+        self.computers = ComputerModels(upstreams)
         self.runs: dict[str, ResponseRun] = {}  # stored emulated responses being made
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -131,20 +137,22 @@ class ResponsesGateway:
     async def _emulated_create(self, org: str, entry: ModelEntry, req: CreateBody, raw: dict[str, Any],
                                own: OwnFiles) -> Answer:
         context: list[dict[str, Any]] = []
+        chain: list[ResponseRecord] = []
         if req.previous_response_id:
-            _, context = await self.store.context(org, req.previous_response_id)
+            chain, context = await self.store.context(org, req.previous_response_id)
         items = await inline_response_input(normalized(req.input), own)
         if not context and not items:
             raise InvalidRequest("input is required (a string or a list of items)", param="input")
-        if has_computer_tool(req.tools):
-            raise InvalidRequest(f"computer tools are not yet available for {entry.id} (its Responses API is "
-                                 "emulated over chat)", param="tools")
         store = req.store is not False
         background = bool(req.background)
         stream = bool(req.stream)
         upstream_stream = stream or background  # a background response can be followed as it is made
-        chat = chat_body(raw, context + items, entry.id, entry.provider, upstream_stream)
         run = ResponseRun(_initial(new_id("resp", 24), entry.id, req, raw, background, store), org, items)
+        if has_computer_tool(req.tools):  # a turn of the client's computer-use loop, through the agent's adapters
+            call = self._computer_turn(entry, req, raw, chain, context + items, run)
+        else:
+            call = self._chat_turn(entry, chat_body(raw, context + items, entry.id, entry.provider, upstream_stream),
+                                   upstream_stream, run)
         record = ResponseRecord(id=run.id, org_id=org, model=entry.id, mode="emulated", status="in_progress",
                                 background=background, previous_response_id=req.previous_response_id,
                                 created_at=datetime.now(UTC), request=_request_of(raw), input_items=items,
@@ -153,15 +161,6 @@ class ResponsesGateway:
             record.response = dict(run.response)
             await self.store.add(record)  # written now: a restart finds it and says it failed
         run.start()
-
-        async def call() -> None:
-            if upstream_stream:
-                async with contextlib.aclosing(self.chat.chunks(entry, chat)) as chunks:
-                    async for chunk in chunks:
-                        run.feed(chunk)
-            else:
-                run.feed_completion(await self.chat.completion(entry, chat))
-
         raise_sync = not stream and not background  # a plain create's failure is its HTTP answer
         run.task = self._spawn(self._run(run, call, record, keep_failed=not raise_sync))
         run.task.add_done_callback(lambda _t: run.release())  # (a task cancelled before it began)
@@ -175,6 +174,41 @@ class ResponsesGateway:
         if run.error is not None:
             raise run.error
         return Answer(body=run.response)
+
+    def _chat_turn(self, entry: ModelEntry, chat: dict[str, Any], stream: bool,
+                   run: ResponseRun) -> Callable[[], Awaitable[None]]:
+        async def call() -> None:
+            if stream:
+                async with contextlib.aclosing(self.chat.chunks(entry, chat)) as chunks:
+                    async for chunk in chunks:
+                        run.feed(chunk)
+            else:
+                run.feed_completion(await self.chat.completion(entry, chat))
+
+        return call
+
+    def _computer_turn(self, entry: ModelEntry, req: CreateBody, raw: dict[str, Any], chain: list[ResponseRecord],
+                       items: list[dict[str, Any]], run: ResponseRun) -> Callable[[], Awaitable[None]]:
+        tool = Tool.of(req.tools or [])
+        kept: dict[str, Decision] = {}
+        for record in chain:
+            turn = record.request.get("_turn")
+            if isinstance(turn, dict):
+                decision = decode(turn["decision"])
+                kept.update({key: decision for key in turn["ids"]})
+        conv, space = conversation(entry.id, tool, items, kept, raw, entry.max_images)  # (a 400 before it starts)
+
+        async def call() -> None:
+            decision = await self.computers.decide(entry, conv)
+            run.decision = encode(decision)
+            for item in render(decision, tool, space):
+                if item["type"] == "message":
+                    run.text_delta(item["content"][0]["text"])
+                else:
+                    run.add_item(item)
+            run.usage(decision.usage.input_tokens, decision.usage.output_tokens)
+
+        return call
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -210,6 +244,9 @@ class ResponsesGateway:
     async def _save(self, run: ResponseRun, record: ResponseRecord) -> None:
         response = run.response
         record.status, record.response, record.events = response["status"], response, run.log
+        if run.decision is not None:  # replayed as it was when the chain goes on (gateway/computer.py)
+            ids = [i[k] for i in response["output"] for k in ("id", "call_id") if isinstance(i.get(k), str)]
+            record.request = {**record.request, "_turn": {"ids": ids, "decision": run.decision}}
         record.completed_at = datetime.now(UTC)
         self.store.put(record, new=not record.background)  # every read finds it now; written a moment later
 
@@ -321,7 +358,7 @@ class ResponsesGateway:
             if prior is None:
                 raise not_found(previous, "previous_response_id")
             if prior.mode == "emulated":  # made here: its chain goes along as input
-                _, context = await self.store.context(org, previous)
+                _, context = await self.store.context(org, previous)  # (its computer turns as items)
                 del body["previous_response_id"]
                 body["input"] = [_without_id(i) for i in context] + normalized(req.input)
         if isinstance(body.get("input"), list):
