@@ -25,7 +25,7 @@ import json
 import re
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from opencone.core import actions as a
@@ -58,8 +58,8 @@ class Node:
     name: str | None = None
     ref: str | None = None
     text: str | None = None  # a text's text, an element's own text, or a field's value
-    attrs: dict[str, str | bool] = field(default_factory=dict)
-    props: list[str] = field(default_factory=list)  # its "/url: …" and "/placeholder: …" lines
+    attrs: dict[str, str | bool] | None = None  # (None rather than empty: thousands of nodes)
+    props: list[str] | None = None  # its "/url: …" and "/placeholder: …" lines
     url: str | None = None
     placeholder: str | None = None
     css: tuple[int, int, int, int] | None = None  # the box as given: CSS px in its frame's viewport
@@ -67,10 +67,12 @@ class Node:
     box: tuple[int, int, int, int] | None = None  # in screenshot pixels
     offscreen: bool = False
     value_of_parent: bool = False  # a field's value, written below its properties as a text
+    index: int = 0  # its place in the snapshot's nodes
 
     @property
     def interactive(self) -> bool:
-        return self.ref is not None and (self.role in INTERACTIVE_ROLES or self.attrs.get("cursor") == "pointer")
+        return self.ref is not None and (self.role in INTERACTIVE_ROLES
+                                         or (self.attrs is not None and self.attrs.get("cursor") == "pointer"))
 
     def describe(self) -> str:
         return f'{self.role} "{self.name}"' if self.name else self.role
@@ -100,7 +102,6 @@ def parse(text: str) -> Parsed:
     first: dict[str, str] = {}
     iframes: dict[str, str] = {}
     stack: list[Node] = []  # the open ancestors
-    index: dict[int, int] = {}  # id(node) -> its index (for parents)
     for line in text.split("\n"):
         body = line.lstrip(" ")
         if not body.startswith("- "):
@@ -110,9 +111,11 @@ def parse(text: str) -> Parsed:
         while stack and stack[-1].depth >= depth:
             stack.pop()
         up = stack[-1] if stack else None
-        parent = index[id(up)] if up is not None else -1
+        parent = up.index if up is not None else -1
         if body[0] == "/":  # a property of the element above: /url, /placeholder
             if up is not None:
+                if up.props is None:
+                    up.props = []
                 up.props.append(body)
                 key, _, raw = body[1:].partition(": ")
                 if key == "url":
@@ -142,7 +145,7 @@ def parse(text: str) -> Parsed:
                     iframes[anc.ref] = prefix
         elif up is not None:
             node.frame = up.frame
-        index[id(node)] = len(nodes)
+        node.index = len(nodes)
         nodes.append(node)
         stack.append(node)
     main = nodes[0].frame if nodes and nodes[0].ref is not None else ""
@@ -175,7 +178,7 @@ def _element(depth: int, body: str, parent: int) -> Node:
                 pass
         rest = key[i:].strip()
         if rest.startswith("[") and rest.endswith("]"):
-            attrs = node.attrs
+            attrs = None
             for part in rest[1:-1].split("] ["):
                 k, eq, v = part.partition("=")
                 if k == "ref":
@@ -184,6 +187,8 @@ def _element(depth: int, body: str, parent: int) -> Node:
                     x, y, w, h = v.split(",")
                     node.css = (int(x), int(y), int(w), int(h))
                 else:
+                    if attrs is None:
+                        attrs = node.attrs = {}
                     attrs[k] = v if eq else True
     if value is not None:
         node.text = _value(value)
@@ -445,7 +450,8 @@ def render(taken: Taken, spec: a.Snapshot) -> dict[str, Any]:
             depth = 0 if spec.interactive_only else node.depth
             pad = "  " * depth
             chunk = [pad + "- " + _line(node, spec.boxes, spec.interactive_only)]
-            chunk += [pad + "  - " + prop for prop in node.props]
+            if node.props:
+                chunk += [pad + "  - " + prop for prop in node.props]
             size = sum(len(c) + 1 for c in chunk)
             if used + size > budget:
                 truncated = True
@@ -489,7 +495,7 @@ def _json(node: Node, nodes: list[Node], flat: bool, main: str) -> dict[str, Any
             item["name"] = node.name
         if node.text is not None:
             item["value" if node.role in VALUE_ROLES else "text"] = node.text
-        for k, v in node.attrs.items():
+        for k, v in (node.attrs or {}).items():
             if k == "level" and isinstance(v, str) and v.isdigit():
                 item[k] = int(v)
             else:
