@@ -334,3 +334,22 @@ async def test_the_browser_refuses_a_ref_of_another_document(tmp_path: Any, site
             assert log == 'LOG["frame","buy"]END'
         finally:
             await browser.close()
+
+
+def test_the_readme_example_runs(server: Server) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r"`examples/perception.py`:\n\n```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+    assert block, "README has no perception example"
+    assert block.group(1).strip() in (root / "examples" / "perception.py").read_text()
+    env = {**os.environ, "TZAFON_API_KEY": server.api_key, "LIGHTCONE_BASE_URL": server.base_url}
+    out = subprocess.run([sys.executable, str(root / "examples" / "perception.py")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r'^  - button "Buy" \[ref=e\d+\]$', out.stdout, re.M)
+    assert "# Bought" in out.stdout  # the click landed, and markdown shows it
+    assert re.search(r"box of Buy, in screenshot pixels: \[\d+, \d+, \d+, \d+\]", out.stdout)
