@@ -86,6 +86,12 @@ class Element(BaseModel):
         return self.ref if self.ref is not None else f"selector {self.selector!r}"
 
 
+def _no_element() -> Element | None:
+    """An optional element target, left out of a dump when absent: a point action's events and
+    dumps stay as they were before elements existed."""
+    return Field(default=None, exclude_if=lambda v: v is None)  # type: ignore[no-any-return]
+
+
 def _at_most_one_target(at: Point | None, element: Element | None, required: bool) -> None:
     if at is not None and element is not None:
         raise ValueError("give either a point (x, y) or an element (ref), not both")
@@ -98,7 +104,7 @@ class Click(_Action):
     at: Point | None = None
     button: Button = "left"
     count: Literal[1, 2, 3] = 1
-    element: Element | None = None
+    element: Element | None = _no_element()
 
     @model_validator(mode="after")
     def _target(self) -> Click:
@@ -129,8 +135,8 @@ class Drag(_Action):
     kind: Literal["drag"] = "drag"
     path: list[Point] = Field(default_factory=list, max_length=1000)
     button: Button = "left"
-    element: Element | None = None
-    to_element: Element | None = None
+    element: Element | None = _no_element()
+    to_element: Element | None = _no_element()
 
     @model_validator(mode="after")
     def _target(self) -> Drag:
@@ -146,7 +152,7 @@ class TypeText(_Action):
     kind: Literal["type"] = "type"
     text: str = Field(max_length=MAX_TEXT)
     at: Point | None = None  # point_and_type: click here first
-    element: Element | None = None  # or click this element first
+    element: Element | None = _no_element()  # or click this element first
 
     @model_validator(mode="after")
     def _target(self) -> TypeText:
@@ -207,7 +213,7 @@ class Scroll(_Action):
     at: Point | None = None  # None: the middle of the screen
     dx: float = 0.0
     dy: float = 0.0
-    element: Element | None = None  # or over this element (scrolled into view first)
+    element: Element | None = _no_element()  # or over this element (scrolled into view first)
 
     @field_validator("dx", "dy")
     @classmethod
