@@ -14,6 +14,7 @@ from opencone import __version__
 from opencone.agent.service import AgentService
 from opencone.api import errors, openapi
 from opencone.api.auth import REDACT_TOKENS
+from opencone.api.gateway_hot import GatewayHot
 from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (model_routes, chat_routes, response_routes):  # the model gateway (OpenAI-shaped errors)
         app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
+    app.add_middleware(GatewayHot)  # the model gateway's hot routes (chat, responses create), likewise
     # outermost: bodies are bounded and checked before either of the two routings parses one
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
                        renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused,

@@ -1,19 +1,34 @@
 """One async client of the vendor's own SDK per upstream, made on first use.
 
 The ``openai`` and ``anthropic`` SDKs bring their streaming parsers, retries with
-backoff (408, 409, 429, 5xx) and types; nothing here speaks HTTP by hand.
+backoff (408, 409, 429, 5xx) and types; nothing here speaks HTTP by hand. Both are
+given the transport they offer for aiohttp (``DefaultAioHttpClient``), when it is
+installed: httpx's own costs a call about 1.2 ms of CPU, aiohttp's 0.75 ms (0.85
+against 1.5 for a stream), measured against a local fake; a gateway call spends
+most of its own time there.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
+import anthropic
+import openai
 from anthropic import AsyncAnthropic
 from openai import AsyncOpenAI
 
 from opencone.gateway.registry import ModelEntry
 
 NO_KEY = "none"  # a local server (vLLM, Ollama) takes any key; the SDKs refuse to start without one
+
+
+def _aiohttp(sdk: Any) -> Any:
+    """The SDK's aiohttp-based HTTP client, or None (aiohttp not installed: the SDK's default)."""
+    try:
+        return sdk.DefaultAioHttpClient()
+    except RuntimeError:
+        return None
 
 
 class UpstreamClients:
@@ -33,7 +48,7 @@ class UpstreamClients:
         client = self._openai.get(key)
         if client is None:
             client = AsyncOpenAI(api_key=entry.api_key or NO_KEY, base_url=base, timeout=self.timeout,
-                                 max_retries=self.max_retries)
+                                 max_retries=self.max_retries, http_client=_aiohttp(openai))
             self._openai[key] = client
         return client
 
@@ -42,7 +57,7 @@ class UpstreamClients:
         client = self._anthropic.get(key)
         if client is None:
             client = AsyncAnthropic(api_key=entry.api_key or NO_KEY, base_url=entry.base_url, timeout=self.timeout,
-                                    max_retries=self.max_retries)
+                                    max_retries=self.max_retries, http_client=_aiohttp(anthropic))
             self._anthropic[key] = client
         return client
 

@@ -81,6 +81,9 @@ def upstream_error(exc: Exception, where: str) -> GatewayError:
     """An exception of the ``openai`` or ``anthropic`` SDK as the gateway says it; ``where`` names
     the upstream (its model id), never its key."""
     if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
+        refused = _refused(exc)
+        if refused is not None:
+            return UpstreamError(f"{where} could not be reached: {refused}")
         return UpstreamTimeout(f"{where} did not answer in time: {exc}")
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         status = exc.status_code
@@ -103,6 +106,19 @@ def upstream_error(exc: Exception, where: str) -> GatewayError:
     if isinstance(exc, openai.APIError | anthropic.APIError):  # e.g. an error event in a stream
         return UpstreamError(f"{where}: {exc}")
     raise exc
+
+
+def _refused(exc: BaseException) -> BaseException | None:
+    """The connection error under a "timeout": the SDKs' aiohttp transport says ConnectTimeout
+    for a connection refused (aiohttp's ClientConnectorError is both of the kinds it maps)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if seen is None:
+            return None
+        if type(seen).__name__ == "ClientConnectorError" or isinstance(seen, ConnectionRefusedError):
+            return seen
+    return None
 
 
 def _upstream_message(exc: openai.APIStatusError | anthropic.APIStatusError) -> str:

@@ -37,7 +37,8 @@ _RESPONSES = {**sse_or(ChatCompletion, "The upstream's chat.completion"),
               **errors(400, 401, 404, 413, 422, 429, 502, 504)}
 
 
-async def _complete(request: Request) -> Response:
+async def complete(request: Request) -> Response:
+    """The route's work (also answered in front of FastAPI: api/gateway_hot.py)."""
     body = chat.validate(await json_of(request))
     gateway = gateway_of(request)
     try:
@@ -52,10 +53,10 @@ async def _complete(request: Request) -> Response:
 @router.post("/v1/chat/completions", openapi_extra=_BODY, response_class=Response, responses=_RESPONSES)
 async def chat_completions(request: Request, _org: str = Depends(current_org)) -> Response:
     """Chat Completions: passed on to OpenAI-compatible upstreams, translated for Anthropic models."""
-    return await _complete(request)
+    return await complete(request)
 
 
 @router.post("/chat/completions", openapi_extra=_BODY, response_class=Response, responses=_RESPONSES)
 async def chat_completions_unversioned(request: Request, _org: str = Depends(current_org)) -> Response:
     """The same as `POST /v1/chat/completions`."""
-    return await _complete(request)
+    return await complete(request)

@@ -36,6 +36,11 @@ Include = Annotated[list[str] | None, Query(alias="include[]", description="Extr
              responses={**sse_or(ResponseObject, "The Response"), **errors(400, 401, 404, 413, 422, 429, 502, 504)})
 async def create_response(request: Request, org: str = Depends(current_org)) -> Response:
     """Create a response: native for upstreams with a Responses API, emulated over chat for the others."""
+    return await create(request, org)
+
+
+async def create(request: Request, org: str) -> Response:
+    """The route's work (also answered in front of FastAPI: api/gateway_hot.py)."""
     answer = await gateway_of(request).responses.create(org, await json_of(request), own_files(request))
     return answered(answer.body, answer.stream, answer.dropped)
 
