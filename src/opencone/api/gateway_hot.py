@@ -13,6 +13,8 @@ answers it as always (401 in OpenAI's shape).
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,6 +25,7 @@ from opencone.api.wire.openai import error_response, gateway_error
 from opencone.core.errors import ServiceError
 from opencone.gateway.errors import GatewayError
 
+log = logging.getLogger(__name__)
 HOT = {"/v1/chat/completions": complete, "/chat/completions": complete}
 
 
@@ -48,4 +51,7 @@ class GatewayHot:
             response = gateway_error(exc)
         except ServiceError as exc:
             response = error_response(exc.status, exc.message)
+        except Exception as exc:  # a bug: said in the routes' own shape, as their route class does
+            log.exception("unhandled error")
+            response = error_response(500, f"internal error: {exc.__class__.__name__}")
         await response(scope, receive, send)

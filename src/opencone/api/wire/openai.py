@@ -11,6 +11,7 @@ does not parse, and a body api/guard.py refused (413, 422), through
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -28,6 +29,8 @@ from opencone.api.json_body import JsonBody
 from opencone.core.errors import ServiceError
 from opencone.gateway.errors import GatewayError
 from opencone.gateway.images import OwnFiles, own_origins
+
+log = logging.getLogger(__name__)
 
 # the paths whose refusals api/guard.py says in this shape
 PATHS = r"^/(?:v1/(?:models|chat/completions|responses)|models|chat/completions)(?:/|$)"
@@ -104,6 +107,9 @@ class OpenAIRoute(APIRoute):
                 return error_response(400, detail, param=items[0]["field"] if items else None)
             except HTTPException as exc:
                 return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+            except Exception as exc:  # a bug: logged, and said in these routes' shape all the same
+                log.exception("unhandled error")
+                return error_response(500, f"internal error: {exc.__class__.__name__}")
 
         return route
 
