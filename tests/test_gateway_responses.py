@@ -139,6 +139,15 @@ def test_native_streams_pass_through_and_are_noted(gw: Server, fake_models: Fake
     assert final.output_text == "echo: streamed native"
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert client.responses.retrieve(final.id).status == "completed"  # noted as ours from its first event
+    # the upstream's replay, passed on: from the event after starting_after
+    replay = list(client.responses.retrieve(final.id, stream=True, starting_after=2))
+    assert [e.type for e in replay] == kinds[3:] and replay[0].sequence_number == 3
+    assert fake_models.requests(api="responses.retrieve")[-1]["query"] == "stream=true&starting_after=2"
+    # a native background response: cancelled at its upstream
+    fake_models.script(latency=6)
+    slow = client.responses.create(model="openai/gpt-5.4", input="slowly", background=True)
+    assert client.responses.cancel(slow.id).status == "cancelled"
+    assert fake_models.requests(api="responses.cancel")
 
 
 def test_own_screenshot_links_are_inlined_other_urls_pass(gw: Server, fake_models: FakeModels) -> None:
