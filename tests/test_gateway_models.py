@@ -33,6 +33,14 @@ provider = "openai-chat"
 base_url = "http://127.0.0.1:9/v1"
 upstream_model = "nothing"
 dialect = "uitars"
+
+[[models]]
+id = "misnamed"
+provider = "openai-chat"
+base_url = "{base}"
+api_key_env = "FAKE_MODELS_KEY"
+upstream_model = "no-such-model"
+dialect = "qwen3vl"
 """
 NO_MODELS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": "", "OPENCONE_LIGHTCONE_API_KEY": ""}  # (and no file)
 
@@ -55,7 +63,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, models_env: dict[str, str]) -> 
 def test_models_lists_file_entries_and_families(gw: Server) -> None:
     client = openai.OpenAI(api_key=gw.api_key, base_url=f"{gw.base_url}/v1", max_retries=0)
     listed = client.models.list()
-    assert [m.id for m in listed.data] == ["vllm-qwen", "dead-end", "openai/*", "anthropic/*"]
+    assert [m.id for m in listed.data] == ["vllm-qwen", "dead-end", "misnamed", "openai/*", "anthropic/*"]
     by_id = {m.id: m.model_dump() for m in listed.data}
     assert by_id["vllm-qwen"]["provider"] == "openai-chat" and by_id["vllm-qwen"]["dialect"] == "qwen3vl"
     assert by_id["vllm-qwen"]["default"] is True and by_id["openai/*"]["default"] is False
@@ -69,7 +77,8 @@ def test_models_lists_file_entries_and_families(gw: Server) -> None:
     assert client.models.retrieve("openai/*").model_dump()["family"] is True
     with pytest.raises(openai.NotFoundError) as err:
         client.models.retrieve("gpt-nothing")
-    assert err.value.body["code"] == "model_not_found" and "vllm-qwen, dead-end, openai/*" in err.value.message
+    assert err.value.body["code"] == "model_not_found"
+    assert "vllm-qwen, dead-end, misnamed, openai/*" in err.value.message
     assert gw.client().models.list()["data"][0]["id"] == "vllm-qwen"  # the tzafon SDK: raw JSON
     r = httpx.get(f"{gw.base_url}/v1/models", timeout=10)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
@@ -112,12 +121,13 @@ def test_the_cli_lists_the_same_and_checks_each_upstream(models_env: dict[str, s
     checked = _cli(env, "--check", "--json")
     assert checked.returncode == 1, checked.stderr  # dead-end does not answer
     rows = [json.loads(line) for line in checked.stdout.splitlines()]
-    assert [r["id"] for r in rows] == ["vllm-qwen", "dead-end", "openai/*", "anthropic/*"]
+    assert [r["id"] for r in rows] == ["vllm-qwen", "dead-end", "misnamed", "openai/*", "anthropic/*"]
     assert rows[0]["base_url"] == fake_models.base_url and rows[0]["key"] == "FAKE_MODELS_KEY"
     assert fake_models.api_key not in checked.stdout  # the variable's name, never the key
     answers = {r["id"]: (r["answers"], r["check"]) for r in rows}
     assert answers["vllm-qwen"][0] and answers["openai/*"][0] and answers["anthropic/*"][0], answers
     assert not answers["dead-end"][0] and "did not answer" in answers["dead-end"][1]
+    assert not answers["misnamed"][0] and "does not list 'no-such-model'" in answers["misnamed"][1]
     assert {e["api"] for e in fake_models.requests()} == {"models"}
     key = fake_models.api_key
     fake_models.script(api_key="another")
