@@ -353,3 +353,16 @@ def test_the_readme_example_runs(server: Server) -> None:
     assert re.search(r'^  - button "Buy" \[ref=e\d+\]$', out.stdout, re.M)
     assert "# Bought" in out.stdout  # the click landed, and markdown shows it
     assert re.search(r"box of Buy, in screenshot pixels: \[\d+, \d+, \d+, \d+\]", out.stdout)
+
+
+def test_scroll_and_drag_by_ref(server: Server, page: str) -> None:
+    els = refs_by_name(snapshot(server, page, format="json"))
+    assert els["Far below"]["offscreen"] is True and "offscreen" not in els["Buy"]
+    _ok(server, page, "scroll", {"ref": els["Far below"]["ref"]})  # scrolled into view
+    down = refs_by_name(snapshot(server, page, format="json"))
+    assert "offscreen" not in down["Far below"] and down["Buy"]["offscreen"] is True
+    _ok(server, page, "scroll", {"ref": down["Far below"]["ref"], "dy": -20000})  # the wheel over it
+    up = refs_by_name(snapshot(server, page, format="json"))
+    assert "offscreen" not in up["Buy"] and up["Far below"]["offscreen"] is True
+    _ok(server, page, "drag", {"ref": up["Drag me"]["ref"], "to_ref": up["Drop here"]["ref"]})
+    assert page_log(server, page) == ["dropped"]
