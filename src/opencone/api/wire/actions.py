@@ -75,15 +75,12 @@ class PointBody(_Body):
     ref: str | None = _REF
     snapshot_id: str | None = _SNAPSHOT_ID
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _point_or_ref(cls, data: Any, handler: Any) -> PointBody:
-        body: PointBody = handler(data)
-        if body.ref is None:
-            missing = [k for k in ("x", "y") if getattr(body, k) is None]
-            if missing:
-                raise _missing(cls.__name__, data, missing)
-        return body
+    @model_validator(mode="after")
+    def _point_or_ref(self) -> PointBody:
+        if self.ref is None and (self.x is None or self.y is None):
+            raise _missing(type(self).__name__, self.model_dump(include={"x", "y"}),
+                           [k for k in ("x", "y") if getattr(self, k) is None])
+        return self
 
 
 class DragBody(_Body):
@@ -99,15 +96,13 @@ class DragBody(_Body):
     to_ref: str | None = Field(default=None, max_length=64, description="The element to drop on (with `ref`).")
     snapshot_id: str | None = _SNAPSHOT_ID
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _points_or_refs(cls, data: Any, handler: Any) -> DragBody:
-        body: DragBody = handler(data)
-        if body.ref is None and body.to_ref is None:
-            missing = [k for k in ("x1", "y1", "x2", "y2") if getattr(body, k) is None]
+    @model_validator(mode="after")
+    def _points_or_refs(self) -> DragBody:
+        if self.ref is None and self.to_ref is None:
+            missing = [k for k in ("x1", "y1", "x2", "y2") if getattr(self, k) is None]
             if missing:
-                raise _missing(cls.__name__, data, missing)
-        return body
+                raise _missing(type(self).__name__, self.model_dump(include=set(missing)), missing)
+        return self
 
 
 class TypeBody(_Body):
