@@ -33,6 +33,7 @@ from opencone.core.ids import new_id
 from opencone.drivers.base import DriverError, ElementTarget, FrameProbe, PageSnapshot
 
 SNAPSHOTS_KEPT = 8  # per tab: refs of older ones are refused as unknown
+TABS_KEPT = 32  # tabs remembered per computer (the ones snapshot longest ago are forgotten first)
 INTERACTIVE_ROLES = frozenset({
     "button", "link", "textbox", "searchbox", "checkbox", "radio", "combobox", "listbox", "option", "menuitem",
     "menuitemcheckbox", "menuitemradio", "slider", "spinbutton", "switch", "tab", "treeitem",
@@ -282,10 +283,13 @@ class SnapshotBook:
         self._tabs: dict[str, OrderedDict[str, Remembered]] = {}
 
     def add(self, memo: Remembered) -> None:
-        kept = self._tabs.setdefault(memo.tab_id, OrderedDict())
+        kept = self._tabs.pop(memo.tab_id, None) or OrderedDict()
+        self._tabs[memo.tab_id] = kept  # (last: the most recently snapshot tab)
         kept[memo.snapshot_id] = memo
         while len(kept) > SNAPSHOTS_KEPT:
             kept.popitem(last=False)
+        while len(self._tabs) > TABS_KEPT:
+            del self._tabs[next(iter(self._tabs))]
 
     def latest(self, tab_id: str) -> Remembered | None:
         kept = self._tabs.get(tab_id)
