@@ -22,7 +22,7 @@ from opencone.api.auth import current_org
 from opencone.api.deps import runtime
 from opencone.api.errors import describe_validation, problem, problems
 from opencone.api.json_body import JsonBody
-from opencone.api.notte_sessions import SETTLE_MS, Failed, canonical, now, sessions_of
+from opencone.api.notte_sessions import SETTLE_MS, canonical, now, sessions_of
 from opencone.api.wire import notte as w
 from opencone.core import actions as a
 from opencone.core.clock import iso
@@ -241,7 +241,7 @@ async def scrape(request: Request, org: str = Depends(current_org)) -> JsonBody:
         image = None
         if body.screenshot:
             image = (await notte.run(rt, org, state.id, [a.Screenshot()]))[-1].outcome.image
-    except (ServiceError, Failed) as exc:
+    except ServiceError as exc:
         await _close_quietly(rt, org, body, state)
         raise _refusing(exc) from None
     return JsonBody({
