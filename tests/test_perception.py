@@ -158,11 +158,10 @@ def test_stale_refs_are_refused_and_nothing_is_clicked(server: Server, page: str
     assert answer["status"] == "error" and "no longer on the page" in answer["error_message"], answer
     second = snapshot(server, page, format="json")
     assert second["url"].endswith("/perception_next.html")
-    for el in first["elements"]:
-        if el.get("ref") and el.get("role") == "button":
-            answer = _post(server, page, "click", {"ref": el["ref"], "snapshot_id": first["snapshot_id"]})
-            assert answer["status"] == "error", el
-            assert "stale" in answer["error_message"] or "not in snapshot" in answer["error_message"]
+    for el in [e for e in first["elements"] if e.get("ref") and e.get("role") == "button"][:12]:
+        answer = _post(server, page, "click", {"ref": el["ref"], "snapshot_id": first["snapshot_id"]})
+        assert answer["status"] == "error", el
+        assert "stale" in answer["error_message"] or "not in snapshot" in answer["error_message"]
     assert page_log(server, page) == []  # nothing on the new page was clicked
     answer = _post(server, page, "click", {"ref": "e3", "snapshot_id": "snap_000000000000"})
     assert answer["status"] == "error" and "not one of this tab's" in answer["error_message"]
