@@ -980,7 +980,9 @@ def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site
         tool = {**PREVIEW, "display_width": w, "display_height": h}
         response = client.responses.create(model="computer-use-preview", tools=[tool],  # type: ignore[list-item]
                                            input=[user_with_image(shot)])
-        for _ in range(6):
+        # Three actions, each possibly followed by one wait for a screen not yet repainted
+        # (a loaded 2-core CI machine shows that on the desktop), then the answer: room for all.
+        for _ in range(12):
             calls = computer_calls(response)
             if not calls:
                 break
