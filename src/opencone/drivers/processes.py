@@ -96,6 +96,56 @@ def processes_mentioning(needle: str) -> list[psutil.Process]:
     return found
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid``, from /proc (its threads' ``children`` lists): no scan of
+    every process on the host, as psutil's ``children()`` makes (~65 us per host process)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, breadth first (the subtree only)."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo += children(child)
+    return found
+
+
+def tree_private_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its subtree less what is shared (statm): about what one
+    more such tree takes from the machine (a summed RSS counts shared pages once per process)."""
+    page, total = os.sysconf("SC_PAGE_SIZE"), 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                fields = f.read().split()
+            total += (int(fields[1]) - int(fields[2])) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's command line ([] once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
 def write_pidfile(path: Path, pids: dict[int, str]) -> None:
     """Record ``pid -> executable`` for processes whose command line cannot carry a marker (Xvfb)."""
     path.write_text("".join(f"{pid} {exe}\n" for pid, exe in pids.items()))

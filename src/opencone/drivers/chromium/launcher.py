@@ -21,7 +21,7 @@ import psutil
 
 from opencone.drivers.chromium.devtools import DevTools
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.processes import die_with_parent, kill_group
+from opencone.drivers.processes import cmdline, descendants, die_with_parent, kill_group
 
 # Playwright's own disabled-feature list (it is not in charge of the launch here)
 # merged with the lean set: one --disable-features flag, never two.
@@ -114,14 +114,14 @@ class ChromiumProcess:
         return None
 
     def _find_main_pid(self) -> int:
+        # bubblewrap's subtree only (/proc/<pid>/task/*/children): a scan of every host process
+        # through psutil cost ~65 us per process and was a fifth of the server's samples in a burst
         if self.wrapped:
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(self.process.pid).children(recursive=True):
-                    with contextlib.suppress(psutil.Error):  # (one that ended meanwhile)
-                        cmd = child.cmdline()
-                        if child.name() != "bwrap" and any(a.startswith("--user-data-dir=") for a in cmd) \
-                                and not any(a.startswith("--type=") for a in cmd):
-                            return child.pid
+            for child in descendants(self.process.pid):
+                cmd = cmdline(child)  # ([] for one that ended meanwhile)
+                if cmd and not cmd[0].endswith("bwrap") and any(a.startswith("--user-data-dir=") for a in cmd) \
+                        and not any(a.startswith("--type=") for a in cmd):
+                    return child
         return self.process.pid
 
     async def terminate(self, grace: float = 0.0) -> None:
