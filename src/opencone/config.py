@@ -42,7 +42,15 @@ class Settings(BaseSettings):
     )
 
     chromium_path: str = Field(default_factory=_default_chromium)
-    pool_size: int = Field(default=2, ge=0, le=64, description="Pre-launched browsers kept ready.")
+    pool_size: int = Field(default=2, ge=0, le=64, description="Pre-launched browsers always kept ready (the floor).")
+    pool_max: int = Field(default=32, ge=0, le=512,
+                          description="Most browsers the pool keeps ready or launching after a burst of creates.")
+    pool_memory_reserve_mb: int = Field(
+        default=2048, ge=0, description="Pools launch ahead of demand only while free memory stays above this.")
+    pool_idle_seconds: float = Field(default=50.0, gt=0,
+                                     description="A pool shrinks back to its floor this long after the last burst.")
+    pool_launch_parallel: int = Field(default=0, ge=0, le=64,
+                                      description="Launches a pool runs at once; 0: one per core plus one.")
     max_computers: int = Field(default=100, ge=1, description="Live computers allowed on this server.")
 
     default_max_lifetime_seconds: int = Field(default=3600, ge=1)
@@ -76,7 +84,9 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops kept ready.")
+    desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops always kept ready.")
+    desktop_pool_max: int = Field(default=8, ge=0, le=128,
+                                  description="Most desktops the pool keeps ready or launching after a burst.")
     desktop_max_width: int = Field(default=1920, ge=64, le=8192,
                                    description="Largest screen a desktop can be resized to without a new one.")
     desktop_max_height: int = Field(default=1200, ge=64, le=8192)

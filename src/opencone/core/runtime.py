@@ -20,6 +20,7 @@ from opencone.drivers.base import Display
 from opencone.drivers.chromium.factory import BrowserFactory
 from opencone.drivers.desktop.factory import DesktopFactory
 from opencone.drivers.network import NetworkPlan
+from opencone.drivers.pool import PoolPolicy
 from opencone.drivers.processes import kill_leftovers
 from opencone.drivers.proxy.egress import EgressPolicy
 from opencone.drivers.sandbox import Sandbox, Workspaces
@@ -47,14 +48,20 @@ class Runtime:
         # where computers' traffic may go (the API's own port never, whatever the settings), and how
         self.egress = EgressPolicy.from_settings(settings.egress_allow, settings.egress_policy, [settings.port])
         network = NetworkPlan(self.egress, settings.network_namespaces)
+        reserve = settings.pool_memory_reserve_mb * 1024 * 1024
         self.browsers = BrowserFactory(
-            settings.chromium_path, settings.run_dir, settings.pool_size,
+            settings.chromium_path, settings.run_dir,
+            PoolPolicy(floor=settings.pool_size, max=settings.pool_max, parallel=settings.pool_launch_parallel,
+                       memory_reserve_bytes=reserve, idle_seconds=settings.pool_idle_seconds),
             Display(settings.default_width, settings.default_height),
             proxy_connect_timeout=settings.proxy_connect_timeout_seconds,
             advanced_proxy_url=settings.advanced_proxy_url, sandbox=sandbox, network=network,
         )
         self.desktops = DesktopFactory(
-            settings.chromium_path, settings.run_dir, settings.desktop_pool_size,
+            settings.chromium_path, settings.run_dir,
+            PoolPolicy(floor=settings.desktop_pool_size, max=settings.desktop_pool_max,
+                       parallel=settings.pool_launch_parallel, memory_reserve_bytes=reserve,
+                       idle_seconds=settings.pool_idle_seconds, item_bytes_guess=450 * 1024 * 1024),
             Display(settings.default_width, settings.default_height),
             (settings.desktop_max_width, settings.desktop_max_height), sandbox, network=network,
         )

@@ -17,7 +17,8 @@ from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, launch_user_agent
 from opencone.drivers.network import NetworkPlan
-from opencone.drivers.pool import WarmPool
+from opencone.drivers.pool import PoolPolicy, WarmPool
+from opencone.drivers.processes import tree_private_bytes
 from opencone.drivers.sandbox import Sandbox
 from opencone.drivers.sandbox.workspaces import sandbox_ids
 
@@ -25,7 +26,7 @@ from opencone.drivers.sandbox.workspaces import sandbox_ids
 class BrowserFactory:
     kind = "browser"
 
-    def __init__(self, executable: str, run_dir: Path, pool_size: int, default: Display, *,
+    def __init__(self, executable: str, run_dir: Path, pool: int | PoolPolicy, default: Display, *,
                  proxy_connect_timeout: float = 10.0, advanced_proxy_url: str | None = None,
                  sandbox: Sandbox | None = None, network: NetworkPlan | None = None) -> None:
         self._executable = executable
@@ -44,7 +45,8 @@ class BrowserFactory:
         self._chrome_major: str | None = None
         self._pool_user_agent: str | None = None  # what pool browsers start with: the default stealth's
         self.pool: WarmPool[ChromiumComputer] = WarmPool(
-            "browser", pool_size, self._launch, self._dispose, healthy=lambda c: c.alive
+            "browser", pool, self._launch, self._dispose, healthy=lambda c: c.alive,
+            measure=lambda c: tree_private_bytes(c.process.pid),
         )
 
     async def start(self) -> None:

@@ -18,14 +18,14 @@ from playwright.async_api import Playwright, async_playwright
 from opencone.drivers.base import Display, DriverError
 from opencone.drivers.desktop.computer import DesktopComputer
 from opencone.drivers.network import NetworkPlan
-from opencone.drivers.pool import WarmPool
+from opencone.drivers.pool import PoolPolicy, WarmPool
 from opencone.drivers.sandbox import Sandbox
 
 
 class DesktopFactory:
     kind = "desktop"
 
-    def __init__(self, chromium_path: str, run_dir: Path, pool_size: int, default: Display,
+    def __init__(self, chromium_path: str, run_dir: Path, pool: int | PoolPolicy, default: Display,
                  framebuffer: tuple[int, int], sandbox: Sandbox | None = None,
                  network: NetworkPlan | None = None) -> None:
         self._chromium_path = chromium_path
@@ -38,7 +38,7 @@ class DesktopFactory:
         self._playwright: Playwright | None = None
         self._playwright_lock = asyncio.Lock()
         self.pool: WarmPool[DesktopComputer] = WarmPool(
-            "desktop", pool_size, self._launch_default, self._dispose, healthy=lambda d: d.alive
+            "desktop", pool, self._launch_default, self._dispose, healthy=lambda d: d.alive
         )
 
     async def start(self) -> None:
@@ -69,9 +69,10 @@ class DesktopFactory:
         if display.scale != 1.0:
             raise DriverError("a desktop's scale_factor is always 1; set the width and height you want instead")
         fits = display.width <= self._framebuffer[0] and display.height <= self._framebuffer[1]
-        if not fits or self.pool.ready_count == 0:
+        pooled = self.pool.ready_count or self.pool.launching
+        if not fits or (not pooled and (display.width, display.height) != (self._default.width, self._default.height)):
             return await self._launch(display)  # cold, at the right size from the start
-        desktop = await self.pool.take()
+        desktop = await self.pool.take()  # ready, or the next launch under way (pool.py)
         try:
             if (display.width, display.height) != (desktop.display.width, desktop.display.height):
                 await desktop.set_viewport(display)

@@ -1,0 +1,217 @@
+"""The warm pool's policy (drivers/pool.py), with an injected clock and launch/dispose callables
+that count what they are asked to do; and one real server taking a burst of creates."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from opencone.drivers.pool import MIB, PoolPolicy, WarmPool
+from opencone.testing import start_server
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Launcher:
+    """Items are numbers; each launch waits until the test lets it finish (``release``)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.running = 0
+        self.peak_running = 0
+        self.disposed: list[int] = []
+        self.fail_next = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def launch(self) -> int:
+        self.started += 1
+        n = self.started
+        self.running += 1
+        self.peak_running = max(self.peak_running, self.running)
+        try:
+            await self.gate.wait()
+            await asyncio.sleep(0)
+            if self.fail_next:
+                self.fail_next -= 1
+                raise RuntimeError(f"launch {n} failed")
+            return n
+        finally:
+            self.running -= 1
+
+    async def dispose(self, item: int) -> None:
+        self.disposed.append(item)
+
+
+def make_pool(launcher: Launcher, clock: FakeClock, **policy: object) -> WarmPool[int]:
+    return WarmPool("test", PoolPolicy(**policy), launcher.launch, launcher.dispose,  # type: ignore[arg-type]
+                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005)
+
+
+async def until(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def test_fills_to_the_floor_then_grows_after_a_burst_and_shrinks_when_idle() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=2, max=16, parallel=3, idle_seconds=50)
+    pool.start()
+    try:
+        await until(lambda: pool.ready_count == 2)
+        await asyncio.sleep(0.05)
+        assert launcher.started == 2  # the floor, no more while nothing is asked
+        items = await asyncio.gather(*(pool.take() for _ in range(10)))
+        assert len(set(items)) == 10
+        assert launcher.peak_running <= 3  # never more launches at once than allowed
+        assert pool.target() == 10  # the burst
+        clock.now += 2  # past the refill delay (and the burst's span): the pool prepares for the next burst
+        await until(lambda: pool.ready_count == 10)
+        second = await asyncio.gather(*(pool.take() for _ in range(10)))
+        assert pool.misses == 8  # the first burst's takes beyond the two ready; none in the second
+        assert not set(second) & set(items)
+        clock.now += 2
+        await until(lambda: pool.ready_count == 10)
+        clock.now += 47  # 49 s after the last burst: still wanted
+        await asyncio.sleep(0.05)
+        assert pool.ready_count == 10 and not launcher.disposed
+        clock.now += 3
+        await until(lambda: pool.ready_count == 2)
+        await until(lambda: len(launcher.disposed) == 8)
+        assert pool.target() == 2
+    finally:
+        await pool.close()
+
+
+async def test_respects_max_and_one_create_at_a_time_is_no_burst() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=1, max=4, parallel=8)
+    pool.start()
+    try:
+        await until(lambda: pool.ready_count == 1)
+        await pool.take()
+        clock.now += 5
+        await until(lambda: pool.ready_count == 1)
+        await asyncio.sleep(0.05)
+        assert pool.target() == 1 and launcher.started == 2
+        await asyncio.gather(*(pool.take() for _ in range(12)))
+        assert pool.target() == 4
+        clock.now += 1
+        await until(lambda: pool.ready_count == 4)
+        await asyncio.sleep(0.05)
+        assert pool.ready_count + pool.launching == 4
+    finally:
+        await pool.close()
+
+
+async def test_memory_reserve_stops_launches_ahead_of_demand_but_not_a_create() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    base = [5000 * MIB]  # each live item takes 200 MiB of it; the reserve is 2048 MiB
+
+    def free() -> int:
+        return base[0] - 200 * MIB * (launcher.started - len(launcher.disposed))
+
+    pool = WarmPool("test", PoolPolicy(floor=0, max=20, parallel=1, memory_reserve_bytes=2048 * MIB,
+                                       item_bytes_guess=200 * MIB),
+                    launcher.launch, launcher.dispose, clock=clock, free_memory=free, tick_seconds=0.005)
+    pool.start()
+    try:
+        await asyncio.gather(*(pool.take() for _ in range(8)))  # asked for: launched whatever memory says
+        assert launcher.started == 8 and pool.target() == 8
+        clock.now += 2
+        await until(lambda: pool.ready_count == 6)
+        await asyncio.sleep(0.05)
+        # 8 ready was the target; 3400 MiB free after the burst leaves room for 6 above the reserve
+        assert launcher.started == 14 and free() >= 2048 * MIB
+        base[0] = 3000 * MIB  # now well below the reserve: nothing ahead of demand
+        for _ in range(7):
+            assert await pool.take() > 0  # six ready, then one launched for the create itself
+        assert launcher.started == 15
+        clock.now += 2
+        await asyncio.sleep(0.05)
+        assert launcher.started == 15 and pool.ready_count == 0
+    finally:
+        await pool.close()
+
+
+async def test_an_empty_pool_take_joins_the_launch_under_way() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=1, max=1, parallel=4)
+    launcher.gate.clear()
+    pool.start()
+    await until(lambda: pool.launching == 1)
+    taking = asyncio.ensure_future(pool.take())
+    await asyncio.sleep(0.05)
+    assert launcher.started == 1  # waits for the launch already running, starts none behind it
+    launcher.gate.set()
+    assert await taking == 1
+    await pool.close()
+
+
+async def test_a_failing_launch_does_not_hang_takers() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=0, max=4, parallel=2)
+    pool.start()
+    try:
+        launcher.fail_next = 3
+        results = await asyncio.wait_for(
+            asyncio.gather(*(pool.take() for _ in range(3)), return_exceptions=True), 5)
+        assert all(isinstance(r, RuntimeError) for r in results), results
+        assert pool.failures == 3
+        assert await asyncio.wait_for(pool.take(), 5) == 4  # the next launch works again
+        # a take given up (its request cancelled) leaves its item for the next take
+        launcher.gate.clear()
+        cancelled = asyncio.ensure_future(pool.take())
+        await until(lambda: pool.launching >= 1)
+        cancelled.cancel()
+        launcher.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await until(lambda: pool.ready_count >= 1 or launcher.disposed != [])
+    finally:
+        await pool.close()
+    assert launcher.running == 0
+
+
+async def test_close_fails_waiting_takes_and_disposes_every_item() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=2, max=4, parallel=2)
+    pool.start()
+    await until(lambda: pool.ready_count == 2)
+    launcher.gate.clear()
+    await pool.take()
+    await pool.take()
+    waiting = asyncio.ensure_future(pool.take())
+    await until(lambda: pool.launching == 1)
+    await pool.close()
+    with pytest.raises(RuntimeError):
+        await waiting
+    assert launcher.running == 0
+
+
+def test_a_burst_of_creates_on_a_real_server_all_work(tmp_path: Path) -> None:
+    """Eight creates at once on a server whose floor is one: each gets a working browser, and the
+    pool then grows toward the burst (bench/bench_burst.py times it)."""
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1", "OPENCONE_POOL_MAX": "8"})
+    try:
+        client = srv.client(timeout=120)
+        with ThreadPoolExecutor(8) as ex:
+            comps = list(ex.map(lambda _i: client.computers.create(kind="browser"), range(8)))
+            assert len({c.id for c in comps}) == 8
+            shots = list(ex.map(lambda c: client.computers.screenshot(c.id, base64=True), comps))
+            assert all(s.status == "success" and (s.result or {}).get("screenshot_url", "").startswith(
+                "data:image/jpeg;base64,") for s in shots), shots
+            list(ex.map(lambda c: client.computers.delete(c.id), comps))
+        srv.wait_warm(8, timeout=120)  # grown toward the burst: the next one is served from the pool
+    finally:
+        srv.stop()
