@@ -35,6 +35,7 @@ from opencone.drivers.base import CommandResult, ComputerDriver, ComputerGone, D
 log = logging.getLogger(__name__)
 
 READY, RUNNING, TERMINATED = "ready", "running", "terminated"
+TEARDOWNS_AT_ONCE = 4
 
 
 class DriverFactory(Protocol):
@@ -201,6 +202,11 @@ class ComputerService:
         self._live: dict[str, LiveComputer] = {}
         self.events = events or EventBus(self._clock)
         self._starting = 0
+        self._ending = 0  # ended computers whose teardown still runs (still in _live until it is done)
+        # teardowns (kill, Playwright's close, /proc reads, sandbox clean-up) run off the request,
+        # a few at a time: a wave of deletes must not take the CPU from creates
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._teardown_slots = asyncio.Semaphore(TEARDOWNS_AT_ONCE)
         self._reaper: asyncio.Task[None] | None = None
         self._limits = Limits(settings.navigation_timeout_seconds, settings.screenshot_quality)
         # hooks the runtime registers: run when a computer ends (e.g. kill its execs), and the
@@ -237,6 +243,8 @@ class ComputerService:
             *(self._end(c, EndReason.SERVER_SHUTDOWN) for c in list(self._live.values())),
             return_exceptions=True,
         )
+        while self._teardowns:  # every process ends with its computer, before the server does
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
         for factory in self._factories.values():
             with contextlib.suppress(Exception):
                 await factory.stop()
@@ -278,7 +286,7 @@ class ComputerService:
         self.validate_spec(spec)
         if self.environments is not None:
             await self.environments.check_create(org_id, spec)
-        if len(self._live) + self._starting >= self.settings.max_computers:
+        if len(self._live) - self._ending + self._starting >= self.settings.max_computers:
             raise LimitReached(
                 f"this server runs at most {self.settings.max_computers} computers at once; "
                 "delete one or wait for one to expire",
@@ -351,32 +359,42 @@ class ComputerService:
         asyncio.get_running_loop().create_task(self._end(comp, EndReason(reason)))
 
     async def _end(self, comp: LiveComputer, reason: EndReason) -> None:
+        """Mark ``comp`` ended: from here on it takes no action, is in no listing and reads as
+        terminated; its teardown runs in the background (``_teardown``), so a DELETE answers at once."""
         if comp.ending:
             return
         comp.ending = True
+        self._ending += 1
         comp.terminated_at = self._clock.now()
         comp.termination_reason = reason.value
         if comp.spec.persistent and self.environments is not None:
             await self.environments.save(comp)  # before the browser is killed; bounded, never raises
-        try:
-            await comp.driver.close()
-        except Exception:
-            log.exception("closing computer %s", comp.id)
-        finally:
-            for hook in self.on_end:
-                try:
-                    await hook(comp.id)
-                except Exception:
-                    log.exception("end hook for computer %s", comp.id)
-            self.events.close(comp.id, reason.value)
-            with contextlib.suppress(Exception):
-                async with self._sessions() as s, s.begin():
-                    await s.execute(update(ComputerRecord).where(ComputerRecord.id == comp.id).values(
-                        status=TERMINATED, terminated_at=comp.terminated_at, termination_reason=reason.value,
-                        last_activity_at=comp.last_activity_at,
-                    ))
-            self._live.pop(comp.id, None)
-            log.info("computer %s ended: %s", comp.id, reason.value)
+        self.events.close(comp.id, reason.value)
+        log.info("computer %s ended: %s", comp.id, reason.value)
+        task = asyncio.get_running_loop().create_task(self._teardown(comp, reason), name=f"teardown-{comp.id}")
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)
+
+    async def _teardown(self, comp: LiveComputer, reason: EndReason) -> None:
+        async with self._teardown_slots:
+            try:
+                await comp.driver.close()
+            except Exception:
+                log.exception("closing computer %s", comp.id)
+            finally:
+                for hook in self.on_end:
+                    try:
+                        await hook(comp.id)
+                    except Exception:
+                        log.exception("end hook for computer %s", comp.id)
+                with contextlib.suppress(Exception):
+                    async with self._sessions() as s, s.begin():
+                        await s.execute(update(ComputerRecord).where(ComputerRecord.id == comp.id).values(
+                            status=TERMINATED, terminated_at=comp.terminated_at, termination_reason=reason.value,
+                            last_activity_at=comp.last_activity_at,
+                        ))
+                self._live.pop(comp.id, None)  # (until here its view says terminated, its row may not yet)
+                self._ending -= 1
 
     async def _row(self, org_id: str, computer_id: str) -> ComputerRecord | None:
         async with self._sessions() as s:
@@ -420,6 +438,9 @@ class ComputerService:
         comp = self._live_for(org_id, computer_id)
         if comp is not None and not comp.ending:
             return comp
+        if comp is not None:  # ended, its teardown still running
+            raise Conflict(f"computer {computer_id} is terminated ({comp.termination_reason}); create a new one",
+                           computer_status=TERMINATED, termination_reason=comp.termination_reason)
         row = await self._row(org_id, computer_id)
         if row is None:
             raise NotFound(f"no computer {computer_id!r}")
@@ -604,5 +625,5 @@ class ComputerService:
 
     @property
     def live_count(self) -> int:
-        return len(self._live)
+        return len(self._live) - self._ending
 
