@@ -51,13 +51,13 @@ def serve(
 
 
 async def _accounts(settings: Settings):  # type: ignore[no-untyped-def]
-    from opencone.core.accounts import Accounts
+    from opencone.core.accounts import KEYS_CHANGED, Accounts
     from opencone.core.store.db import make_engine, migrate, sessionmaker
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     await migrate(engine)
-    return engine, Accounts(sessionmaker(engine))
+    return engine, Accounts(sessionmaker(engine), changes=settings.data_dir / KEYS_CHANGED)  # the server sees it
 
 
 @keys_app.command("create")

@@ -1,9 +1,12 @@
 """Organisations and API keys.
 
 Keys are random 32-byte tokens; only their SHA-256 is stored (a key is not a
-password a person picks, so a slow hash buys nothing). Lookups are cached for
-a second so authentication stays off the hot path of every click, while a key
-revoked from the CLI stops working within that second.
+password a person picks, so a slow hash buys nothing). A known key's lookup is
+cached for a minute, so an agent that pauses between steps does not pay a
+database query on each call; an unknown key for a second. Every change of keys
+(create, revoke, here or from the CLI in another process) touches a marker file
+in the data dir, which each lookup checks (one stat): the cache is dropped
+then, so a revoked key is refused at once.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -23,7 +27,9 @@ from opencone.core.store.models import ApiKey, Organization
 
 DEFAULT_ORG_ID = "org_default"
 KEY_PREFIX = "oc_"
-_CACHE_SECONDS = 1.0
+_CACHE_SECONDS = 60.0  # a key found valid
+_MISS_CACHE_SECONDS = 1.0  # a key not found (it may be created from the CLI meanwhile)
+KEYS_CHANGED = "keys.changed"  # the marker's name in the data dir
 
 
 def hash_key(key: str) -> str:
@@ -45,10 +51,31 @@ class KeyInfo:
 
 
 class Accounts:
-    def __init__(self, sessions: async_sessionmaker, clock: Clock | None = None) -> None:  # type: ignore[type-arg]
+    def __init__(self, sessions: async_sessionmaker, clock: Clock | None = None,  # type: ignore[type-arg]
+                 changes: Path | None = None) -> None:
+        """``changes``: the marker file every process using these keys shares (``keys.changed`` in
+        the data dir); without one, the cache lasts a second, as a change elsewhere is not seen."""
         self._sessions = sessions
         self._clock = clock or SystemClock()
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._changes = changes
+        self._seen_change = self._change_mark()
+
+    def _change_mark(self) -> int:
+        if self._changes is None:
+            return 0
+        try:
+            return self._changes.stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def _changed(self) -> None:
+        """Keys changed: drop this process's cache, and tell every other process (the server)."""
+        self._cache.clear()
+        if self._changes is not None:
+            self._changes.parent.mkdir(parents=True, exist_ok=True)
+            self._changes.write_text(secrets.token_hex(8))  # (a new mtime, even within the same tick)
+            self._seen_change = self._change_mark()
 
     async def ensure_org(self, org_id: str = DEFAULT_ORG_ID, name: str = "default") -> str:
         async with self._sessions() as s, s.begin():
@@ -69,6 +96,7 @@ class Accounts:
                 id=new_id("key"), org_id=org_id, name=name, key_hash=hash_key(key),
                 prefix=key[:10], created_at=self._clock.now(),
             ))
+        self._changed()
         return key
 
     async def ensure_key(self, key: str, org_id: str = DEFAULT_ORG_ID, name: str = "bootstrap") -> bool:
@@ -76,14 +104,16 @@ class Accounts:
         await self.ensure_org(org_id)
         async with self._sessions() as s, s.begin():
             row = (await s.execute(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))).scalar_one_or_none()
+            added = row is None
             if row is not None:
                 row.revoked_at = None
-                return False
-            s.add(ApiKey(
-                id=new_id("key"), org_id=org_id, name=name, key_hash=hash_key(key),
-                prefix=key[:10], created_at=self._clock.now(),
-            ))
-            return True
+            else:
+                s.add(ApiKey(
+                    id=new_id("key"), org_id=org_id, name=name, key_hash=hash_key(key),
+                    prefix=key[:10], created_at=self._clock.now(),
+                ))
+        self._changed()
+        return added
 
     async def has_keys(self) -> bool:
         async with self._sessions() as s:
@@ -101,15 +131,19 @@ class Accounts:
             if row is None:
                 return False
             row.revoked_at = row.revoked_at or self._clock.now()
-        self._cache.clear()
+        self._changed()
         return True
 
     async def org_for_key(self, key: str) -> str | None:
         """The organisation a key belongs to, or None for an unknown or revoked key."""
         digest = hash_key(key)
+        mark = self._change_mark()
+        if mark != self._seen_change:  # keys changed in another process (the CLI)
+            self._cache.clear()
+            self._seen_change = mark
         hit = self._cache.get(digest)
         now = time.monotonic()
-        if hit and now - hit[0] < _CACHE_SECONDS:
+        if hit and now - hit[0] < (_CACHE_SECONDS if hit[1] is not None and self._changes else _MISS_CACHE_SECONDS):
             return hit[1]
         async with self._sessions() as s:
             row = (await s.execute(

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from opencone.config import Settings
-from opencone.core.accounts import Accounts
+from opencone.core.accounts import KEYS_CHANGED, Accounts
 from opencone.core.clock import Clock, FileOffsetClock, SystemClock
 from opencone.core.computers import ComputerService
 from opencone.core.environments import EnvironmentService
@@ -37,7 +37,7 @@ class Runtime:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = sessionmaker(self.engine)
-        self.accounts = Accounts(self.sessions, self.clock)
+        self.accounts = Accounts(self.sessions, self.clock, settings.data_dir / KEYS_CHANGED)
         self.files = FileStore(settings.files_dir, settings.file_ttl_seconds)
         # exec commands, every desktop's terminal, every browser
         cap = settings.exec_workspace_max_mb
