@@ -33,5 +33,6 @@ def adapter_for(entry: Any, client: Any) -> Adapter:
     if provider == "openai-chat":
         from opencone.agent.adapters.chat import ChatAdapter
 
-        return ChatAdapter(entry.upstream_model, client, entry.dialect or "qwen3vl")
+        return ChatAdapter(entry.upstream_model, client, entry.dialect or "qwen3vl",
+                           getattr(entry, "coordinates", None))
     raise ValueError(f"no adapter for provider {provider!r}")

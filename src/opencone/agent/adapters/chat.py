@@ -8,6 +8,10 @@
 * ``uitars``: UI-TARS 1.5's ``Thought: … / Action: click(start_box='(x,y)')`` text, in pixels
   of the ``smart_resize``d image (factor 28); ``finished(content=…)`` ends the task,
   ``call_user()`` asks a person.
+* ``opencua``: OpenCUA's pyautogui code block (chat_opencua.py), in pixels of the
+  ``smart_resize``d image; ``computer.terminate(status=…)`` ends the task.
+* ``json``: our JSON schema, enforced by the server's guided decoding (chat_json.py), on a
+  0–1000 grid or in pixels, as the models file says.
 
 Chat models end a task with an explicit action (``terminate``/``answer``, ``finished``); an
 answer with no call at all is not a decision (``ModelOutputError``), and the next request
@@ -18,12 +22,13 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from typing import Any
 
 from openai import AsyncOpenAI
 
+from opencone.agent.adapters import chat_json as cj
+from opencone.agent.adapters import chat_opencua as co
 from opencone.agent.adapters import openai_actions as oa
 from opencone.agent.adapters.base import (
     OMITTED,
@@ -38,60 +43,16 @@ from opencone.agent.adapters.base import (
     Text,
     TextDelta,
     Usage,
-    clamp_point,
     outcome_text,
     previous_turn,
 )
 from opencone.agent.adapters.keys import UnknownKeyError, chord
+from opencone.agent.adapters.spaces import DEFAULT_SCROLL, SCROLL_NOTCH, Space, smart_resize
 from opencone.agent.adapters.upstream import json_body, mapped, sdk_arguments
 from opencone.core import actions as a
 
-SCROLL_NOTCH = 100
-DEFAULT_SCROLL = 5  # notches, when a model gives no amount (spec §c.3: ≈ 500 px)
+DIALECTS = ("qwen3vl", "northstar", "qwen25vl", "uitars", "opencua", "json")
 UITARS_WAIT_MS = 5000  # "wait() #Sleep for 5s", UI-TARS's own action space says
-
-
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 100 * 28 * 28,
-                 max_pixels: int = 16384 * 28 * 28) -> tuple[int, int]:
-    """(height, width) of the image a Qwen2.5-VL-family processor (UI-TARS 1.5) shows the model:
-    multiples of ``factor``, the area within bounds, the aspect ratio kept (qwen-vl-utils)."""
-    h_bar = max(factor, round(height / factor) * factor)
-    w_bar = max(factor, round(width / factor) * factor)
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt(height * width / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
-
-
-class Space:
-    """A dialect's coordinate space over the screen: ``grid`` (0–``top`` of a 1000 grid) or
-    ``smart`` (pixels of the smart-resized image)."""
-
-    def __init__(self, kind: str, display: tuple[int, int], top: int = 1000) -> None:
-        self.kind, self.display, self.top = kind, display, top
-        w, h = display
-        if kind == "smart":
-            rh, rw = smart_resize(h, w)
-            self.size = (rw, rh)
-        else:
-            self.size = (1000, 1000)
-
-    def to_px(self, x: float, y: float) -> a.Point:
-        w, h = self.display
-        mw, mh = self.size
-        return clamp_point(float(x) * w / mw, float(y) * h / mh, self.display)
-
-    def from_px(self, p: a.Point) -> tuple[int, int]:
-        w, h = self.display
-        mw, mh = self.size
-        top_x = self.top if self.kind == "grid" else mw - 1
-        top_y = self.top if self.kind == "grid" else mh - 1
-        return (max(0, min(top_x, round(p.x * mw / w))), max(0, min(top_y, round(p.y * mh / h))))
 
 
 QWEN_ACTIONS = ["key", "type", "mouse_move", "left_click", "left_click_drag", "right_click", "middle_click",
@@ -177,24 +138,32 @@ _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class ChatAdapter:
-    """A chat-completions VLM; ``dialect`` is the models file's (qwen3vl, northstar, qwen25vl, uitars)."""
+    """A chat-completions VLM; ``dialect`` is the models file's (qwen3vl, northstar, qwen25vl, uitars,
+    opencua, json), ``coordinates`` the json dialect's space (grid1000 or pixels)."""
 
     what = "the chat model upstream"
 
-    def __init__(self, upstream_model: str, client: AsyncOpenAI, dialect: str) -> None:
-        if dialect not in ("qwen3vl", "northstar", "qwen25vl", "uitars"):
-            raise ValueError(f"the {dialect!r} dialect is not supported by the agent loop yet; "
-                             "use qwen3vl, northstar, qwen25vl or uitars")
+    def __init__(self, upstream_model: str, client: AsyncOpenAI, dialect: str, coordinates: str | None = None) -> None:
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown chat dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+        if coordinates is not None and (dialect != "json" or coordinates not in cj.COORDINATES):
+            raise ValueError(f"coordinates {coordinates!r}: the json dialect takes {' or '.join(cj.COORDINATES)}; "
+                             "the other dialects fix their own")
         self.model = upstream_model
         self.client = client
         self.name = dialect
         self.dialect = f"chat:{dialect}"
+        self.coordinates = coordinates or cj.DEFAULT_COORDINATES
 
     def space(self, display: tuple[int, int]) -> Space:
         if self.name == "qwen3vl":
             return Space("grid", display, 1000)
         if self.name == "northstar":
             return Space("grid", display, 999)
+        if self.name == "json":
+            return cj.space_for(self.coordinates, display)
+        if self.name == "opencua":
+            return Space("smart", display, min_pixels=co.MIN_PIXELS)
         return Space("smart", display)
 
     # -- request ------------------------------------------------------------------------------
@@ -203,6 +172,8 @@ class ChatAdapter:
                                 "max_tokens": conv.max_output_tokens}
         if conv.temperature is not None:
             body["temperature"] = conv.temperature
+        if self.name == "json":  # guided decoding holds the answer to the schema
+            body["response_format"] = cj.response_format()
         return body
 
     def _tools(self, conv: Conversation) -> list[dict[str, Any]]:
@@ -212,17 +183,30 @@ class ChatAdapter:
         return [qwen_tool(resolution)] + [{"type": "function", "function": {
             "name": f.name, "description": f.description, "parameters": f.parameters}} for f in conv.functions]
 
+    def _system(self, conv: Conversation, space: Space) -> str:
+        if self.name == "uitars":
+            return conv.instructions
+        if self.name == "opencua":
+            return co.system_prompt(conv.instructions)
+        if self.name == "json":
+            return f"{conv.instructions}\n\n{cj.guide(space)}"
+        return f"{conv.instructions}\n\n{qwen_system(self._tools(conv))}"
+
     def messages(self, conv: Conversation) -> list[dict[str, Any]]:
-        uitars = self.name == "uitars"
-        system = conv.instructions if uitars else f"{conv.instructions}\n\n{qwen_system(self._tools(conv))}"
-        out: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        recent = conv.recent_images()
+        uitars, opencua = self.name == "uitars", self.name == "opencua"
         space = self.space(conv.display)
+        out: list[dict[str, Any]] = [{"role": "system", "content": self._system(conv, space)}]
+        recent = conv.recent_images()
         items = conv.items
         first_instruction = True
+        task: list[str] = []  # OpenCUA: the task (and what the user added) goes last, after the newest screen
+        step = 0
         for n, item in enumerate(items):
             if isinstance(item, Text):
                 text = item.text
+                if opencua and item.role == "user" and item.kind in ("instruction", "injected"):
+                    task.append(text)
+                    continue
                 if uitars and item.role == "user" and item.kind == "instruction" and first_instruction:
                     text, first_instruction = UITARS_PROMPT + text, False
                 if item.role == "assistant":
@@ -230,7 +214,8 @@ class ChatAdapter:
                 else:
                     _user(out, {"type": "text", "text": text})
             elif isinstance(item, ModelTurn):
-                out.append(self.assistant(item.decision, space))
+                step += 1
+                out.append(self.assistant(item.decision, space, step))
             elif isinstance(item, Observation):
                 turn = previous_turn(items, n)
                 image = {"type": "image_url", "image_url": {"url": item.screenshot.data_url()}} \
@@ -248,12 +233,21 @@ class ChatAdapter:
                 if problems:
                     _user(out, {"type": "text", "text": "Those actions did not all work: " + "; ".join(problems)})
                 _user(out, image)
+        if opencua and task:
+            _user(out, {"type": "text", "text": co.task_text(task)})
         for message in out:
             message.pop("_ours", None)
         return out
 
-    def assistant(self, decision: Decision, space: Space) -> dict[str, Any]:
+    def assistant(self, decision: Decision, space: Space, step: int = 1) -> dict[str, Any]:
         """A past turn: the assistant message as the server sent it, or written anew."""
+        if self.name == "opencua":  # as OpenCUA's agent replays a step: Thought and Action, no code
+            own = decision.dialect == self.dialect and isinstance(decision.native, dict)
+            content = decision.native.get("content") if own else None
+            code = (co.code_of(content or "") if own else None) or co.written(decision, space, step)[1]
+            return {"role": "assistant", "content": co.history(content, step, decision.text, code)}
+        if self.name == "json" and not (decision.dialect == self.dialect and isinstance(decision.native, dict)):
+            return {"role": "assistant", "content": cj.written(decision, space)}
         if decision.dialect == self.dialect and isinstance(decision.native, dict):
             msg: dict[str, Any] = {"role": "assistant", "content": decision.native.get("content")}
             if decision.native.get("tool_calls"):
@@ -290,6 +284,10 @@ class ChatAdapter:
         space = self.space(conv.display)
         if self.name == "uitars":
             return self._uitars(content, native, space, conv, usage)
+        if self.name == "opencua":
+            return co.decide(content, native, space, _last_point(conv), usage, self.dialect, self.what)
+        if self.name == "json":
+            return cj.decide(content, native, space, _last_point(conv), usage, self.dialect, self.what)
         return self._qwen(content, message.get("tool_calls"), native, space, conv, usage)
 
     def _qwen(self, content: str, tool_calls: Any, native: dict[str, Any], space: Space, conv: Conversation,
