@@ -20,6 +20,7 @@ TOML; ``<data dir>/models.toml`` when present)::
     api_key_env = "VLLM_API_KEY"          # optional: the variable holding its key
     upstream_model = "Qwen/Qwen3-VL-8B-Instruct"
     dialect = "qwen3vl"                   # openai-chat only: output format and coordinates
+    coordinates = "grid1000"              # dialect "json" only: grid1000 (default) or pixels
     display = [1280, 800]                 # optional: the largest screenshot it is shown
     max_images = 3                        # optional: screenshots kept in its context
     default = true                        # optional: the model a task gets when it names none
@@ -40,6 +41,8 @@ Provider = Literal["openai", "openai-chat", "anthropic", "lightcone"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
 # the output formats (and coordinate spaces) of OpenAI-compatible chat VLMs (spec §c.2)
 DIALECTS = ("qwen3vl", "northstar", "qwen25vl", "uitars", "opencua", "json")
+# the json dialect's coordinate spaces (the other dialects fix their own)
+COORDINATES = ("grid1000", "pixels")
 LIGHTCONE_BASE_URL = "https://api.tzafon.ai"
 DEFAULT_MAX_IMAGES = 3
 
@@ -76,6 +79,7 @@ class ModelEntry:
     max_images: int = DEFAULT_MAX_IMAGES
     default: bool = False
     source: Literal["environment", "file"] = "file"
+    coordinates: str | None = None  # the json dialect's space; None: its default (grid1000)
 
     @property
     def owned_by(self) -> str:
@@ -183,8 +187,8 @@ def read_models_file(path: Path, environ: Mapping[str, str]) -> list[ModelEntry]
     return entries
 
 
-_FIELDS = {"id", "provider", "base_url", "api_key_env", "upstream_model", "dialect", "display", "max_images",
-           "default"}
+_FIELDS = {"id", "provider", "base_url", "api_key_env", "upstream_model", "dialect", "coordinates", "display",
+           "max_images", "default"}
 
 
 def _entry(item: dict[str, Any], where: str, environ: Mapping[str, str]) -> ModelEntry:
@@ -203,6 +207,13 @@ def _entry(item: dict[str, Any], where: str, environ: Mapping[str, str]) -> Mode
             raise ModelsFileError(f"{where}: an openai-chat model needs dialect = one of {', '.join(DIALECTS)}")
     elif dialect is not None:
         raise ModelsFileError(f"{where}: dialect is for openai-chat models only")
+    coordinates = item.get("coordinates")
+    if coordinates is not None:
+        if dialect != "json":
+            raise ModelsFileError(f"{where}: coordinates is for the json dialect only (the {dialect or provider} "
+                                  "format fixes its own coordinate space)")
+        if coordinates not in COORDINATES:
+            raise ModelsFileError(f"{where}: coordinates must be one of {', '.join(COORDINATES)}, not {coordinates!r}")
     key_env = item.get("api_key_env")
     if key_env is not None and (not isinstance(key_env, str) or not key_env):
         raise ModelsFileError(f"{where}: api_key_env must be the name of an environment variable")
@@ -229,7 +240,7 @@ def _entry(item: dict[str, Any], where: str, environ: Mapping[str, str]) -> Mode
     if not isinstance(upstream, str) or not upstream:
         raise ModelsFileError(f"{where}: upstream_model must be a non-empty string")
     return ModelEntry(model_id, provider, upstream, base_url, environ.get(key_env) if key_env else None,  # type: ignore[arg-type]
-                      key_env, dialect, display, max_images, default)
+                      key_env, dialect, display, max_images, default, coordinates=coordinates)
 
 
 def _text(item: dict[str, Any], name: str, where: str) -> str:
