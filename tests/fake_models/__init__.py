@@ -33,8 +33,9 @@ An opencone server pointed at it, as a user would configure one: ``fake.server_e
 vendors' variables, so ``openai/computer-use-preview``, ``openai/gpt-5.4``,
 ``anthropic/claude-sonnet-4-5`` and ``tzafon.northstar-cua-fast`` reach the fake, plus
 ``FAKE_MODELS_API_KEY``) and ``fake.models_toml()`` (write it to a file, set
-``OPENCONE_MODELS_FILE``): ``fake-qwen3vl``, ``fake-northstar``, ``fake-uitars`` (openai-chat
-with that dialect), ``fake-cua-preview``, ``fake-cua-ga``, ``fake-claude``, ``fake-lightcone``.
+``OPENCONE_MODELS_FILE``): ``fake-qwen3vl``, ``fake-northstar``, ``fake-uitars``,
+``fake-opencua``, ``fake-json`` (openai-chat with that dialect), ``fake-cua-preview``,
+``fake-cua-ga``, ``fake-claude``, ``fake-lightcone``.
 
 Auth: ``Authorization: Bearer <key>`` (OpenAI), ``x-api-key: <key>`` or Bearer (Anthropic);
 anything else is a 401 in the vendor's shape (OpenAI ``{"error": {message, type, param,
@@ -79,7 +80,8 @@ and for an unknown ``previous_response_id``.
 deltas, a finish chunk, with ``stream_options.include_usage`` a ``choices: []`` usage chunk,
 then ``data: [DONE]``). The dialect is the route's (``/dialect/<d>/v1/chat/completions``), else
 the ``x-fake-dialect`` header's, else the model id's: ``ui-tars``/``uitars`` → uitars,
-``northstar`` → northstar, ``qwen3-vl``/``qwen3vl`` → qwen3vl, anything else → text.
+``northstar`` → northstar, ``opencua`` → opencua, ``qwen3-vl``/``qwen3vl`` → qwen3vl,
+anything else → text (``json`` and ``json-pixels`` by route or header only).
 
 * ``qwen3vl``: the ``computer_use`` function, ``{"action": "left_click", "coordinate": [x, y]}``
   or ``{"action": "type", "text": …}``, coordinates 0–1000 of the screenshot; as ``tool_calls``
@@ -92,6 +94,17 @@ the ``x-fake-dialect`` header's, else the model id's: ``ui-tars``/``uitars`` →
   ``type(content='…')`` (``'``, ``\`` and newlines escaped), coordinates in pixels of the
   smart-resized screenshot (``policy.smart_resize``: factor 28, 100·28² to 16384·28² pixels).
   Done: ``Action: finished(content='<answer>')``. Saying it cannot act: a ``Thought:`` alone.
+* ``opencua`` (OpenCUA-7B/32B): ``# Step N:`` / ``## Thought:`` / ``## Action:`` and a
+  ```` ```python ```` block of pyautogui calls in pixels of the smart-resized screenshot: the
+  idle field ``pyautogui.click(x=…, y=…)`` and ``pyautogui.write(message=…)`` in one block,
+  the submit button ``pyautogui.click(x, y)``, a stale screen ``computer.wait()``; done
+  ``computer.terminate(status='success', answer=…)``; a screenshot showing nothing it knows
+  ``computer.terminate(status='failure', answer=…)``.
+* ``json`` / ``json-pixels``: refuses (400) a request without a strict ``json_schema``
+  ``response_format`` of ``{"thought", "actions": [{action…}]}``; answers that object (the
+  whole plan in one turn; done ``{"action": "done", "text"}``, nothing known ``fail``), every
+  field of the request's schema present, checked against it; coordinates 0–1000 (``json``)
+  or screenshot pixels (``json-pixels``). See dialects.py.
 * ``text``: ``echo: <newest user text> [images: 1280x720 jpeg]`` (images described, URLs named
   unreadable: what the gateway inlined, or not).
 
@@ -154,9 +167,10 @@ finished requests.
 the next model calls in order, each ``count`` times (default 1), optionally only on a ``path``
 (substring) or ``model``: ``{"status": 429|500|503|529, "retry_after": s}`` (vendor-shaped
 error), ``{"garbage": "output"}`` (valid protocol, nonsense action: bad tool-call JSON, an
-unknown action), ``{"garbage": "body"}`` (a body that is no JSON), ``{"truncate": True}`` (a
-stream dropped half way), ``{"delay": s}``, ``{"safety_check": True}`` (Responses). Settings:
-``latency`` (s before each model answer), ``stream_interval`` (s between events), ``mode``
+unknown action, OpenCUA code that is no Python, JSON cut short), ``{"garbage": "body"}``
+(a body that is no JSON), ``{"truncate": True}`` (a stream dropped half way),
+``{"delay": s}``, ``{"safety_check": True}`` (Responses). Settings: ``latency``
+(s before each model answer), ``stream_interval`` (s between events), ``mode``
 (``"policy"`` or ``"fast"``: no decoding, a click at the image centre until ``fast_steps``
 model turns, then done, for benchmarks), ``log_bodies``, ``display_mismatch``, ``chunk``
 (characters per delta), ``api_key``. ``fake.fail(status, count)`` is a shortcut.

@@ -16,9 +16,12 @@ else is ``text`` (an echo of the newest user text, with the images it carried de
 * ``uitars`` (UI-TARS 1.5): text ``Thought: …\\nAction: click(start_box='(x,y)')`` /
   ``type(content='…')`` / ``finished(content='<answer>')``, coordinates in pixels of the
   smart-resized screenshot (factor 28); ``'``, ``\\`` and newlines in content are escaped.
+* ``opencua`` (model ids with ``opencua``), ``json`` and ``json-pixels`` (routes only): see
+  dialects.py.
 
 With no screenshot, or one showing nothing it knows, every dialect answers text only (no
-tool call; UI-TARS: a ``Thought:`` without an ``Action:``).
+tool call; UI-TARS: a ``Thought:`` without an ``Action:``), except that ``opencua`` and
+``json`` give up on a screenshot showing nothing they know (terminate failure, ``fail``).
 
 Like OpenAI (vLLM is laxer), it refuses (400) an assistant message with ``tool_calls`` not
 followed by a ``tool`` message for each call id, and a ``tool`` message that answers no call.
@@ -33,13 +36,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import policy
+from . import dialects, policy
 from .core import Call, State, answer_json, begin, new_id, pieces, reject, sse, stream_response
 from .policy import Click, Done, ImageRef, Plan, Say, Space, Type, View, Wait
 from .responses import echo
 
-DIALECTS = ("qwen3vl", "northstar", "uitars", "text")
-SPACES = {"qwen3vl": "grid1000", "northstar": "grid999", "uitars": "smart"}
+DIALECTS = ("qwen3vl", "northstar", "uitars", "opencua", "json", "json-pixels", "text")
+SPACES = {"qwen3vl": "grid1000", "northstar": "grid999", "uitars": "smart", "opencua": "smart", "json": "grid1000",
+          "json-pixels": "pixels"}
 
 
 def dialect_of(request: Request, model: str) -> str:
@@ -51,6 +55,8 @@ def dialect_of(request: Request, model: str) -> str:
         return "uitars"
     if "northstar" in name:
         return "northstar"
+    if "opencua" in name:
+        return "opencua"
     if "qwen3-vl" in name or "qwen3vl" in name:
         return "qwen3vl"
     return "text"
@@ -147,6 +153,10 @@ def decide(call: Call, dialect: str, view: View) -> tuple[str | None, list[dict[
     if dialect == "uitars":
         text = "Thought: ?!\nAction: clack(start_box='(nowhere)')" if garbage else uitars_text(plan, space)
         return text, [], plan
+    if dialect == "opencua":
+        return dialects.opencua_text(plan, space, view.model_turns + 1, garbage), [], plan
+    if dialect.startswith("json"):
+        return None, [], plan  # create() writes the answer: it may have to refuse it
     if garbage:
         if tool_form:
             return None, [{"name": "computer_use", "arguments": '{"action": "left_cl'}], plan
@@ -180,8 +190,18 @@ async def create(request: Request) -> Response:
     dialect = dialect_of(request, model)
     if dialect not in DIALECTS:
         return reject(call, "openai", 400, f"unknown fake dialect {dialect!r}; known: {', '.join(DIALECTS)}")
+    if dialect.startswith("json"):
+        why = dialects.schema_problem(body)
+        if why:
+            return reject(call, "openai", 400, why, param="response_format")
     view = view_of(messages)
     content, calls, plan = decide(call, dialect, view)
+    if dialect.startswith("json"):
+        content, unfit = dialects.json_answer(plan, Space(SPACES[dialect], *plan.size), body,
+                                              call.fault is not None and call.fault.kind == "garbage")
+        if unfit:
+            return reject(call, "openai", 400, f"the answer cannot fit the response_format schema: {unfit}",
+                          param="response_format")
     tool_calls = [{"id": new_id("call_"), "type": "function",
                    "function": {"name": c["name"], "arguments": c["arguments"] if isinstance(c["arguments"], str)
                                 else json.dumps(c["arguments"])}} for c in calls]

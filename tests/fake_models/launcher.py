@@ -74,12 +74,14 @@ class FakeModels:
     def models_toml(self, key_env: str = "FAKE_MODELS_API_KEY") -> str:
         """A models file (``OPENCONE_MODELS_FILE``, the format of opencone.gateway.registry) with
         one entry per fake flavour, its key read from ``key_env``: fake-qwen3vl, fake-northstar,
-        fake-uitars (openai-chat with that dialect), fake-cua-preview, fake-cua-ga (openai),
+        fake-uitars, fake-opencua, fake-json (openai-chat with that dialect), fake-cua-preview, fake-cua-ga (openai),
         fake-claude (anthropic), fake-lightcone (lightcone, Northstar)."""
         entries = [
             ("fake-qwen3vl", "openai-chat", self.base_url, "Qwen/Qwen3-VL-8B-Instruct", "qwen3vl"),
             ("fake-northstar", "openai-chat", self.base_url, "Tzafon/Northstar-CUA-Fast", "northstar"),
             ("fake-uitars", "openai-chat", self.base_url, "ByteDance-Seed/UI-TARS-1.5-7B", "uitars"),
+            ("fake-opencua", "openai-chat", self.base_url, "xlangai/OpenCUA-7B", "opencua"),
+            ("fake-json", "openai-chat", self.dialect_base_url("json"), "Qwen/Qwen2.5-VL-7B-Instruct", "json"),
             ("fake-cua-preview", "openai", self.base_url, "computer-use-preview", None),
             ("fake-cua-ga", "openai", self.base_url, "gpt-5.4", None),
             ("fake-claude", "anthropic", self.anthropic_base_url, "claude-sonnet-4-5", None),
