@@ -180,9 +180,12 @@ class Settings(BaseSettings):
                                  description="Wait after a step's input actions before the next screenshot.")
 
     # -- saved environments of persistent computers (core/environments.py) --
-    environment_storage_cap_bytes: int = Field(
+    storage_cap_bytes: int = Field(
         default=5 * 1024**3, ge=0,
-        description="Saved-environment storage per organisation; a persistent create at or over it is a 422.",
+        validation_alias=AliasChoices("opencone_storage_cap_bytes", "opencone_environment_storage_cap_bytes"),
+        description="Storage per organisation for saved environments and recordings together; at or over it a "
+                    "persistent create or a recording is refused (4xx) and a recording in progress stops. "
+                    "OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES is its older name.",
     )
     environment_save_timeout_seconds: float = Field(
         default=60.0, gt=0, description="Longest one save may take (also bounds a server shutdown)."
@@ -190,6 +193,12 @@ class Settings(BaseSettings):
     environment_save_grace_seconds: float = Field(
         default=5.0, ge=0, description="How long Chromium gets to exit cleanly (flush its profile) before a save."
     )
+    # -- recordings of computers' screens (core/recording.py) --
+    recording_max_fps: float = Field(default=15.0, gt=0, le=60,
+                                     description="Most frames a second a recording encodes (newer frames replace "
+                                                 "waiting ones); a still screen encodes none.")
+    recording_crf: int = Field(default=26, ge=0, le=51,
+                               description="x264's constant rate factor for recordings: lower is sharper and bigger.")
     test_save_delay_seconds: float = Field(
         default=0.0, ge=0,
         description="TEST ONLY: sleep this long between writing a save's temporary file and renaming it, so "

@@ -36,7 +36,7 @@ import os
 import secrets
 import shutil
 import tarfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,7 @@ class EnvironmentService:
         self._browsers = browsers
         self._workspaces = workspaces
         self._locks: dict[str, asyncio.Lock] = {}
+        self.other_usage: Callable[[str], Awaitable[int]] | None = None  # recordings (set by the runtime)
 
     async def start(self) -> None:
         """Make the directory and clean up after a crash (the database is migrated by now).
@@ -198,12 +199,14 @@ class EnvironmentService:
         return environment_dict(row)
 
     async def usage(self, org_id: str) -> int:
+        """The organisation's stored bytes under its one storage cap: saved environments, and whatever
+        else the runtime counts there (recordings: ``other_usage``)."""
         async with self._sessions() as s:
             total = (await s.execute(
                 select(func.coalesce(func.sum(EnvironmentRecord.size_bytes), 0))
                 .where(EnvironmentRecord.org_id == org_id)
             )).scalar_one()
-        return int(total)
+        return int(total) + (await self.other_usage(org_id) if self.other_usage is not None else 0)
 
     async def list(self, org_id: str, context_id: str | None = None) -> list[dict[str, Any]]:
         q = select(EnvironmentRecord).where(EnvironmentRecord.org_id == org_id)
@@ -244,13 +247,13 @@ class EnvironmentService:
                 raise Conflict(f"the saved state of environment {row.id} is missing on this server",
                                field="environment_id")
         if spec.persistent:
-            cap = self.settings.environment_storage_cap_bytes
+            cap = self.settings.storage_cap_bytes
             used = await self.usage(org_id)
             if used >= cap:
                 raise InvalidInput(
-                    f"saved environments of this organisation use {used} bytes, at or over the cap of {cap} "
-                    "bytes (OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES); delete some with "
-                    "DELETE /environments/{id} before creating a persistent computer",
+                    f"saved environments and recordings of this organisation use {used} bytes, at or over the "
+                    f"cap of {cap} bytes (OPENCONE_STORAGE_CAP_BYTES); delete some with "
+                    "DELETE /environments/{id} or DELETE /recordings/{id} before creating a persistent computer",
                     field="persistent", used_bytes=used, cap_bytes=cap,
                 )
 
@@ -335,11 +338,11 @@ class EnvironmentService:
                 async with self._sessions() as s:
                     row = await s.get(EnvironmentRecord, env_id)
                 others = await self.usage(comp.org_id) - (row.size_bytes if row is not None else 0)
-                cap = self.settings.environment_storage_cap_bytes
+                cap = self.settings.storage_cap_bytes
                 if others + size > cap:
                     msg = (f"the save from {comp.id} was refused: its {size} bytes would take the organisation to "
                            f"{others + size} bytes, over its cap of {cap} bytes "
-                           "(OPENCONE_ENVIRONMENT_STORAGE_CAP_BYTES)")
+                           "(OPENCONE_STORAGE_CAP_BYTES)")
                     if row is not None and has_state(row):
                         msg += "; the previous state is kept"
                     log.warning("environment %s (from computer %s): %s", env_id, comp.id, msg)

@@ -14,6 +14,7 @@ from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
 from opencone.core.exec import ExecService
 from opencone.core.files import FileStore
+from opencone.core.recording import RecordingService
 from opencone.core.screencast import ScreencastService
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.drivers.base import Display
@@ -74,6 +75,10 @@ class Runtime:
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)
         self.computers.environments = self.environments
+        self.recordings = RecordingService(settings, self.sessions, self.clock, self.computers, self.screencasts,
+                                           self.events)
+        self.environments.other_usage = self.recordings.usage  # one storage cap for both
+        self.recordings.org_usage = self.environments.usage
         self.first_key: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -89,6 +94,7 @@ class Runtime:
         elif not await self.accounts.has_keys():
             self.first_key = await self.accounts.create_key(name="first-start")
         await self.environments.start()
+        await self.recordings.start()
         await self.computers.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="file-sweeper")
 
@@ -101,6 +107,7 @@ class Runtime:
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
+        await self.recordings.stop()
         await self.screencasts.stop()
         await self.computers.stop()
         self.exec.stop()

@@ -143,3 +143,25 @@ class ResponseRecord(Base):
     input_items: Mapped[list[Any]] = mapped_column(JSON, default=list)  # this request's own input, as items
     response: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the Response object, as last known
     events: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the stream's events, for ?starting_after=
+
+
+class RecordingRecord(Base):
+    """A recording of a computer's screen (core/recording.py): its MP4 and timeline live in
+    ``<data_dir>/recordings/`` under its id; the row survives its computer when ``keep``."""
+
+    __tablename__ = "recordings"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    computer_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # the computer's
+    status: Mapped[str] = mapped_column(String(32), index=True)  # recording | ready | broken
+    keep: Mapped[bool] = mapped_column(Boolean, default=False)  # outlives its computer
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # video and timeline
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    stop_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
