@@ -22,6 +22,7 @@ from opencone.api.routes import chat as chat_routes
 from opencone.api.routes import models as model_routes
 from opencone.api.routes import notte as notte_routes
 from opencone.api.routes import notte_seed as notte_seed_routes
+from opencone.api.routes import recordings as recording_routes
 from opencone.api.routes import responses as response_routes
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.actions import renderer
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
+    app.include_router(recording_routes.router)  # a computer's screen recorded (core/recording.py)
     for module in (notte_seed_routes, notte_routes):  # the Notte session API, both eras (api/notte_sessions.py)
         app.include_router(module.router)
     for module in (model_routes, chat_routes, response_routes):  # the model gateway (OpenAI-shaped errors)

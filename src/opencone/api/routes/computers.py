@@ -10,8 +10,9 @@ from opencone.api.auth import current_org
 from opencone.api.deps import base_url, runtime
 from opencone.api.errors import problems
 from opencone.api.json_body import JsonBody
-from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
+from opencone.api.wire.computers import ComputerCreate, RecordingIn, computer_response, status_response
 from opencone.api.wire.environments import environment_response
+from opencone.api.wire.recordings import recording_response
 from opencone.core.clock import iso
 
 router = APIRouter(tags=["computers"])
@@ -21,9 +22,21 @@ router = APIRouter(tags=["computers"])
 async def create_computer(request: Request, body: ComputerCreate | None = None,
                           org: str = Depends(current_org)) -> dict[str, Any]:
     rt = runtime(request)
-    spec = (body or ComputerCreate()).to_spec(rt.settings)
+    body = body or ComputerCreate()
+    spec = body.to_spec(rt.settings)
+    if body.recording:  # refused before anything starts when the organisation's storage is full
+        await rt.recordings.check_room(org)
     view = await rt.computers.create(org, spec)
-    return computer_response(view, base_url(request))
+    out = computer_response(view, base_url(request))
+    if body.recording:
+        keep = isinstance(body.recording, RecordingIn) and body.recording.keep
+        try:
+            rec = await rt.recordings.start_recording(org, view.id, keep, checked=True)
+        except BaseException:
+            await rt.computers.delete(org, view.id)  # no computer half made: unrecorded when asked to record
+            raise
+        out["recording"] = recording_response(rec, base_url(request))
+    return out
 
 
 @router.get("/computers", responses=problems(401, 422))

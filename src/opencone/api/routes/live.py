@@ -26,11 +26,21 @@ _HEADERS = {
 
 
 @cache
-def _page() -> str:
-    return resources.files("opencone.api").joinpath("static/live.html").read_text(encoding="utf-8")
+def _page(name: str = "live.html") -> str:
+    return resources.files("opencone.api").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
 @router.get("/live", response_class=HTMLResponse, include_in_schema=False)
 async def live_view() -> HTMLResponse:
     """The live view: pick a computer, watch its screen, take over its mouse and keyboard."""
     return HTMLResponse(_page(), headers=_HEADERS)
+
+
+# the replay page also plays this server's MP4s in a <video>
+_REPLAY_HEADERS = {**_HEADERS, "content-security-policy": _HEADERS["content-security-policy"] + "; media-src 'self'"}
+
+
+@router.get("/live/replay", response_class=HTMLResponse, include_in_schema=False)
+async def replay_view() -> HTMLResponse:
+    """Recordings: pick one, play it, click an action of its timeline to see that moment."""
+    return HTMLResponse(_page("replay.html"), headers=_REPLAY_HEADERS)

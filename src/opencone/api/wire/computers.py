@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from opencone.api.wire.stealth import StealthIn
 from opencone.config import Settings
@@ -18,6 +18,13 @@ class DisplayIn(BaseModel):
     width: int | None = Field(default=None, ge=200, le=3840)
     height: int | None = Field(default=None, ge=200, le=2160)
     scale: float | None = Field(default=None, ge=0.25, le=4.0)
+
+
+class RecordingIn(BaseModel):
+    """``recording: {"keep": true}``: record, and keep the recording after the computer ends."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep: StrictBool = False
 
 
 class ComputerCreate(BaseModel):
@@ -34,6 +41,10 @@ class ComputerCreate(BaseModel):
     context_id: str | None = Field(default=None, max_length=256)
     stealth: StealthIn | None = None  # strict: an unknown key is a 422 (api/wire/stealth.py)
     use_advanced_proxy: bool = False
+    # an opencone extension (the SDK sends it with extra_body): record the screen from the start
+    recording: StrictBool | RecordingIn = Field(
+        default=False, description='Record the screen (core/recording.py): true, or {"keep": true} to keep the '
+                                   "recording after the computer ends (a persistent computer's are kept anyway).")
     timeout_seconds: int | None = Field(default=None, ge=1, description="Deprecated: max_lifetime_seconds")
     auto_kill: bool | None = Field(default=None, description="Deprecated: idle_timeout_enabled")
 
@@ -79,7 +90,7 @@ def endpoints(base: str, computer_id: str) -> dict[str, str]:
     return {
         "api": root, "status": f"{root}/status", "execute": f"{root}/execute", "batch": f"{root}/batch",
         "tabs": f"{root}/tabs", "exec": f"{root}/exec",
-        "events": f"{root}/events", "screencast": f"{root}/screencast",
+        "events": f"{root}/events", "screencast": f"{root}/screencast", "recording": f"{root}/recording",
         "cdp": f"{root}/cdp", "ws": f"{ws_root}/ws",
         "live_view": f"{base}/live#{computer_id}",
     }
