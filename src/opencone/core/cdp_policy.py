@@ -12,8 +12,9 @@ except what would end the computer or reach past it into the server:
   ``Target.exposeDevToolsProtocol``) are refused.
 - URLs given to navigate or open targets must be web URLs: ``file://`` would
   read the server's files, other computers' profiles included.
-- downloads go to the computer's own files directory whatever path the client
-  names, and ``DOM.setFileInputFiles`` may only pick files from there.
+- downloads go to the computer's own downloads directory whatever path the client
+  names (``default`` behaviour too: it means that directory here), and
+  ``DOM.setFileInputFiles`` may only pick files from there.
 - a browser context may not bring its own proxy (``Target.createBrowserContext``
   with ``proxyServer``): every context goes through the computer's forwarder,
   so byte counts and ``change-proxy`` hold for all of its traffic.
@@ -78,16 +79,24 @@ def _is_web_url(url: Any) -> bool:
     return url == "" or urlsplit(url).scheme.lower() in WEB_SCHEMES
 
 
-def _inside(path: Any, root: str) -> bool:
-    if not isinstance(path, str):
+def _inside(path: Any, root: str, seen_as: str) -> bool:
+    """Whether the browser's ``path`` is in the files dir: named under ``seen_as`` (the dir as the
+    browser sees it), and still inside ``root`` (the server's side of it) with links resolved."""
+    if not isinstance(path, str) or "\x00" in path:
         return False
-    real = os.path.realpath(path)  # symlinks and '..' resolved: no way out of the files dir
-    return real == root or real.startswith(root + os.sep)
+    rel = os.path.relpath(os.path.normpath(path), seen_as) if os.path.isabs(path) else ".."
+    if rel == "." or rel.startswith(".."):
+        return False
+    real = os.path.realpath(os.path.join(root, rel))  # symlinks and '..' resolved: no way out of the files dir
+    return real.startswith(root + os.sep)
 
 
 class CdpPolicy:
-    def __init__(self, files_dir: str) -> None:
-        self.files_dir = os.path.realpath(files_dir)
+    def __init__(self, files_dir: str, host_files_dir: str | None = None) -> None:
+        """``files_dir``: the computer's downloads dir as its browser sees it; ``host_files_dir``:
+        the same dir on the server's side, when the browser's sandbox shows it elsewhere."""
+        self.files_dir = files_dir if host_files_dir else os.path.realpath(files_dir)
+        self.host_files_dir = os.path.realpath(host_files_dir or files_dir)
 
     def check(self, raw: str | bytes) -> Verdict:
         """Decide what to do with one client → browser message."""
@@ -110,8 +119,10 @@ class CdpPolicy:
             schemes = ", ".join(sorted(WEB_SCHEMES))
             return Verdict(reply=_error(
                 msg, f"{method}: only {schemes} URLs are allowed; got {str(params.get(key))[:100]!r}"))
-        if method in DOWNLOAD_METHODS and "downloadPath" in params:
-            msg["params"] = {**params, "downloadPath": self.files_dir}  # the server's disk stays out of reach
+        if method in DOWNLOAD_METHODS and ("downloadPath" in params or params.get("behavior") == "default"):
+            behavior = "allow" if params.get("behavior") == "default" else params.get("behavior")
+            # the server's disk stays out of reach; the download lands with the computer's others
+            msg["params"] = {**params, "behavior": behavior, "downloadPath": self.files_dir}
             return Verdict(forward=json.dumps(msg))
         if method == "Target.createBrowserContext" and ("proxyServer" in params or "proxyBypassList" in params):
             return Verdict(reply=_error(
@@ -120,7 +131,7 @@ class CdpPolicy:
                      "one and route the computer with POST /computers/{id}/change-proxy"))
         if method == "DOM.setFileInputFiles":
             files = params.get("files")
-            if not isinstance(files, list) or not all(_inside(f, self.files_dir) for f in files):
+            if not isinstance(files, list) or not all(_inside(f, self.host_files_dir, self.files_dir) for f in files):
                 return Verdict(reply=_error(
                     msg, "DOM.setFileInputFiles may only pick files the computer downloaded; "
                          "send file contents instead (Playwright does for a remote browser)"))

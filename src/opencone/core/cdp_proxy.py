@@ -79,7 +79,7 @@ class CdpSession:
                                         close_timeout=1)
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             raise Unreachable(f"computer {comp.id}'s browser did not accept a DevTools connection: {exc}") from None
-        return cls(service, comp, upstream, CdpPolicy(ep.files_dir))
+        return cls(service, comp, upstream, CdpPolicy(ep.files_dir, ep.host_files_dir))
 
     async def close(self) -> None:
         """Drop the upstream connection (a client that left before the handshake finished)."""

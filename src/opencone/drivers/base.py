@@ -75,7 +75,18 @@ class CdpEndpoint:
     # loopback of the browser's own network namespace, so only the server reaches it
     connect: Callable[..., Awaitable[ClientConnection]]
     product: str  # "Chrome/<version>", for /json/version
-    files_dir: str  # the one directory a CDP client may download into and upload from
+    files_dir: str  # the one directory a CDP client may download into and upload from, as the browser sees it
+    host_files_dir: str | None = None  # the same directory as the server finds it, if elsewhere (a desktop's home)
+
+
+@dataclass(slots=True)
+class UploadSource:
+    """A file of the computer's, opened by the services (never through a link) for a file input:
+    the driver reads ``fd`` (and does not close it)."""
+
+    fd: int
+    name: str
+    size: int
 
 
 @dataclass(slots=True)

@@ -15,17 +15,26 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Playwright
 from playwright.async_api import Error as PlaywrightError
 
-from opencone.drivers.base import CdpEndpoint, ComputerGone, Display, DriverError, PageContext, TabInfo
+from opencone.drivers.base import (
+    CdpEndpoint,
+    ComputerGone,
+    Display,
+    DriverError,
+    ElementTarget,
+    PageContext,
+    TabInfo,
+    UploadSource,
+)
 from opencone.drivers.chromium.cdp_client import CdpConnection
+from opencone.drivers.chromium.downloads import DownloadDir, Downloads, Staging
 from opencone.drivers.chromium.launcher import ChromiumProcess, launch_chromium
-from opencone.drivers.chromium.perception import ChromiumPerception
+from opencone.drivers.chromium.perception import ELEMENT_TIMEOUT_MS, ChromiumPerception
 from opencone.drivers.chromium.screencast import ChromiumScreencast
 from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, StealthTargets
@@ -49,6 +58,9 @@ _HIDDEN_SCHEMES = ("devtools://", "chrome://", "chrome-extension://", "chrome-un
 _CDP_ONLY_KEYS = {f"F{n}": 111 + n for n in range(13, 25)}
 _CDP_BUTTONS = {"back", "forward"}
 _TYPE_SLICE = 256  # key events in flight at once while typing
+_AT_POINT_JS = "([x, y]) => document.elementFromPoint(x, y)"
+# where a desktop window's viewport is on the X screen (as page_snapshot places boxes)
+_WINDOW_JS = "() => [innerWidth, innerHeight, screenX, screenY, outerWidth, outerHeight, devicePixelRatio]"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -79,6 +91,8 @@ class ChromiumComputer(ChromiumPerception):
         self._closing = False
         self._gone_callbacks: list[Callable[[str], None]] = []
         self._gone_reason: str | None = None
+        self.downloads: Downloads | None = None  # set at launch (downloads.py)
+        self.staging = Staging(process.user_data_dir)
         browser.on("disconnected", lambda _b: self._gone("browser_crashed"))
 
     # -- life ---------------------------------------------------------------------------
@@ -88,9 +102,11 @@ class ChromiumComputer(ChromiumPerception):
                      extra_args: list[str] | None = None, keep_profile: bool = False,
                      user_agent: str | None = None,
                      wrap: Callable[[list[str]], list[str]] | None = None,
-                     netns: NetNamespace | None = None, relay_dir: Path | None = None) -> ChromiumComputer:
+                     netns: NetNamespace | None = None, relay_dir: Path | None = None,
+                     downloads: DownloadDir | None = None) -> ChromiumComputer:
         """``netns``: the network namespace the browser runs in (launcher.py); ``relay_dir`` then
-        holds the socket Playwright reaches it through."""
+        holds the socket Playwright reaches it through. ``downloads``: where its downloads go
+        (the profile's ``Downloads`` unless said)."""
         process = await launch_chromium(executable, profile_dir, display.width, display.height,
                                         headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile,
                                         user_agent=user_agent, wrap=wrap, netns=netns, relay_dir=relay_dir)
@@ -103,6 +119,9 @@ class ChromiumComputer(ChromiumPerception):
             await computer.tabs.adopt_existing()
             if not computer.tabs.all():
                 await computer.tabs.register(await context.new_page())
+            saved = profile_dir / "Downloads"
+            computer.downloads = Downloads(downloads or DownloadDir(saved, str(saved)), computer.tabs.emit)
+            await computer.downloads.start(browser)
         except BaseException:
             await process.terminate()
             raise
@@ -415,9 +434,50 @@ class ChromiumComputer(ChromiumPerception):
     async def cdp_endpoint(self) -> CdpEndpoint:
         if not self.alive:
             raise ComputerGone("the browser is no longer running")
-        files = self.process.user_data_dir / "cdp-files"  # inside the profile: removed with the computer
-        files.mkdir(exist_ok=True)
-        owner = self.process.user_data_dir.stat()
-        if files.stat().st_uid != owner.st_uid:  # a sandboxed browser (a desktop's) writes its downloads there
-            os.chown(files, owner.st_uid, owner.st_gid)
-        return CdpEndpoint(self.process.devtools.connect, f"Chrome/{self.browser.version}", str(files))
+        where = self.downloads_dir_of()  # a client's downloads land with the computer's own
+        return CdpEndpoint(self.process.devtools.connect, f"Chrome/{self.browser.version}", where.seen_as,
+                           str(where.host))
+
+    # -- files ----------------------------------------------------------------------------
+    def downloads_dir_of(self) -> DownloadDir:
+        if self.downloads is not None:
+            return self.downloads.where
+        saved = self.process.user_data_dir / "Downloads"
+        return DownloadDir(saved, str(saved))
+
+    def downloads_dir(self) -> Path:
+        """Where this browser's downloads are, on the server's side."""
+        return self.downloads_dir_of().host
+
+    async def set_input_files(self, target: ElementTarget | None, point: tuple[float, float] | None,
+                              source: UploadSource, tab: str | None) -> None:
+        """Put ``source`` into the file input ``target`` (a ref, resolved as for a click) or the one
+        at ``point`` (screenshot pixels); Playwright retargets a label to its input."""
+        staged = await asyncio.to_thread(self.staging.stage, source.fd, source.name)
+        if target is not None:
+            _, locator = await self._element(target, tab)
+            await self._do("upload_file into", target,
+                           locator.set_input_files(str(staged), timeout=ELEMENT_TIMEOUT_MS))
+            return
+        assert point is not None
+        t = await self._tab(tab)
+        x, y = point
+        if self.emulate_viewport:
+            cx, cy = self._css(x), self._css(y)
+        else:  # a desktop's window: the viewport sits below the toolbars on the X screen
+            vw, vh, sx, sy, ow, oh, dpr = await t.page.evaluate(_WINDOW_JS)
+            scale = float(dpr) or 1.0
+            cx, cy = x / scale - (sx + (ow - vw) / 2), y / scale - (sy + oh - vh)
+        handle = await t.page.evaluate_handle(_AT_POINT_JS, [cx, cy])
+        element = handle.as_element()
+        if element is None:
+            await handle.dispose()
+            raise DriverError(f"upload_file: no element of the page at ({x:g}, {y:g}); point at a file input "
+                              "(or its label), or give its ref")
+        try:
+            await element.set_input_files(str(staged), timeout=ELEMENT_TIMEOUT_MS)
+        except PlaywrightError as exc:
+            raise DriverError(f"upload_file at ({x:g}, {y:g}) failed: {_first_line(exc)}; point at a file "
+                              "input (or its label), or give its ref") from None
+        finally:
+            await element.dispose()

@@ -32,6 +32,7 @@ SKIP_DIRS = frozenset({
     "DawnGraphiteCache", "DawnWebGPUCache", "component_crx_cache", "extensions_crx_cache", "Crashpad",
     "Crash Reports", "BrowserMetrics", "blob_storage", "optimization_guide_model_store", "Safe Browsing",
     "segmentation_platform", "Download Service", "GCM Store",
+    "opencone-uploads",  # copies given to file inputs (drivers/chromium/downloads.py): the page has them
 })
 # files tied to the Chromium that wrote them: a restored profile with them would not start
 SKIP_FILES = frozenset({"SingletonLock", "SingletonSocket", "SingletonCookie", "DevToolsActivePort",

@@ -37,9 +37,11 @@ from opencone.drivers.base import (
     PageContext,
     PageSnapshot,
     TabInfo,
+    UploadSource,
 )
 from opencone.drivers.chromium import profiles
 from opencone.drivers.chromium.computer import ChromiumComputer
+from opencone.drivers.chromium.downloads import DownloadDir
 from opencone.drivers.chromium.launcher import proxy_flags
 from opencone.drivers.chromium.proxied import ProxiedChromium
 from opencone.drivers.desktop.apps import start_openbox, start_terminal, x_env
@@ -438,14 +440,12 @@ class DesktopComputer(RoutedThroughProxy):
             extra_args=["--window-position=0,0", "--start-maximized", "--test-type",
                         *(proxy_flags(self.proxy.url) if self.proxy else [])],
             keep_profile=True, wrap=wrap, netns=self.network.namespace if self.network else None,
-            relay_dir=self.workdir / "devtools",
+            relay_dir=self.workdir / "devtools", downloads=self._downloads(),
         )
         assert isinstance(browser, ProxiedChromium)
         browser.proxy = self.proxy  # the desktop's, not the browser's own: it outlives a closed window
         if self.network is not None:
             self.network.guard(browser.process.devtools.port)
-        if self.sandbox is not None:
-            await _downloads_to_home(browser)
         browser.x_display = self.x_display
         browser.on_gone(lambda _reason: self._browser_gone(browser))
         browser.on_event(self._forward_event)
@@ -570,6 +570,27 @@ class DesktopComputer(RoutedThroughProxy):
     async def cdp_endpoint(self) -> CdpEndpoint:
         return await (await self._need_browser()).cdp_endpoint()
 
+    # -- files ----------------------------------------------------------------------------------
+    def _downloads(self) -> DownloadDir | None:
+        """Where its browser saves: ~/Downloads, where its terminal and commands look too (without a
+        sandbox there is no home: the profile's, as a browser computer's)."""
+        if self.sandbox is None:
+            return None
+        return DownloadDir(self.home / "Downloads", f"{HOME_DIR}/Downloads")
+
+    def downloads_dir(self) -> Path:
+        where = self._downloads()
+        if where is not None:
+            return where.host
+        return self.browser_profile / "Downloads"
+
+    async def set_input_files(self, target: ElementTarget | None, point: tuple[float, float] | None,
+                              source: UploadSource, tab: str | None) -> None:
+        try:
+            await self._browser().set_input_files(target, point, source, tab)
+        finally:
+            self._ready.after_input()
+
     # -- perception: element snapshots and refs, of the desktop's browser --------------------
     # (drivers/chromium/perception.py; the boxes are placed on the X screen by the window's
     # position, and input on elements goes to the page over CDP, as Playwright sends it)
@@ -629,17 +650,6 @@ class DesktopComputer(RoutedThroughProxy):
             await self._browser().history(op, timeout, tab)
         finally:
             self._ready.after_input()
-
-
-async def _downloads_to_home(browser: ChromiumComputer) -> None:
-    """Downloads go where a desktop user looks for them, ~/Downloads (its terminal and commands
-    see it), not to the temp dir Playwright names on connecting, which the sandbox hides."""
-    try:
-        session = await browser.browser.new_browser_cdp_session()
-        await session.send("Browser.setDownloadBehavior", {"behavior": "default"})
-        await session.detach()
-    except Exception as exc:  # a browser that went away meanwhile: the next action says so
-        log.warning("could not send the desktop browser's downloads home: %s", exc)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
