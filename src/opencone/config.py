@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         default=8 * 1024 * 1024, ge=64 * 1024,
         description="Largest request body taken; a larger one is a 413 before it is read or parsed.",
     )
+    max_upload_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1,
+        description="Largest file PUT /computers/{id}/files/{path} takes (streamed to disk, not held in "
+                    "memory); a larger one is a 413.",
+    )
 
     action_timeout_seconds: float = Field(default=20.0, gt=0)
     navigation_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -19,6 +19,7 @@ from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.api.routes import chat as chat_routes
+from opencone.api.routes import computer_files as computer_files_routes
 from opencone.api.routes import models as model_routes
 from opencone.api.routes import notte as notte_routes
 from opencone.api.routes import notte_seed as notte_seed_routes
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     logging.getLogger("uvicorn.error").addFilter(REDACT_TOKENS)  # WebSocket handshakes carry ?token=
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
+    app.include_router(computer_files_routes.router)  # a computer's downloads and workspace
     app.include_router(recording_routes.router)  # a computer's screen recorded (core/recording.py)
     for module in (notte_seed_routes, notte_routes):  # the Notte session API, both eras (api/notte_sessions.py)
         app.include_router(module.router)
@@ -83,5 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # outermost: bodies are bounded and checked before either of the two routings parses one
     app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
                        renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused,
-                                  notte_seed_routes.PATHS: notte_seed_routes.refused})
+                                  notte_seed_routes.PATHS: notte_seed_routes.refused},
+                       raw_uploads=computer_files_routes.UPLOAD_PATH)  # files: streamed, capped by their route
     return app

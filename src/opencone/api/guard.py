@@ -4,6 +4,9 @@ One ASGI middleware, the outermost, in front of the hot action routes
 (api/hot_actions.py) and FastAPI's routing alike, so no route, present or
 future, sees a body it was not meant to carry:
 
+A file upload (``PUT`` on ``raw_uploads``: a computer's files) is no JSON and is
+streamed to disk by its route, which caps it by its own setting; it passes untouched.
+
 - larger than ``OPENCONE_MAX_BODY_BYTES``: 413, said by ``Content-Length``
   before anything is read, or counted as the body arrives;
 - not UTF-8, nested deeper than ``MAX_JSON_DEPTH``, or holding a lone UTF-16
@@ -47,14 +50,18 @@ def _problem(status: int, detail: str, errors: list[dict[str, str]]) -> Response
 
 class BodyGuard:
     def __init__(self, app: ASGIApp, max_body_bytes: int,
-                 renderers: dict[str, Render] | None = None) -> None:
-        """``renderers``: a path regex -> how refusals on the paths it matches are said."""
+                 renderers: dict[str, Render] | None = None, raw_uploads: str | None = None) -> None:
+        """``renderers``: a path regex -> how refusals on the paths it matches are said;
+        ``raw_uploads``: a path regex whose PUT bodies go on unread (their route bounds them)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.renderers = [(re.compile(path), render) for path, render in (renderers or {}).items()]
+        self.raw_uploads = re.compile(raw_uploads) if raw_uploads else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["method"] == "PUT" and self.raw_uploads is not None and self.raw_uploads.match(scope["path"]):
             return await self.app(scope, receive, send)
         length, chunked = _framing(scope)
         if length == 0 or (length is None and not chunked):

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from opencone.core.exec_limits import check_command, check_cwd, check_env
 from opencone.core.keys import normalize_chord, normalize_key
+from opencone.drivers import confined
 
 MAX_COORD = 100_000.0
 MAX_TEXT = 100_000
@@ -174,6 +175,34 @@ class SelectOption(_Action):
     kind: Literal["select_option"] = "select_option"
     element: Element
     values: list[Annotated[str, Field(max_length=1000)]] = Field(min_length=1, max_length=100)
+
+
+FileDir = Literal["downloads", "workspace"]
+
+
+class UploadFile(_Action):
+    """Put a file of the computer's (``path`` in ``dir``: its downloads or workspace, the kind's
+    default when absent) into the file input at a point or ``element``."""
+
+    kind: Literal["upload_file"] = "upload_file"
+    path: str = Field(min_length=1, max_length=confined.MAX_PATH_CHARS)
+    dir: FileDir | None = None
+    at: Point | None = None
+    element: Element | None = _no_element()
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        try:
+            confined.split(v)
+        except confined.PathRefused as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _target(self) -> UploadFile:
+        _at_most_one_target(self.at, self.element, required=True)
+        return self
 
 
 class PressKeys(_Action):
@@ -345,6 +374,6 @@ class ChangeProxy(_Action):
 Action = Annotated[
     Click | MoveMouse | MouseDown | MouseUp | Drag | TypeText | PressKeys | KeyDown | KeyUp | Scroll
     | Wait | Screenshot | Navigate | GetHtml | SetViewport | ListTabs | NewTab | SwitchTab | CloseTab
-    | RunCommand | ChangeProxy | Fill | SelectOption | History | Snapshot | Markdown,
+    | RunCommand | ChangeProxy | Fill | SelectOption | History | Snapshot | Markdown | UploadFile,
     Field(discriminator="kind"),
 ]

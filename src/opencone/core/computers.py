@@ -214,6 +214,7 @@ class ComputerService:
         self.on_end: list[Callable[[str], Awaitable[None]]] = []
         # (computer, action, request_id=...) -> result
         self.run_command: Callable[..., Awaitable[CommandResult]] | None = None
+        self.open_file: Callable[..., Any] | None = None  # upload_file's source (core/computer_files.py)
         # saved state of persistent computers (core/environments.py), set by the runtime
         self.environments: Any = None
 
@@ -533,6 +534,7 @@ class ComputerService:
         driver = comp.driver
         run_command = (functools.partial(self.run_command, comp, request_id=request_id)
                        if self.run_command else None)
+        open_file = functools.partial(self.open_file, comp) if self.open_file else None
         for action in step.actions:
             if comp.ending:
                 report.ok, report.error_message = False, "the computer was terminated"
@@ -541,7 +543,8 @@ class ComputerService:
             timeout = _action_timeout(action, self.settings)
             try:
                 async with asyncio.timeout(timeout):  # no extra task per action, unlike wait_for
-                    report.outcome = await perform(driver, action, step.tab_id, self._limits, run_command)
+                    report.outcome = await perform(driver, action, step.tab_id, self._limits, run_command,
+                                                   open_file)
             except ComputerGone as exc:
                 report.ok, report.error_message = False, str(exc)
                 return report

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from opencone.core import actions as a
 from opencone.core import markdown, perception
-from opencone.drivers.base import CommandResult, ComputerDriver, Display, DriverError, PageContext
+from opencone.drivers.base import CommandResult, ComputerDriver, Display, DriverError, PageContext, UploadSource
 
 CommandRunner = Callable[[a.RunCommand], Awaitable[CommandResult]]
+# a file of the computer's (dir, path), opened for upload_file by core/computer_files.py
+FileOpener = Callable[[str | None, str], AbstractAsyncContextManager[UploadSource]]
 
 
 @dataclass(slots=True)
@@ -47,7 +50,8 @@ def _points(action: a.Action) -> list[a.Point]:
     match action:
         case a.MoveMouse(at=p):
             return [p]
-        case a.Click(at=p) | a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p):
+        case (a.Click(at=p) | a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p)
+              | a.UploadFile(at=p)):
             return [p] if p else []
         case a.Drag(path=path):
             return list(path)
@@ -60,8 +64,9 @@ async def _element(driver: ComputerDriver, element: a.Element, tab: str | None) 
 
 
 async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, limits: Limits,
-                  run_command: CommandRunner | None = None) -> Outcome:
-    """``run_command`` runs a shell command in the computer's sandbox (the services supply it)."""
+                  run_command: CommandRunner | None = None, open_file: FileOpener | None = None) -> Outcome:
+    """``run_command`` runs a shell command in the computer's sandbox, ``open_file`` opens one of
+    its files (the services supply both)."""
     for point in _points(action):
         _inside(point, driver.display)
     match action:
@@ -91,6 +96,14 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
         case a.SelectOption(element=el, values=values):
             chosen = await driver.element_select(await _element(driver, el, tab), values, tab)  # type: ignore[attr-defined]
             return Outcome({"selected": chosen})
+        case a.UploadFile(path=path, dir=where, at=p, element=el):
+            set_files = getattr(driver, "set_input_files", None)
+            if set_files is None or open_file is None:
+                raise DriverError(f"upload_file is not available on a {driver.kind} computer")
+            target = await _element(driver, el, tab) if el is not None else None
+            async with open_file(where, path) as source:
+                await set_files(target, (p.x, p.y) if p is not None else None, source, tab)
+            return Outcome({"name": source.name, "path": path, "size": source.size})
         case a.PressKeys(keys=keys):
             await driver.press_keys(keys, tab)
         case a.KeyDown(key=key):

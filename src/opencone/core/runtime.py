@@ -9,6 +9,7 @@ import logging
 from opencone.config import Settings
 from opencone.core.accounts import KEYS_CHANGED, Accounts
 from opencone.core.clock import Clock, FileOffsetClock, SystemClock
+from opencone.core.computer_files import ComputerFiles
 from opencone.core.computers import ComputerService
 from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
@@ -73,6 +74,7 @@ class Runtime:
         )
         self.screencasts = ScreencastService(self.computers)
         self.exec = ExecService(self.computers, sandbox, settings.exec_max_output_bytes)
+        self.computer_files = ComputerFiles(self.computers, sandbox, settings.max_upload_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)
         self.computers.environments = self.environments
         self.recordings = RecordingService(settings, self.sessions, self.clock, self.computers, self.screencasts,

@@ -175,6 +175,15 @@ async def select_option(computer_id: str, body: w.SelectBody, request: Request,
     return await _run(request, org, computer_id, [step], body)
 
 
+@router.post("/computers/{computer_id}/upload-file")
+async def upload_file(computer_id: str, body: w.UploadFileBody, request: Request,
+                      org: str = Depends(current_org)) -> JsonBody:
+    """Ours: put the computer's file ``path`` (in ``dir``, uploaded with ``PUT /computers/{id}/files/{path}``
+    or downloaded) into the file input at ``x``/``y`` or ``ref``; ``result`` names it and its size."""
+    step = w.build("body", {"kind": "upload_file", "path": body.path, "dir": body.dir, **_target(body)})
+    return await _run(request, org, computer_id, [step], body)
+
+
 @router.post("/computers/{computer_id}/snapshot")
 async def snapshot(computer_id: str, request: Request, body: w.SnapshotBody | None = None,
                    org: str = Depends(current_org)) -> JsonBody:

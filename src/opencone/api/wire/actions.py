@@ -9,7 +9,8 @@ Three dialects arrive here: the bodies of the Lightcone action endpoints
 Our extensions (core/perception.py): every pointer and typing action takes
 ``ref`` (with an optional ``snapshot_id``) instead of ``x``/``y``, drags take
 ``ref`` and ``to_ref``, and ``fill``, ``select_option``, ``snapshot`` and
-``markdown`` are actions of their own.
+``markdown`` are actions of their own; ``upload_file`` puts a file of the computer's
+(``path`` in its downloads or workspace, ``dir``) into a file input at ``x``/``y`` or ``ref``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ ACTION_TYPES = (
     # OpenAI computer-use actions that SDK users pass to batch as they come from the model
     "point_and_type", "move",
     # ours: on elements of a snapshot (core/perception.py), and the page as a snapshot or markdown
-    "fill", "select_option", "snapshot", "markdown",
+    "fill", "select_option", "snapshot", "markdown", "upload_file",
 )
 DEFAULT_WAIT_MS = 1000
 _SMALL = 64  # (a list this short is cheaper to walk than to serialize)
@@ -126,6 +127,16 @@ class SelectBody(_Body):
     values: list[str] | None = None
     value: str | None = Field(default=None, description="One value: the same as `values: [value]`.")
     snapshot_id: str | None = _SNAPSHOT_ID
+
+
+class UploadFileBody(PointBody):
+    """Put the computer's file ``path`` (in ``dir``) into the file input at ``x``/``y`` or ``ref``."""
+
+    path: str = Field(max_length=1024, description="A file of the computer's, relative to `dir` "
+                                                    "(put there by `PUT /computers/{id}/files/{path}` or a download).")
+    dir: Literal["downloads", "workspace"] | None = Field(
+        default=None,
+        description="`downloads` or `workspace`; a browser's default is downloads, a desktop's workspace.")
 
 
 class SnapshotBody(_Body):
@@ -221,7 +232,7 @@ class ComputerAction(BaseModel):
     x2: float | None = None
     y2: float | None = None
     button: str | None = None
-    path: list[PathPoint] | None = None
+    path: list[PathPoint] | str | None = None  # a drag's points; upload_file's file
     dx: float | None = None
     dy: float | None = None
     scroll_x: float | None = None
@@ -258,6 +269,7 @@ class ComputerAction(BaseModel):
     main_only: bool | None = None
     links: bool | None = None
     images: bool | None = None
+    dir: str | None = None
 
 
 class ExecuteBody(BaseModel):
@@ -362,6 +374,8 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
             return [build(where, {"kind": "drag", "element": el, "to_element": element(act.to_ref, act.snapshot_id),
                                   "button": _button(where, act.button)})], tab
         case "drag":
+            if isinstance(act.path, str):
+                raise InvalidInput(f"{where}.path: a drag's path is a list of points ({{x, y}})", field=where)
             if act.path:
                 path = [{"x": p.x, "y": p.y} for p in act.path]
             else:
@@ -381,6 +395,14 @@ def translate(act: ComputerAction, where: str = "action") -> tuple[list[a.Action
             values = act.values if act.values is not None else ([act.value] if act.value is not None else None)
             _need(where, ref=act.ref, values=values)
             return [build(where, {"kind": "select_option", "element": el, "values": values})], tab
+        case "upload_file":
+            if not isinstance(act.path, str):
+                raise InvalidInput(f"{where}.path: upload_file needs path, the name of a file of the computer's "
+                                   "(in dir: downloads or workspace)", field=where)
+            if el is None:
+                _need(where, x=act.x, y=act.y)
+            return [build(where, {"kind": "upload_file", "path": act.path, "dir": act.dir, "element": el,
+                                  "at": None if el else _point(act.x, act.y)})], tab
         case "snapshot":
             return [build(where, {"kind": "snapshot", **_given(
                 format=act.format, interactive_only=act.interactive_only, viewport_only=act.viewport_only,
