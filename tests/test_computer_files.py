@@ -73,10 +73,17 @@ class Events:
 
 
 def test_a_playwright_download_over_cdp_is_kept_listed_fetched_and_announced(srv: Server, http: httpx.Client,
-                                                                             comp: str, site: str) -> None:
+                                                                             comp: str, site: str,
+                                                                             tmp_path: Path) -> None:
     events = Events(srv, comp)
+    elsewhere = tmp_path / "client-downloads"
+    elsewhere.mkdir()
     with sync_playwright() as pw:
         browser = pw.chromium.connect_over_cdp(f"{srv.base_url}/computers/{comp}/cdp?token={srv.api_key}")
+        # a client that names its own directory on the server's disk does not get it
+        session = browser.new_browser_cdp_session()
+        session.send("Browser.setDownloadBehavior", {"behavior": "allowAndName", "downloadPath": str(elsewhere),
+                                                     "eventsEnabled": True})
         page = browser.contexts[0].pages[0]
         page.goto(f"{site}/files.html")
         with page.expect_download() as info:
@@ -85,6 +92,7 @@ def test_a_playwright_download_over_cdp_is_kept_listed_fetched_and_announced(srv
         assert download.suggested_filename == "report.bin"
         assert download.failure() is None
         browser.close()
+    assert list(elsewhere.iterdir()) == []
     assert wait_until(lambda: "report.bin" in listed(http, comp), 10), listed(http, comp)
     entry = listed(http, comp)["report.bin"]  # (downloads: a browser's default dir)
     assert entry["type"] == "file" and entry["size"] == len(PAYLOAD) and entry["modified"].endswith("Z")
@@ -287,5 +295,12 @@ def test_a_desktop_keeps_its_downloads_in_its_home_and_its_uploads_in_its_worksp
         r = http.post(f"/computers/{cid}/upload-file", json={"ref": attach, "path": "in/hello.txt"}).json()
         assert r["status"] == "success", r
         assert page_out(srv, cid) == {"name": "hello.txt", "size": 4, "text": "desk"}
+        # by point: the input's box is in screenshot pixels, the browser window's place on the screen included
+        box = next(e["box"] for e in snap["elements"] if e.get("ref") == attach)
+        assert http.put(f"/computers/{cid}/files/two.txt", content=b"second").status_code == 201
+        r = http.post(f"/computers/{cid}/upload-file", json={"x": box[0] + box[2] / 2, "y": box[1] + box[3] / 2,
+                                                             "path": "two.txt"}).json()
+        assert r["status"] == "success", r
+        assert page_out(srv, cid) == {"name": "two.txt", "size": 6, "text": "second"}
     finally:
         http.delete(f"/computers/{cid}")
