@@ -1,4 +1,4 @@
-"""The ``opencone`` command: serve, and manage API keys."""
+"""The ``opencone`` command: serve, manage API keys, list models, and show a running server's status."""
 
 from __future__ import annotations
 
@@ -175,3 +175,67 @@ def models(
         console.print(table)
     if check and not all(c.ok for c in checks.values()):
         raise typer.Exit(1)
+
+
+def _default_url() -> str:
+    return os.environ.get("LIGHTCONE_BASE_URL") or f"http://127.0.0.1:{os.environ.get('OPENCONE_PORT', '8765')}"
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+@app.command()
+def status(
+    url: Annotated[str | None, typer.Option(
+        "--url", envvar="OPENCONE_URL",
+        help="The server [default: $LIGHTCONE_BASE_URL, else http://127.0.0.1:$OPENCONE_PORT or 8765]")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar=["OPENCONE_API_KEY", "TZAFON_API_KEY"], show_envvar=True,
+        help="A key of the default organisation")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The server's GET /status answer, for scripts")] = False,
+) -> None:
+    """The running server at a glance: computers, pools, streams, memory and load (GET /status)."""
+    import httpx
+
+    base = (url or _default_url()).rstrip("/")
+    if not api_key:
+        console.print("[red]no API key: pass --api-key or set OPENCONE_API_KEY (a key of the default "
+                      "organisation)[/red]")
+        raise typer.Exit(2)
+    try:
+        resp = httpx.get(f"{base}/status", headers={"authorization": f"Bearer {api_key}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach {base}: {exc}[/red]")
+        raise typer.Exit(1) from None
+    if resp.status_code != 200:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text[:200]
+        console.print(f"[red]{base}/status answered {resp.status_code}: {detail}[/red]")
+        raise typer.Exit(1)
+    st = resp.json()
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return
+    host, comps = st["host"], st["computers"]
+    console.print(f"[bold]opencone {st['version']}[/bold] at {base}, up {st['uptime_seconds']:,.0f} s")
+    console.print(f"load {' '.join(f'{x:g}' for x in host['load'])} on {host['cpus']} cores · memory "
+                  f"{_mib(host['memory_available_bytes'])} free of {_mib(host['memory_total_bytes'])} · "
+                  f"server {_mib(host['server_rss_bytes'])}")
+    console.print(f"{comps['live']} live computers of {st['max_computers']} · "
+                  f"{st['streams']['event_subscribers']} event streams · "
+                  f"{st['streams']['screencast_viewers']} screencast viewers · "
+                  f"{st['exec']['running']} commands running ({st['exec']['started']} started) · "
+                  f"agent tasks: {', '.join(f'{n} {s}' for s, n in st['agent_tasks'].items()) or 'none'}")
+    pools = Table("pool", "ready", "launching", "floor", "target", "max", "misses", title="pools")
+    for p in st["pools"]:
+        pools.add_row(p["pool"], *(str(p[k]) for k in ("ready", "launching", "floor", "target", "max", "misses")))
+    console.print(pools)
+    if comps["list"]:
+        table = Table("id", "organisation", "kind", "status", "age", "idle", title="computers")
+        for c in comps["list"]:
+            table.add_row(c["id"], c["org_id"], c["kind"], c["status"], f"{c['age_seconds']:,.0f} s",
+                          f"{c['idle_seconds']:,.0f} s")
+        console.print(table)

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     default_width: int = 1024
     default_height: int = 768
 
+    metrics_public: bool = Field(
+        default=False, description="GET /metrics without an API key (for a scraper on a trusted network); by "
+                                   "default it takes a key of the default organisation, as GET /status does.")
+
     log_level: str = "info"
 
     desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops always kept ready.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -86,6 +86,7 @@ class AgentService:
             keepalive_seconds=max(1.0, min(15.0, s.default_inactivity_timeout_seconds / 4)))
         self.runs: dict[str, TaskRun] = {}
         self.logs: OrderedDict[str, tuple[TaskLog, float]] = OrderedDict()  # ended tasks' logs, oldest first
+        self.ended: Counter[str] = Counter()  # tasks ended, by status (GET /metrics)
         self._adapters: dict[str, tuple[Adapter, int]] = {}
         self._keys: dict[tuple[str, str], asyncio.Lock] = {}
         self._sessions = runtime.sessions
@@ -204,6 +205,7 @@ class AgentService:
             await run.run()
         finally:
             self.runs.pop(run.task_id, None)
+            self.ended[run.status] += 1
             self._keep_log(run.task_id, run.log)
 
     def _keep_log(self, task_id: str, task_log: TaskLog) -> None:

@@ -14,20 +14,24 @@ from opencone import __version__
 from opencone.agent.service import AgentService
 from opencone.api import errors, openapi
 from opencone.api.auth import REDACT_TOKENS
+from opencone.api.error_counter import ErrorCounter
 from opencone.api.gateway_hot import GatewayHot
 from opencone.api.guard import BodyGuard
 from opencone.api.hot_actions import HotActions
 from opencone.api.routes import actions, agent, cdp, computers, events, exec, files, health, live, screencast, tabs
 from opencone.api.routes import chat as chat_routes
 from opencone.api.routes import computer_files as computer_files_routes
+from opencone.api.routes import metrics as metrics_routes
 from opencone.api.routes import models as model_routes
 from opencone.api.routes import notte as notte_routes
 from opencone.api.routes import notte_seed as notte_seed_routes
 from opencone.api.routes import recordings as recording_routes
 from opencone.api.routes import responses as response_routes
+from opencone.api.routes import root as root_routes
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.actions import renderer
 from opencone.config import Settings
+from opencone.core.metrics import watch_agents
 from opencone.core.runtime import Runtime
 from opencone.gateway.service import Gateway
 
@@ -48,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the agent loop, beside the gateway: it renders screenshots as the REST API does (capability URLs)
         agents = AgentService(runtime, gateway, lambda base: renderer(runtime.files, base))
         app.state.agents = agents
+        watch_agents(runtime.metrics, agents)
         await agents.start()
         if runtime.first_key:
             # printed once, on the first start without OPENCONE_API_KEY; only its hash is stored
@@ -80,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     for module in (model_routes, chat_routes, response_routes):  # the model gateway (OpenAI-shaped errors)
         app.include_router(module.router)
+    for module in (root_routes, metrics_routes):  # GET /, and the server seen whole (/metrics, /status)
+        app.include_router(module.router)
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     app.add_middleware(GatewayHot)  # the model gateway's hot routes (chat, responses create), likewise
     # outermost: bodies are bounded and checked before either of the two routings parses one
@@ -87,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        renderers={exec.STREAM_PATH: exec.refused, openai_wire.PATHS: openai_wire.refused,
                                   notte_seed_routes.PATHS: notte_seed_routes.refused},
                        raw_uploads=computer_files_routes.UPLOAD_PATH)  # files: streamed, capped by their route
+    app.add_middleware(ErrorCounter)  # around even that: every layer's error answers, counted for GET /metrics
     return app

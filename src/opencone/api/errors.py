@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from opencone.api.error_counter import note
 from opencone.core.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service(_req: Request, exc: ServiceError) -> JSONResponse:
+    async def _service(req: Request, exc: ServiceError) -> JSONResponse:
+        note(req.scope, type(exc).__name__)  # GET /metrics: errors by type (api/error_counter.py)
         return service_problem(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -110,6 +112,7 @@ def install(app: FastAPI) -> None:
         return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
+        note(req.scope, f"internal:{exc.__class__.__name__}")
         return problem(500, f"internal error: {exc.__class__.__name__}")

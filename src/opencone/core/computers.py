@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +30,7 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.events import EventBus, action_fields, clip, completed_fields
 from opencone.core.ids import new_id
 from opencone.core.lifetimes import EndReason, Lifetime
+from opencone.core.metrics import Metrics
 from opencone.core.store.models import ComputerRecord
 from opencone.drivers.base import CommandResult, ComputerDriver, ComputerGone, Display, DriverError
 
@@ -217,6 +219,7 @@ class ComputerService:
         self.open_file: Callable[..., Any] | None = None  # upload_file's source (core/computer_files.py)
         # saved state of persistent computers (core/environments.py), set by the runtime
         self.environments: Any = None
+        self.metrics = Metrics()  # GET /metrics: creates and actions are observed here
 
     # -- start / stop -------------------------------------------------------------------
     async def start(self) -> None:
@@ -284,6 +287,7 @@ class ComputerService:
             )
 
     async def create(self, org_id: str, spec: CreateSpec) -> ComputerView:
+        t0 = time.perf_counter()
         self.validate_spec(spec)
         if self.environments is not None:
             await self.environments.check_create(org_id, spec)
@@ -298,8 +302,10 @@ class ComputerService:
             try:
                 factory = self._factories[spec.kind]
                 if spec.environment_id and spec.kind == "browser" and self.environments is not None:
-                    driver = await self.environments.launch_browser(spec)  # a restored profile
+                    driver, pool_hit = await self.environments.launch_browser(spec), False  # a restored profile
                 else:
+                    # read just before the take, with no await between: exact even in a burst
+                    pool_hit = factory.pool.ready_count > 0  # type: ignore[attr-defined]
                     driver = await factory.create(spec.display, spec.options)
                 if spec.options.get("stealth") and hasattr(driver, "configure_stealth"):
                     try:  # a pool browser gets its computer's stealth options (drivers/chromium/stealth.py)
@@ -311,6 +317,7 @@ class ComputerService:
                 raise
             except Exception as exc:
                 log.exception("could not start a %s computer", spec.kind)
+                self.metrics.create_failures.labels(spec.kind).inc()
                 raise StartFailed(f"could not start a {spec.kind} computer: {exc}") from exc
             now = self._clock.now()
             comp = LiveComputer(new_id("comp"), org_id, spec.kind, driver, spec, now, now)
@@ -330,6 +337,7 @@ class ComputerService:
         d = driver.display
         self.events.publish(comp.id, "created", kind=comp.kind,
                             display={"width": d.width, "height": d.height, "scale": d.scale})
+        self.metrics.observe_create(spec.kind, pool_hit, time.perf_counter() - t0)
         return comp.view()
 
     def _forward_driver_events(self, comp: LiveComputer) -> None:
@@ -541,6 +549,7 @@ class ComputerService:
                 return report
             self._touch(comp)
             timeout = _action_timeout(action, self.settings)
+            t0 = time.perf_counter()
             try:
                 async with asyncio.timeout(timeout):  # no extra task per action, unlike wait_for
                     report.outcome = await perform(driver, action, step.tab_id, self._limits, run_command,
@@ -555,6 +564,7 @@ class ComputerService:
             except Exception as exc:  # a driver bug must not become a 500 or a hung computer
                 log.exception("action %s on %s failed", action.kind, comp.id)
                 report.ok, report.error_message = False, f"{action.kind} failed: {exc}"
+            self.metrics.observe_action(action.kind, time.perf_counter() - t0, report.ok)
             if not report.ok:
                 break
         with contextlib.suppress(Exception):
@@ -629,4 +639,8 @@ class ComputerService:
     @property
     def live_count(self) -> int:
         return len(self._live) - self._ending
+
+    def live_computers(self) -> list[LiveComputer]:
+        """Every live computer of every organisation (ending ones too): for the server's own status."""
+        return list(self._live.values())
 

@@ -256,6 +256,11 @@ class EventBus:
         ch = self._live.get(computer_id) or self._ended.get(computer_id)
         return None if ch is None else ch.next_seq - 1
 
+    @property
+    def subscriber_total(self) -> int:
+        """Open subscriptions over every live computer (GET /metrics)."""
+        return sum(len(ch.subscribers) for ch in list(self._live.values()))
+
     def subscriber_count(self, computer_id: str) -> int:
         ch = self._live.get(computer_id)
         return 0 if ch is None else len(ch.subscribers)

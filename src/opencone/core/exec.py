@@ -180,8 +180,13 @@ class ExecService:
         self._sandbox = sandbox
         self._max_output = max_output_bytes
         self._running: dict[str, set[Execution]] = {}
+        self.started = 0  # commands started since the server started (GET /metrics)
         computers.on_end.append(self._computer_ended)
         computers.run_command = self._run_action
+
+    @property
+    def running_count(self) -> int:
+        return sum(len(runs) for runs in list(self._running.values()))
 
     def start(self) -> None:
         self._sandbox.start()
@@ -241,6 +246,7 @@ class ExecService:
             raise Unavailable(str(exc)) from None
         except OSError as exc:
             raise Unavailable(f"could not start the sandbox: {exc}") from exc
+        self.started += 1
         running = self._running.setdefault(comp.id, set())
         running.add(execution)
         tap = _Tap(self._computers.events, comp.id, req.request_id or new_id("exec"), req)

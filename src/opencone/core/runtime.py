@@ -15,6 +15,7 @@ from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
 from opencone.core.exec import ExecService
 from opencone.core.files import FileStore
+from opencone.core.metrics import watch_runtime
 from opencone.core.recording import RecordingService
 from opencone.core.screencast import ScreencastService
 from opencone.core.store.db import make_engine, migrate, sessionmaker
@@ -77,6 +78,8 @@ class Runtime:
         self.computer_files = ComputerFiles(self.computers, sandbox, settings.max_upload_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)
         self.computers.environments = self.environments
+        self.metrics = self.computers.metrics  # GET /metrics: the services' figures, read when scraped
+        watch_runtime(self.metrics, self)
         self.recordings = RecordingService(settings, self.sessions, self.clock, self.computers, self.screencasts,
                                            self.events)
         self.environments.other_usage = self.recordings.usage  # one storage cap for both

@@ -162,6 +162,11 @@ class ScreencastService:
             cast.finish()
 
     @property
+    def viewer_total(self) -> int:
+        """Open screencast streams over every computer (GET /metrics)."""
+        return sum(len(cast.viewers) for cast in list(self._casts.values()))
+
+    @property
     def active(self) -> int:
         """Computers being cast right now."""
         return len(self._casts)
