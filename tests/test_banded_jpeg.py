@@ -158,7 +158,7 @@ def test_a_page_redrawn_in_part_is_shown_as_grabbed(desk: Desk) -> None:
         return base64.b64decode(result.result["screenshot_url"].split(",", 1)[1])
 
     def as_grabbed() -> numpy.ndarray:
-        return grabbed_pixels(grabber, 1024, 768, 80)
+        return grabbed_pixels(grabber, 1280, 720, 80)  # a desktop's default screen
 
     settled: list[tuple[bytes, numpy.ndarray]] = []
 

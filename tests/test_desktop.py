@@ -114,7 +114,7 @@ def desk(server: Server, site: str) -> Iterator[Desk]:
 def test_a_desktop_is_a_desktop(desk: Desk) -> None:
     comp = desk.client.computers.retrieve(desk.id)
     assert comp.kind == "desktop"
-    assert desk.screen() == (1024, 768)
+    assert desk.screen() == (1280, 720)  # the official Lightcone examples' desktop
 
 
 def test_screenshot_is_a_jpeg_of_the_whole_screen(desk: Desk) -> None:
@@ -122,10 +122,10 @@ def test_screenshot_is_a_jpeg_of_the_whole_screen(desk: Desk) -> None:
     url = result.result["screenshot_url"]
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.headers["content-type"] == "image/jpeg"
-        assert jpeg_size(resp.read()) == (1024, 768)
+        assert jpeg_size(resp.read()) == (1280, 720)
     b64 = desk.ok(desk.client.computers.screenshot(desk.id, base64=True)).result["screenshot_url"]
     assert b64.startswith("data:image/jpeg;base64,")
-    assert jpeg_size(base64.b64decode(b64.split(",", 1)[1])) == (1024, 768)
+    assert jpeg_size(base64.b64decode(b64.split(",", 1)[1])) == (1280, 720)
 
 
 def test_a_screenshot_shows_everything_drawn_before_it(server: Server) -> None:
@@ -404,21 +404,21 @@ def new_workdir_of(desk: Desk, server: Server) -> Path:
 def test_set_viewport_resizes_the_screen(desk: Desk) -> None:
     c = desk.client.computers
     try:
-        result = desk.ok(c.viewport(desk.id, width=1280, height=720))
-        assert desk.screen() == (1280, 720)
+        result = desk.ok(c.viewport(desk.id, width=1024, height=768))
+        assert desk.screen() == (1024, 768)
         shot = desk.ok(c.screenshot(desk.id, base64=True)).result["screenshot_url"]
-        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1280, 720)
+        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1024, 768)
         # the maximized browser follows the screen
         assert wait_until(lambda: c.navigate(desk.id, url=f"{desk.site}/playground.html",
                                              extra_body={"include_context": True}).page_context.viewport_width
-                          == 1280, 5)
+                          == 1024, 5)
         too_big = c.viewport(desk.id, width=3000, height=2000)
         assert too_big.status == "error" and "at most" in too_big.error_message
         scaled = c.viewport(desk.id, width=800, height=600, scale_factor=2)
         assert scaled.status == "error" and "scale" in scaled.error_message
         assert result.status == "success"
     finally:
-        desk.ok(c.viewport(desk.id, width=1024, height=768))
+        desk.ok(c.viewport(desk.id, width=1280, height=720))  # back to the default
         desk.open_playground()
 
 
@@ -521,10 +521,10 @@ def test_a_warm_desktop_pool(tmp_path: Path, site: str) -> None:
         assert wait_until(lambda: warm() == 1, 30), "the pool launches a desktop"
         [pooled] = workdirs(srv)
         client = srv.client()
-        comp = client.computers.create(kind="desktop", display={"width": 1280, "height": 720})
-        assert client.computers.retrieve(comp.id).model_extra["display"]["width"] == 1280
+        comp = client.computers.create(kind="desktop", display={"width": 1024, "height": 768})  # not the default
+        assert client.computers.retrieve(comp.id).model_extra["display"]["width"] == 1024
         shot = client.computers.screenshot(comp.id, base64=True).result["screenshot_url"]
-        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1280, 720)
+        assert jpeg_size(base64.b64decode(shot.split(",", 1)[1])) == (1024, 768)
         # the computer is the pooled desktop (resized): deleting it removes that desktop's
         # directory, which a cold launch would have left waiting in the pool
         client.computers.delete(comp.id)

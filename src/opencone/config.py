@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     screenshot_quality: int = Field(default=80, ge=1, le=100)
     file_ttl_seconds: int = Field(default=3600, ge=1, description="How long a screenshot URL stays valid.")
 
-    default_width: int = 1024
-    default_height: int = 768
+    # a computer created without `display`: browsers as the SDK's helpers assume, desktops as every official
+    # Lightcone example converts a model's 0-999 coordinates for `computer.create(kind="desktop")`
+    default_width: int = Field(default=1024, ge=64, le=8192, description="A browser's width when create names none.")
+    default_height: int = Field(default=768, ge=64, le=8192)
+    desktop_default_width: int = Field(default=1280, ge=64, le=8192,
+                                       description="A desktop's width when create names none.")
+    desktop_default_height: int = Field(default=720, ge=64, le=8192)
 
     metrics_public: bool = Field(
         default=False, description="GET /metrics without an API key (for a scraper on a trusted network); by "
@@ -232,6 +237,12 @@ class Settings(BaseSettings):
     def _check_egress_allow(cls, value: str) -> str:
         parse_allow(value)  # a bad entry stops the server at start-up, naming it
         return value
+
+    def default_display(self, kind: str) -> tuple[int, int]:
+        """(width, height) of a computer of ``kind`` created without a display."""
+        if kind == "desktop":
+            return self.desktop_default_width, self.desktop_default_height
+        return self.default_width, self.default_height
 
     @property
     def resolved_database_url(self) -> str:

@@ -263,8 +263,8 @@ class AgentService:
         lifetime = s.default_max_lifetime_seconds
         if spec.max_duration_seconds:
             lifetime = max(lifetime, spec.max_duration_seconds + 600)
-        return CreateSpec(kind=kind, display=Display(spec.viewport_width or s.default_width,
-                                                     spec.viewport_height or s.default_height),
+        width, height = s.default_display(kind)
+        return CreateSpec(kind=kind, display=Display(spec.viewport_width or width, spec.viewport_height or height),
                           max_lifetime_seconds=min(lifetime, s.max_lifetime_cap_seconds),
                           inactivity_timeout_seconds=s.default_inactivity_timeout_seconds,
                           idle_timeout_enabled=True, persistent=spec.persistent, environment_id=environment_id)

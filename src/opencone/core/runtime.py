@@ -65,7 +65,7 @@ class Runtime:
             PoolPolicy(floor=settings.desktop_pool_size, max=settings.desktop_pool_max,
                        parallel=settings.pool_launch_parallel, memory_reserve_bytes=reserve,
                        idle_seconds=settings.pool_idle_seconds, item_bytes_guess=450 * 1024 * 1024),
-            Display(settings.default_width, settings.default_height),
+            Display(*settings.default_display("desktop")),
             (settings.desktop_max_width, settings.desktop_max_height), sandbox, network=network,
         )
         self.events = EventBus(self.clock, Limits(queue_events=settings.events_queue_size,

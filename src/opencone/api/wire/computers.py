@@ -67,10 +67,10 @@ class ComputerCreate(BaseModel):
             options["stealth"] = self.stealth.options()
         if self.use_advanced_proxy:
             options["use_advanced_proxy"] = True
+        width, height = settings.default_display(self.kind)
         return CreateSpec(
             kind=self.kind,
-            display=Display(d.width or settings.default_width, d.height or settings.default_height,
-                            d.scale or 1.0),
+            display=Display(d.width or width, d.height or height, d.scale or 1.0),
             max_lifetime_seconds=self.max_lifetime_seconds or self.timeout_seconds
             or settings.default_max_lifetime_seconds,
             inactivity_timeout_seconds=self.inactivity_timeout_seconds
