@@ -34,6 +34,8 @@ DISABLED_FEATURES = ",".join([
     "WebUIOmniboxPopup", "WebUIOmniboxAimPopup", "WebUIOmniboxFullPopup", "SpareRendererForSitePerProcess",
 ])
 
+OFFLINE_TLD = "invalid"  # RFC 2606: never resolves; Chromium's own service URLs are pointed there (below)
+
 BASE_FLAGS = [
     "--disable-gpu",
     "--disable-background-networking",
@@ -67,6 +69,19 @@ BASE_FLAGS = [
     # a computer with stealth {"enabled": false} gets it back per tab (Emulation.setAutomationOverride)
     "--disable-blink-features=AutomationControlled",
     f"--disable-features={DISABLED_FEATURES}",
+    # Chromium's own calls home that no flag or enterprise policy stops (measured on Debian's 156:
+    # --disable-component-update, --disable-background-networking, --allow-browser-signin=false, the
+    # BrowserSignin and GenAILocalFoundationalModelSettings policies all leave them): the on-demand
+    # fetch of the on-device-model manifest (update.googleapis.com) and the Google-accounts listing
+    # every profile does once its network is up (accounts.google.com/ListAccounts). Their service URLs
+    # go to the reserved .invalid names, which proxy_flags sends past the forwarder and which fail
+    # in Chromium's own resolver: nothing leaves, not even to the forwarder. Pages are untouched:
+    # only Chromium's internal services use these URLs (a page can still open accounts.google.com).
+    "--gaia-url=https://gaia.invalid",
+    "--google-apis-url=https://apis.invalid",
+    "--lso-url=https://lso.invalid",
+    "--component-updater=url-source=https://update.invalid",
+    f"--host-resolver-rules=MAP *.{OFFLINE_TLD} ~NOTFOUND",
 ]
 
 DEVTOOLS_PORT = 9222  # inside a browser's own network namespace (below the kernel's ephemeral range)
@@ -164,8 +179,10 @@ def proxy_flags(proxy_server: str) -> list[str]:
 
     Chromium never proxies loopback by default; ``<-loopback>`` removes that rule,
     so pages on 127.0.0.1 take the same route as the rest (and tests can see it).
+    Names under ``.invalid`` (where BASE_FLAGS point Chromium's own services) skip the proxy and
+    end in Chromium's resolver (``--host-resolver-rules``): no connection anywhere.
     """
-    return [f"--proxy-server={proxy_server}", "--proxy-bypass-list=<-loopback>"]
+    return [f"--proxy-server={proxy_server}", f"--proxy-bypass-list=<-loopback>;*.{OFFLINE_TLD}"]
 
 
 def chromium_command(

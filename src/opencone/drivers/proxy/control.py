@@ -35,9 +35,10 @@ class RoutedThroughProxy:
     def proxy_status(self) -> dict[str, Any]:
         """For the computer's status: the route (password masked) and the bytes through it."""
         if self.proxy is None:
-            return {"upstream": None, "bytes_sent": 0, "bytes_received": 0}
+            return {"upstream": None, "bytes_sent": 0, "bytes_received": 0, "connections": 0}
         s = self.proxy.stats()
-        return {"upstream": s["upstream"], "bytes_sent": s["bytes_sent"], "bytes_received": s["bytes_received"]}
+        return {"upstream": s["upstream"], "bytes_sent": s["bytes_sent"], "bytes_received": s["bytes_received"],
+                "connections": s["connections"]}  # every one the browser opened, refused ones included
 
     async def command_network(self) -> tuple[NetNamespace | None, dict[str, str]]:
         """Where this computer's shell commands go when they may use the network: their network

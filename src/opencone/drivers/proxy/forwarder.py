@@ -258,7 +258,9 @@ class ForwardingProxy:
         self._recent_errors[target] = Failure(exc.code, reason, time.monotonic())
         if len(self._recent_errors) > 64:
             del self._recent_errors[next(iter(self._recent_errors))]
-        log.info("proxy %s: %s", self.port if self._server else "?", reason)
+        # a refused or unreachable destination is a page's business (its error, an egress_blocked
+        # event), not the operator's: debug, or a busy server's log is nothing else
+        log.debug("proxy %s: %s", self.port if self._server else "?", reason)
         refused = isinstance(exc, EgressRefused)
         if refused and self.on_refused is not None:
             with contextlib.suppress(Exception):
