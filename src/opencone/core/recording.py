@@ -201,6 +201,7 @@ class RecordingService:
         self._screencasts = screencasts
         self._events = events
         self._active: dict[str, _Active] = {}  # by computer id
+        self._starting: set[str] = set()  # computers whose recording is being set up
         self._monitor: asyncio.Task[None] | None = None
         # the organisation's stored bytes, recordings included (set by the runtime: saved environments'
         # usage, which adds ours); without it, recordings alone
@@ -291,8 +292,19 @@ class RecordingService:
             raise Conflict(f"computer {computer_id} is already being recorded ({self._active[computer_id].id}); "
                            f"stop it first with POST /computers/{computer_id}/recording/stop",
                            recording_id=self._active[computer_id].id)
-        if not checked:
-            await self.check_room(org_id, conflict=True)
+        if computer_id in self._starting:
+            raise Conflict(f"a recording of computer {computer_id} is starting; stop it first with "
+                           f"POST /computers/{computer_id}/recording/stop")
+        self._starting.add(computer_id)  # (two starts at once: the second is the 409 above)
+        try:
+            if not checked:
+                await self.check_room(org_id, conflict=True)
+            return await self._start(comp, keep)
+        finally:
+            self._starting.discard(computer_id)
+
+    async def _start(self, comp: Any, keep: bool) -> dict[str, Any]:
+        org_id, computer_id = comp.org_id, comp.id
         self.root.mkdir(parents=True, exist_ok=True)
         rec_id = new_id("rec")
         active = _Active(rec_id, org_id, computer_id, comp.kind, keep or comp.spec.persistent, self._clock.now(),

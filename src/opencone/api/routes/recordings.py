@@ -22,6 +22,7 @@ from opencone.api.deps import base_url, runtime
 from opencone.api.errors import problems
 from opencone.api.openapi import KEY_OR_TOKEN
 from opencone.api.wire.recordings import RecordingStart, recording_response
+from opencone.core.errors import NotFound
 
 router = APIRouter(tags=["recordings"])
 
@@ -63,10 +64,13 @@ async def _video(request: Request, org: str, rec_id: str | None = None, computer
     path, size, rid = await runtime(request).recordings.video(org, rec_id, computer_id)
     headers = {"cache-control": "no-store", "x-recording-id": rid,
                "content-disposition": f'inline; filename="{rid}.mp4"'}
-    return _Prefix(path, size, headers)
+    try:
+        return _Prefix(path, size, headers)
+    except FileNotFoundError:  # deleted in between
+        raise NotFound(f"no recording {rid!r}") from None
 
 
-@router.post("/computers/{computer_id}/recording/start", responses=problems(401, 404, 409, 422))
+@router.post("/computers/{computer_id}/recording/start", responses=problems(401, 404, 409, 413, 422))
 async def start_recording(request: Request, body: RecordingStart | None = None, computer_id: str = COMP_ID,
                           org: str = Depends(current_org)) -> dict[str, Any]:
     """Record the computer's screen from now on; 409 if it is being recorded already or the
