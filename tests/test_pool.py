@@ -93,6 +93,26 @@ async def test_fills_to_the_floor_then_grows_after_a_burst_and_shrinks_when_idle
         await pool.close()
 
 
+async def test_a_burst_served_slowly_is_remembered_from_its_last_take() -> None:
+    launcher, clock = Launcher(), FakeClock()
+    pool = make_pool(launcher, clock, floor=0, max=8, parallel=2, idle_seconds=50)
+    pool.start()
+    try:
+        launcher.gate.clear()
+        takes = asyncio.gather(*(pool.take() for _ in range(6)))
+        await until(lambda: launcher.started == 2)
+        clock.now += 40  # the launches take long (a loaded machine)
+        launcher.gate.set()
+        await takes
+        clock.now += 45  # 85 s after the burst began, 45 s after it was served: still wanted
+        await until(lambda: pool.ready_count == 6)
+        assert pool.target() == 6
+        clock.now += 6
+        await until(lambda: pool.ready_count == 0)
+    finally:
+        await pool.close()
+
+
 async def test_respects_max_and_one_create_at_a_time_is_no_burst() -> None:
     launcher, clock = Launcher(), FakeClock()
     pool = make_pool(launcher, clock, floor=1, max=4, parallel=8)

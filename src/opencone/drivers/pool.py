@@ -132,13 +132,21 @@ class WarmPool(Generic[T]):
         peak = max((n for _t, n in self._peaks), default=0)
         return min(p.max, max(p.floor, peak if peak >= 2 else 0))
 
-    def _note_take(self) -> None:
+    def _note_take(self) -> int:
+        """Count a take starting now; the size of the burst it belongs to."""
         now = self._clock()
         self._last_take = now
         self._takes.append(now)
         while now - self._takes[0] > self.policy.burst_span_seconds:
             self._takes.popleft()
         burst = max(len(self._takes), self._taking)
+        self._note_peak(burst)
+        return burst
+
+    def _note_peak(self, burst: int) -> None:
+        """A burst of ``burst`` seen now (again when its takes end: a burst served slowly, by
+        launches, is forgotten ``idle_seconds`` after its last take got its item, not after it began)."""
+        now = self._clock()
         while self._peaks and self._peaks[-1][1] <= burst:  # an earlier peak no larger is not needed now
             self._peaks.pop()
         self._peaks.append((now, burst))
@@ -149,7 +157,7 @@ class WarmPool(Generic[T]):
         if self._closed:
             raise PoolClosed(f"the {self.name} pool is closed")
         self._taking += 1
-        self._note_take()
+        burst = self._note_take()
         try:
             while self._ready:
                 item = self._ready.pop()  # the newest: the oldest go first when the pool shrinks
@@ -171,6 +179,7 @@ class WarmPool(Generic[T]):
                     self._waiters.remove(waiter)
         finally:
             self._taking -= 1
+            self._note_peak(burst)
             self._wakeup.set()
 
     def _offer(self, item: T) -> None:
