@@ -58,6 +58,7 @@ _PRESS_GAP_MS = 3
 _PRESS_RECENT = 0.1  # seconds: a press sent sooner than this after the last one is held back
 _INLINE_UNSENT = 32 * 1024  # can_send: bytes python-xlib may hold unsent (a socket's room is ~150 KiB)
 _FOCUS_WAIT = 0.5  # seconds to wait for the window manager (a focus change, a sync)
+_ICONIC_STATE = 3  # ICCCM WM_STATE: IconicState
 
 
 class XInput:
@@ -306,11 +307,14 @@ class XInput:
         focus change made meanwhile (Alt+Tab, a new window) is known by the comparison.
         """
         try:
-            child = self.root.query_pointer().child
-            if not child:
+            pointer = self.root.query_pointer()
+            if not pointer.child:
                 return
-            client = self._client_of(child)
+            client = self._client_of(pointer.child)
             if client is None or self._active() == client:
+                return
+            window = self.d.create_resource_object("window", client)
+            if not self._inside(window, pointer.root_x, pointer.root_y) or self._iconic(window):
                 return
             ask = xevent.ClientMessage(window=self.d.create_resource_object("window", client),
                                        client_type=self._net_active, data=(32, [2, X.CurrentTime, 0, 0, 0]))
@@ -322,6 +326,20 @@ class XInput:
         except xerror.XError:  # the window went away meanwhile
             self._clients.clear()
             self._active_stale = True
+
+    def _inside(self, client: Window, root_x: int, root_y: int) -> bool:
+        """Whether the pointer is on the client window itself, not on its frame's decoration. A
+        click on a titlebar, border or button is openbox's own (apps.py binds them: a press there
+        focuses and raises, the iconify button iconifies): a focus call after it would undo an
+        iconify, since activating an iconic window maps it again."""
+        at = client.translate_coords(self.root, root_x, root_y)
+        geo = client.get_geometry()
+        return 0 <= at.x < geo.width and 0 <= at.y < geo.height
+
+    def _iconic(self, client: Window) -> bool:
+        """WM_STATE says iconic (minimised): never activate it, which would map it again."""
+        state = client.get_full_property(self._wm_state, X.AnyPropertyType)
+        return state is not None and len(state.value) > 0 and int(state.value[0]) == _ICONIC_STATE
 
     # -- pointer ------------------------------------------------------------------------
     def _motion(self, x: float, y: float) -> None:
