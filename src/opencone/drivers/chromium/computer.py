@@ -400,8 +400,22 @@ class ChromiumComputer(ChromiumPerception):
         if not self.alive:
             raise ComputerGone("the browser is no longer running")
         await self.tabs.settle()
-        tabs = [t for t in self.tabs.all() if not t.page.url.startswith(_HIDDEN_SCHEMES)]
+        live = await self._page_targets()
+        tabs = [t for t in self.tabs.all() if not t.page.url.startswith(_HIDDEN_SCHEMES)
+                and (live is None or t.tab_id in live)]
         return [await self._info(t) for t in tabs]
+
+    async def _page_targets(self) -> set[str] | None:
+        """The page targets the browser has right now. A page a CDP client closed is gone from the
+        browser when its ``close()`` resolves, but Playwright's close event reaches this server's
+        connection 20-90 ms later: without asking, ``GET /tabs`` would still list it."""
+        with contextlib.suppress(Exception):  # (None: the registry's view alone)
+            if self.stealth_targets is not None:
+                return await asyncio.wait_for(self.stealth_targets.page_targets(), 2)
+            for t in self.tabs.all():  # no connection of our own: through Playwright's session on a tab
+                answer = await asyncio.wait_for(t.cdp.send("Target.getTargets"), 2)
+                return {i["targetId"] for i in answer["targetInfos"] if i.get("type") == "page"}
+        return None
 
     async def new_tab(self, url: str | None, timeout: float) -> TabInfo:
         if not self.alive:

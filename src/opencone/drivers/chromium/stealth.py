@@ -405,6 +405,14 @@ class StealthTargets:
         session_id = self._pages.get(target_id)
         return None if session_id is None or self._cdp.closed else (self._cdp, session_id)
 
+    async def page_targets(self) -> set[str] | None:
+        """The ids of the browser's page targets now (one round trip on this connection), or None
+        when it is closed."""
+        if self._cdp.closed:
+            return None
+        answer = await self._cdp.send("Target.getTargets")
+        return {t["targetId"] for t in answer.get("targetInfos", []) if t.get("type") == "page"}
+
     async def settle(self) -> None:
         """Wait until the overrides sent so far are answered (or have timed out)."""
         if self._preparing:
