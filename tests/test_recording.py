@@ -75,6 +75,19 @@ def rec_threads(server: Server) -> list[str]:
     return [n for n in names if n.startswith(THREAD)]
 
 
+def finished(http: httpx.Client, rec_id: str) -> dict[str, Any]:
+    """The recording once it is no longer in progress (a computer's end, DELETE's included, runs in the
+    background: the recording is finished just after)."""
+    def row() -> dict[str, Any]:
+        return http.get(f"/recordings/{rec_id}/timeline").json()["recording"]  # type: ignore[no-any-return]
+    assert wait_until(lambda: row()["status"] != "recording", 10)
+    return row()
+
+
+def gone(http: httpx.Client, rec_id: str) -> bool:
+    return wait_until(lambda: http.get(f"/recordings/{rec_id}").status_code == 404, 10)
+
+
 def other_org(server: Server) -> httpx.Client:
     out = subprocess.run([sys.executable, "-m", "opencone", "keys", "create", "--new-org", "tenant-b",
                           "--data-dir", str(server.data_dir)], capture_output=True, text=True, timeout=60, check=True)
@@ -143,7 +156,7 @@ def test_a_recorded_browser_session_through_the_sdk(srv: Server) -> None:
     finally:
         client.computers.delete(comp.id)
     # not kept: deleted with its computer
-    assert http.get(f"/recordings/{rec['id']}").status_code == 404
+    assert gone(http, rec["id"])
     assert not list((srv.data_dir / "recordings").glob(f"{rec['id']}*"))
 
 
@@ -172,10 +185,11 @@ def test_start_stop_keep_delete_and_the_encoder_threads_end(srv: Server) -> None
         assert [r["status"] for r in listed] == ["ready", "recording"]
     finally:
         client.computers.delete(comp.id)  # stops the kept one; deletes the other
+    assert finished(http, kept["id"])["stop_reason"] == "computer_ended"
     assert wait_until(lambda: rec_threads(srv) == [], 5)
-    assert http.get(f"/recordings/{first.json()['id']}").status_code == 404
+    assert gone(http, first.json()["id"])
     after = http.get(f"/recordings/{kept['id']}/timeline").json()
-    assert after["recording"]["status"] == "ready" and after["recording"]["stop_reason"] == "computer_ended"
+    assert after["recording"]["status"] == "ready"
     assert [a["kind"] for a in after["actions"]] == ["navigate"]
     facts, frames = decode(http.get(f"/recordings/{kept['id']}").content)
     assert facts["codec"] == "h264" and is_colour(frames[-1][1], "blue")
@@ -219,6 +233,7 @@ def test_the_replay_page_plays_a_recording_and_seeks_to_an_action(srv: Server) -
         time.sleep(0.4)
     finally:
         client.computers.delete(comp.id)
+    assert finished(http, rec_id)["status"] == "ready"
     actions = http.get(f"/recordings/{rec_id}/timeline").json()["actions"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
@@ -352,3 +367,16 @@ def test_a_recording_cut_short_by_a_server_kill_is_finalised_at_the_next_start(t
         assert not any(dropped.model_extra["recording"]["id"] in n for n in names), "not kept: gone with its computer"
     finally:
         again.stop()
+
+
+def test_a_persistent_computers_recording_is_kept_and_counts_with_its_environment(srv: Server) -> None:
+    client, http = srv.client(), srv.http()
+    comp = client.computers.create(persistent=True, extra_body={"recording": True})
+    rec = comp.model_extra["recording"]
+    assert rec["keep"], "a persistent computer's recordings outlive it"
+    client.computers.navigate(comp.id, url=RED)
+    client.computers.delete(comp.id)
+    row = finished(http, rec["id"])
+    assert row["status"] == "ready" and row["stop_reason"] == "computer_ended" and row["size_bytes"] > 0
+    assert http.delete(f"/recordings/{rec['id']}").status_code == 204
+    assert wait_until(lambda: http.delete(f"/environments/{comp.id}").status_code == 204, 10)
