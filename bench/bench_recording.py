@@ -8,8 +8,9 @@ Run by hand, never in CI:
 Figures, each beside the same figure with recording off, measured in the same run:
 
 - **click** and **screenshot** latency through the official SDK on a page whose colour toggles on
-  every mousedown (so each click makes a frame the recorder encodes: the worst case), recording off
-  and on in alternating blocks of 10 samples on the same computer; p50/p95 and the ratio.
+  every mousedown (so each click makes a frame the recorder encodes: the worst case), recording off,
+  a plain screencast reader (what the live view costs, no encoding) and recording on, in alternating
+  blocks of 10 samples on the same computer; p50/p95 and the ratio to off.
 - **CPU** of the server process (user + system, Chromium excluded: it is another process) over a
   window, on a still page and on a page that repaints every animation frame, recording off and on;
   and the encoder threads' own CPU (``opencone-rec-*`` in /proc), the frames they encoded and the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,12 +55,37 @@ def encoder_cpu(pid: int) -> float:
     return total
 
 
+class CastReader:
+    """A live-view-like reader of the screencast (SSE) in a thread: what watching costs without recording."""
+
+    def __init__(self, http: Any, cid: str) -> None:
+        self.stop = threading.Event()
+        self.frames = 0
+        self._thread = threading.Thread(target=self._run, args=(http, cid), daemon=True)
+        self._thread.start()
+
+    def _run(self, http: Any, cid: str) -> None:
+        with http.stream("GET", f"/computers/{cid}/screencast", timeout=None) as r:
+            for line in r.iter_lines():
+                self.frames += line.startswith("data:")
+                if self.stop.is_set():
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(5)
+
+
+MODES = ("off", "cast", "on")
+
+
 def latencies(client: Any, http: Any, cid: str, samples: int) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {m: {"click": [], "screenshot": []} for m in ("off", "on")}
+    out: dict[str, dict[str, list[float]]] = {m: {"click": [], "screenshot": []} for m in MODES}
     client.computers.navigate(cid, url=TOGGLE)
     done = 0
     while done < samples:
-        for mode in ("off", "on"):
+        for mode in MODES:
+            cast = CastReader(http, cid) if mode == "cast" else None
             if mode == "on":
                 assert http.post(f"/computers/{cid}/recording/start").status_code == 200
             time.sleep(0.3)  # the first frame, its encode
@@ -72,6 +99,8 @@ def latencies(client: Any, http: Any, cid: str, samples: int) -> dict[str, dict[
                 out[mode]["screenshot"].append((time.perf_counter() - t) * 1000)
             if mode == "on":
                 assert http.post(f"/computers/{cid}/recording/stop").status_code == 200
+            if cast is not None:
+                cast.close()
         done += 10
     return out
 
@@ -115,11 +144,14 @@ def main() -> None:
             print(f"load before: {loadavg()}")
             lat = latencies(client, http, cid, samples)
             print(f"\nlatency through the SDK, {samples} samples each (ms), load {loadavg()}")
-            print(f"{'':12} {'off p50':>8} {'on p50':>8} {'ratio':>6} {'off p95':>8} {'on p95':>8} {'ratio':>6}")
+            print("off: nothing watches the screen; cast: a screencast reader (what the live view costs); "
+                  "on: recording. Ratios against off.")
+            print(f"{'':12} {'off p50':>8} {'cast p50':>9} {'on p50':>8} {'ratio':>6} "
+                  f"{'off p95':>8} {'cast p95':>9} {'on p95':>8} {'ratio':>6}")
             for op in ("click", "screenshot"):
-                off, on = summary(lat["off"][op]), summary(lat["on"][op])
-                print(f"{op:12} {off['p50']:8.2f} {on['p50']:8.2f} {on['p50'] / off['p50']:6.2f} "
-                      f"{off['p95']:8.2f} {on['p95']:8.2f} {on['p95'] / off['p95']:6.2f}")
+                off, cast, on = (summary(lat[m][op]) for m in MODES)
+                print(f"{op:12} {off['p50']:8.2f} {cast['p50']:9.2f} {on['p50']:8.2f} {on['p50'] / off['p50']:6.2f} "
+                      f"{off['p95']:8.2f} {cast['p95']:9.2f} {on['p95']:8.2f} {on['p95'] / off['p95']:6.2f}")
             print(f"\nserver CPU over {window:g} s windows (% of one core), load {loadavg()}")
             for name, url in (("still", STILL), ("animating", ANIM)):
                 off = cpu_window(client, http, server.process.pid, cid, url, window, False)
