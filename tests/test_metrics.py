@@ -127,7 +127,7 @@ def test_figures_move_with_what_happens(srv: Server, site: str) -> None:
         assert opened.wait(10)
         assert value(scrape(srv), "opencone_event_subscribers") == 1
         stop.set()
-        client.computers.keepalive(comp.id)  # an event, so the reader sees stop and hangs up
+        assert client.computers.click(comp.id, x=10, y=10).status == "success"  # events: the reader hangs up
         reader.join(10)
         assert wait_until(lambda: value(scrape(srv), "opencone_event_subscribers") == 0, 10)
     finally:
