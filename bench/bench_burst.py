@@ -136,13 +136,16 @@ async def health(http: httpx.AsyncClient, srv: Server) -> dict[str, Any]:
     return (await http.get(f"{srv.base_url}/health")).json()  # type: ignore[no-any-return]
 
 
-async def wait_warm(http: httpx.AsyncClient, srv: Server, key: str, n: int, timeout: float = 300) -> float:
-    t0 = time.monotonic()
+async def wait_warm(http: httpx.AsyncClient, srv: Server, key: str, n: int, timeout: float = 300) -> tuple[float, int]:
+    """Seconds until the pool holds ``n`` ready, and how many it holds then (fewer after ``timeout``:
+    on a loaded machine the refill may not finish before the pool's idle shrink)."""
+    t0, held = time.monotonic(), 0
     while time.monotonic() - t0 < timeout:
-        if (await health(http, srv)).get(key, 0) >= n:
-            return time.monotonic() - t0
+        held = (await health(http, srv)).get(key, 0)
+        if held >= n:
+            break
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"{key} did not reach {n} in {timeout} s")
+    return time.monotonic() - t0, held
 
 
 async def burst(sdk: AsyncLightcone, kind: str, n: int) -> tuple[list[float], list[float], list[str], float]:
@@ -234,8 +237,8 @@ async def run(args: argparse.Namespace, tmp: Path, site: Site) -> Report:
             await delete_vs_retrieve(sdk, ids[:1], rep, "")
             await delete_vs_retrieve(sdk, ids[1:11], rep, "")
             await delete_vs_retrieve(sdk, ids[11:], rep, "")
-            waited = await wait_warm(http, srv, "warm_browsers", n)
-            print(f"  (pool held {n} ready {waited:.1f} s after the deletes)", flush=True)
+            waited, held = await wait_warm(http, srv, "warm_browsers", n, timeout=45)
+            print(f"  (the pool held {held} ready {waited:.1f} s after the deletes)", flush=True)
             creates2, _usable2, ids2, _ = await burst(sdk, "browser", n)
             rep.add(f"second burst of {n}: create p95", p95(creates2), None, "≤ 100 ms", p95(creates2) <= 100)
             rep.add(f"second burst of {n}: create p50", p50(creates2), None)
@@ -255,7 +258,8 @@ async def run(args: argparse.Namespace, tmp: Path, site: Site) -> Report:
                 rep.add(f"desktops: cold burst of {d}: all usable, wall", wall, None)
                 rep.add(f"desktops: cold burst of {d}: create p50", p50(creates), None)
                 await delete_vs_retrieve(sdk, ids, rep, "desktops")
-                waited = await wait_warm(http, srv, "warm_desktops", d)
+                waited, held = await wait_warm(http, srv, "warm_desktops", d, timeout=45)
+                print(f"  (the desktop pool held {held} ready {waited:.1f} s after the deletes)", flush=True)
                 creates2, _u, ids2, _ = await burst(sdk, "desktop", d)
                 rep.add(f"desktops: second burst of {d}: create p95", p95(creates2), None, "≤ 100 ms",
                         p95(creates2) <= 100)
