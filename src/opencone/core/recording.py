@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -61,17 +62,24 @@ TIMELINE_TYPES = frozenset({"action_requested", "action_completed", "exec_starte
                             "tab_opened", "tab_closed", "tab_crashed"})
 _DROP_FIELDS = ("computer_id", "seq", "result", "stdout", "stderr")
 CAP_CHECK_SECONDS = 1.0
+ENCODER_NICE = 10
 FIRST_FRAME_WAIT = 2.0  # at stop, how long to wait for a first frame that has not come yet
+STOP_SETTLE = 0.15  # at stop, the frame of an action that has just answered
+START_FRAME_WAIT = 1.0  # how long a start waits for the screen's first frame
 
 Usage = Callable[[str], Awaitable[int]]
 
 
-def _name_thread(name: str) -> None:
-    """Give the calling thread a kernel name (/proc/<pid>/task/*/comm), so it can be seen and counted."""
+def _encoder_thread_setup(name: str) -> None:
+    """Give the encoder thread a kernel name (/proc/<pid>/task/*/comm), so it can be seen and counted,
+    and a lower priority (nice 10): on a busy machine the server's event loop and the browsers come
+    first, and the encoder, whose slot keeps only the newest frame, encodes fewer frames instead."""
     with contextlib.suppress(Exception):
         import ctypes
 
         ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODER_NICE)  # this thread only (Linux)
 
 
 @dataclass(eq=False)
@@ -94,11 +102,14 @@ class _Active:
     failed: str | None = None
     finishing: bool = False
     stopping: bool = False  # no frame taken any more
-    pending: Frame | None = None
+    offered: bool = False
+    first: Frame | None = None  # the first frame, until encoded
+    pending: Frame | None = None  # the newest frame since, until encoded
     scheduled: bool = False
     next_allowed: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
-    first_frame: threading.Event = field(default_factory=threading.Event)
+    first_frame: threading.Event = field(default_factory=threading.Event)  # encoded
+    seen: asyncio.Event = field(default_factory=asyncio.Event)  # offered
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     viewer: Viewer | None = None
     subscription: Subscription | None = None
@@ -106,8 +117,8 @@ class _Active:
     timeline_bytes: int = 0
 
     def __post_init__(self) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix=THREAD_PREFIX,
-                                       initializer=_name_thread, initargs=(f"{THREAD_PREFIX}-{self.id[4:12]}",))
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=THREAD_PREFIX, initializer=_encoder_thread_setup,
+                                       initargs=(f"{THREAD_PREFIX}-{self.id[4:12]}",))
 
     # -- the event loop's side --------------------------------------------------------------
     def offer(self, frame: Frame) -> None:
@@ -115,7 +126,10 @@ class _Active:
         with self.lock:
             if self.stopping:
                 return
-            self.pending = frame
+            if self.offered:
+                self.pending = frame
+            else:  # the first picture is never replaced: it is the screen at the start
+                self.offered, self.first = True, frame
             if self.scheduled:
                 return
             self.scheduled = True
@@ -131,7 +145,10 @@ class _Active:
         if wait > 0:  # the frame-rate cap: newer frames replace the waiting one meanwhile
             time.sleep(wait)
         with self.lock:
-            frame, self.pending = self.pending, None
+            if self.first is not None:
+                frame, self.first = self.first, None
+            else:
+                frame, self.pending = self.pending, None
         if frame is not None and self.failed is None:
             try:
                 self._write(frame)
@@ -140,7 +157,7 @@ class _Active:
                 self.failed = f"encoding failed: {exc}"
             self.next_allowed = time.monotonic() + 1.0 / self.max_fps
         with self.lock:
-            again = self.pending is not None and not self.stopping
+            again = (self.pending is not None or self.first is not None) and not self.stopping
             self.scheduled = again
         if again:
             self.pool.submit(self._drain)
@@ -161,10 +178,11 @@ class _Active:
 
     def close(self, end: float) -> None:
         with self.lock:
-            frame, self.pending = self.pending, None
-        if self.writer is None and frame is not None and self.failed is None:
-            with contextlib.suppress(Exception):  # the only frame, still waiting for the fps cap: keep it
-                self._write(frame)
+            frames, self.first, self.pending = [f for f in (self.first, self.pending) if f is not None], None, None
+        for frame in frames:
+            if self.failed is None:
+                with contextlib.suppress(Exception):  # the newest picture, still waiting for the fps cap
+                    self._write(frame)
         if self.writer is not None:
             try:
                 self.writer.close(end)
@@ -327,6 +345,10 @@ class RecordingService:
                         asyncio.create_task(self._follow_events(active), name=f"recording-events-{rec_id}")]
         if self._monitor is None or self._monitor.done():
             self._monitor = asyncio.create_task(self._watch_caps(), name="recording-caps")
+        # the screen as it is now, before the start answers: an action right after it is recorded after it
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(START_FRAME_WAIT):
+                await active.seen.wait()
         self._events.publish(computer_id, "recording_started", recording_id=rec_id, keep=active.keep)
         log.info("recording %s of computer %s started", rec_id, computer_id)
         return recording_dict(row, active)
@@ -346,9 +368,13 @@ class RecordingService:
                 await asyncio.sleep(0.02)
             return await self._dict_of(active.id)
         active.finishing = True
-        if reason == "stopped" and not active.first_frame.is_set():
-            # a stop right after the start: the screencast's first frame is on its way
-            await asyncio.to_thread(active.first_frame.wait, FIRST_FRAME_WAIT)
+        if reason in ("stopped", "deleted"):
+            if not active.first_frame.is_set():
+                # a stop right after the start: the screencast's first frame is on its way
+                await asyncio.to_thread(active.first_frame.wait, FIRST_FRAME_WAIT)
+            # an action's frame comes a moment after the action answered (the compositor draws it
+            # next): a stop right after an action still records it
+            await asyncio.sleep(STOP_SETTLE)
         with active.lock:
             active.stopping = True
         end = time.time() - active.started_wall
@@ -401,6 +427,7 @@ class RecordingService:
                 return
             if isinstance(event, Frame):
                 active.offer(event)
+                active.seen.set()
 
     async def _follow_events(self, active: _Active) -> None:
         sub = active.subscription

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import av
 import av.error
+import av.video.frame
 
 TIME_BASE = Fraction(1, 1000)  # PTS in milliseconds
 MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
@@ -83,8 +84,12 @@ class Mp4Writer:
             self._encode(self._last, t)
 
     def _encode(self, picture: av.VideoFrame, t: float) -> None:
-        pts = max(round(t * 1000), self._last_pts + 1)  # strictly increasing, whatever the clocks did
+        # the first picture (the screen when the recording started: never dropped) at 0, as the muxer
+        # would make it anyway, which would shift every picture against the recording's clock; then
+        # strictly increasing, whatever the clocks did
+        pts = max(round(t * 1000), self._last_pts + 1) if self._last_pts >= 0 else 0
         picture.pts, picture.time_base = pts, TIME_BASE
+        picture.pict_type = av.video.frame.PictureType.NONE  # a JPEG's picture is an I-frame: x264 would obey
         for packet in self._stream.encode(picture):
             self._container.mux(packet)
         self._last, self._last_pts = picture, pts
