@@ -434,7 +434,9 @@ async def test_chromium_bypasses_the_proxy_for_loopback_without_the_flag(
 
 def test_launcher_adds_the_proxy_flags() -> None:
     cmd = chromium_command("chromium", Path("/tmp/p"), 800, 600, proxy_server="http://127.0.0.1:5555")
-    assert "--proxy-server=http://127.0.0.1:5555" in cmd and "--proxy-bypass-list=<-loopback>" in cmd
+    assert "--proxy-server=http://127.0.0.1:5555" in cmd
+    # loopback is proxied too (<-loopback>); only the .invalid names of Chromium's own services skip it
+    assert "--proxy-bypass-list=<-loopback>;*.invalid" in cmd
     assert not any(c.startswith("--proxy") for c in chromium_command("chromium", Path("/tmp/p"), 800, 600))
 
 
