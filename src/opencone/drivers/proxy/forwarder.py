@@ -6,9 +6,15 @@ where its traffic really goes: ``set_upstream`` changes the route at runtime
 
 * CONNECT (https, wss, and ws through Chromium) becomes a tunnel: after the
   handshake, bytes are copied in 256 KiB reads, counted per read, never inspected.
-* Plain http arrives as an absolute-URI request. It is sent on for exactly one
-  exchange: ``Connection: close`` both ways, so the forwarder never has to find
-  where a response body ends. Costs a new connection per plain-http request.
+* Plain http arrives as an absolute-URI request. The client connection is kept
+  alive: after a response framed by Content-Length or chunked coding is relayed in
+  full, the next request is read from it, and checked by the egress policy like
+  the first (a response without framing ends the connection). A request with
+  ambiguous framing (the smuggling forms, http1.py) gets 400 and a close. The
+  upstream connection goes back to a small idle pool keyed by (route, host, port),
+  direct or through a SOCKS5 upstream, and is only ever reused for that same
+  checked destination on that same route (``IDLE_TIMEOUT``). Through an HTTP(S)
+  upstream proxy each request still has its own upstream connection.
 * A route that cannot be opened gets ``502 Bad Gateway`` with the reason in the
   body and in ``X-Opencone-Proxy-Error`` (the Chromium net error it stands for in
   ``X-Opencone-Net-Error``). Chromium turns a failed CONNECT into
@@ -35,12 +41,18 @@ from urllib.parse import urlsplit
 from opencone.drivers.proxy.dial import READ_LIMIT, UpstreamError, open_proxy, open_route
 from opencone.drivers.proxy.egress import EgressPolicy, EgressRefused, destination
 from opencone.drivers.proxy.http1 import (
+    UNTIL_CLOSE,
     Request,
-    closing_response,
+    client_response,
+    copy_body,
     error_response,
     forward_head,
     parse_head,
     parse_request,
+    persistent,
+    request_framing,
+    response_framing,
+    reusable,
     status_of,
 )
 from opencone.drivers.proxy.url import UpstreamProxy, parse_proxy_url
@@ -49,6 +61,20 @@ log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024  # the transport reads up to 256 KiB at a time; match it
 HEAD_TIMEOUT = 30.0  # a client that opens a connection and says nothing is dropped
+IDLE_TIMEOUT = 4.0  # a pooled upstream connection unused this long is closed (servers drop theirs at 5 s+)
+IDLE_PER_KEY = 4  # idle upstream connections kept per (route, destination)
+IDLE_MAX = 32  # and in all, per forwarder
+
+PoolKey = tuple["UpstreamProxy | None", str]  # (route, destination(host, port))
+
+
+_BETWEEN = object()  # a client connection between two requests: on no route (set_upstream leaves it be)
+
+
+class _Idle(NamedTuple):
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    timer: asyncio.TimerHandle
 
 
 class Failure(NamedTuple):
@@ -73,7 +99,7 @@ class ForwardingProxy:
         self._server: asyncio.Server | None = None
         self._also: list[asyncio.Server] = []  # listeners in other networks (``also_listen``)
         self._closed = False
-        self._handlers: dict[asyncio.Task[Any], UpstreamProxy | None] = {}
+        self._handlers: dict[asyncio.Task[Any], Any] = {}  # → its request's route, or _BETWEEN
         self.bytes_sent = 0  # client → destination (request bytes, including heads sent on)
         self.bytes_received = 0  # destination → client
         self.connections = 0
@@ -81,6 +107,8 @@ class ForwardingProxy:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._recent_errors: dict[str, Failure] = {}  # "host:port" → why its route last failed
+        self._idle: dict[PoolKey, list[_Idle]] = {}  # upstream connections waiting for a next request
+        self.reused = 0  # plain-http requests sent on a pooled upstream connection
 
     # -- life -------------------------------------------------------------------------
     async def start(self, sock: socket.socket | None = None) -> ForwardingProxy:
@@ -126,6 +154,7 @@ class ForwardingProxy:
                 server.close()
         self._also.clear()
         self._drop(lambda _route: True)
+        self._drop_idle()
         tasks = list(self._handlers)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -170,8 +199,9 @@ class ForwardingProxy:
             return
         self._upstream = new
         self._recent_errors.clear()
-        if drop_open:
-            self._drop(lambda route: route != new)
+        self._drop_idle()  # whatever drop_open says, no new request goes over the old route
+        if drop_open:  # (a kept-alive client connection between requests takes its next on the new route)
+            self._drop(lambda route: route is not _BETWEEN and route != new)
 
     def _drop(self, which: Any) -> None:
         for task, route in list(self._handlers.items()):
@@ -209,6 +239,8 @@ class ForwardingProxy:
             "bytes_received": self.bytes_received,
             "connections": self.connections,
             "open_connections": len(self._handlers),
+            "idle_upstream": sum(len(v) for v in self._idle.values()),
+            "reused": self.reused,
             "errors": self.errors,
             "last_error": self.last_error,
         }
@@ -220,28 +252,33 @@ class ForwardingProxy:
         if self._closed:  # accepted just before close(): nothing may start now
             writer.close()
             return
-        route = self._upstream  # fixed for this connection's life
-        self._handlers[task] = route
         self.connections += 1
         try:
-            try:
-                raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-                req = parse_request(raw)
-            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-                return
-            except asyncio.LimitOverrunError:
-                writer.write(error_response("431 Request Header Fields Too Large", "request head too large"))
-                return
-            except ValueError as exc:
-                writer.write(error_response("400 Bad Request", str(exc)))
-                return
-            try:
-                if req.method == "CONNECT":
-                    await self._tunnel(req, reader, writer, route)
-                else:
-                    await self._forward(req, reader, writer, route)
-            except UpstreamError as exc:
-                self._fail(writer, exc, req.host, req.port)
+            while not self._closed:
+                self._handlers[task] = _BETWEEN
+                try:
+                    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+                    req = parse_request(raw)
+                    framing = 0 if req.method == "CONNECT" else request_framing(req.head)
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(error_response("431 Request Header Fields Too Large", "request head too large"))
+                    return
+                except ValueError as exc:
+                    writer.write(error_response("400 Bad Request", str(exc)))
+                    return
+                route = self._upstream  # fixed for this request (set_upstream ends it, see there)
+                self._handlers[task] = route
+                try:
+                    if req.method == "CONNECT":
+                        await self._tunnel(req, reader, writer, route)
+                        return
+                    if not await self._forward(req, framing, reader, writer, route):
+                        return
+                except UpstreamError as exc:
+                    self._fail(writer, exc, req.host, req.port)
+                    return
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # a peer went away, or close() / a route change ended this connection
         finally:
@@ -281,52 +318,189 @@ class ForwardingProxy:
         finally:
             r_writer.close()
 
-    async def _forward(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       route: UpstreamProxy | None) -> None:
+    # -- plain http ---------------------------------------------------------------------
+    async def _forward(self, req: Request, framing: int, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter, route: UpstreamProxy | None) -> bool:
+        """One request and its response; True when the client connection may carry the next."""
         via_proxy = route is not None and not route.is_socks
+        if req.wants_upgrade:  # a WebSocket over plain http: one exchange, then bytes both ways
+            r_reader, r_writer = await self._dial(req, route, via_proxy)
+            try:
+                self._send_head(req, r_writer, route, via_proxy, keep_alive=False)
+                body = asyncio.create_task(self._pump(reader, r_writer, True))
+                try:
+                    await self._relay_response(req, r_reader, writer, route if via_proxy else None, False)
+                finally:
+                    body.cancel()
+            finally:
+                r_writer.close()
+            return False
+        poolable = not via_proxy  # an HTTP proxy's own keep-alive is its business: one exchange there
+        key: PoolKey = (route, destination(req.host, req.port))
+        for attempt in (0, 1):
+            pooled = await self._take(key, req, route) if poolable and attempt == 0 else None
+            if pooled is None:
+                r_reader, r_writer = await self._dial(req, route, via_proxy)
+            else:
+                r_reader, r_writer = pooled
+                self.reused += 1
+            keep_up = False
+            try:
+                self._send_head(req, r_writer, route, via_proxy, keep_alive=poolable)
+                try:
+                    await copy_body(reader, r_writer, framing, self._count_sent, CHUNK)
+                except ValueError as exc:  # a bad chunk: nothing more of it goes anywhere
+                    writer.write(error_response("400 Bad Request", str(exc)))
+                    return False
+                except asyncio.IncompleteReadError:
+                    return False  # the client left in the middle of its body
+                try:
+                    keep_client, keep_up = await self._relay_response(
+                        req, r_reader, writer, route if via_proxy else None, persistent(req.head, req.version))
+                except UpstreamError as exc:
+                    # a pooled connection the server closed meanwhile: once more on a new one
+                    if pooled is not None and framing == 0 and exc.code == "ERR_EMPTY_RESPONSE":
+                        continue
+                    raise
+                return keep_client
+            finally:
+                if keep_up and poolable:
+                    self._give(key, r_reader, r_writer)
+                else:
+                    r_writer.close()
+        raise AssertionError("unreachable")  # (the second attempt returns or raises)
+
+    async def _dial(self, req: Request, route: UpstreamProxy | None,
+                    via_proxy: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if route is not None and via_proxy:
             try:
                 self.policy.check_unresolved(req.host, req.port)
                 async with asyncio.timeout(self.connect_timeout):
-                    r_reader, r_writer = await open_proxy(route, self._tls_for(route), self.policy)
+                    return await open_proxy(route, self._tls_for(route), self.policy)
             except TimeoutError:
                 raise UpstreamError(f"timed out after {self.connect_timeout:g} s connecting to "
                                     f"upstream proxy {route.masked}", "ERR_PROXY_CONNECTION_FAILED") from None
-        else:
-            r_reader, r_writer = await open_route(route, req.host, req.port, timeout=self.connect_timeout,
-                                                  tls=self._tls_for(route), policy=self.policy)
-        head = forward_head(req, absolute=via_proxy, proxy_auth=route.basic_auth() if route and via_proxy else None)
+        return await open_route(route, req.host, req.port, timeout=self.connect_timeout,
+                                tls=self._tls_for(route), policy=self.policy)
+
+    def _send_head(self, req: Request, r_writer: asyncio.StreamWriter, route: UpstreamProxy | None,
+                   via_proxy: bool, *, keep_alive: bool) -> None:
+        head = forward_head(req, absolute=via_proxy, proxy_auth=route.basic_auth() if route and via_proxy else None,
+                            keep_alive=keep_alive)
         r_writer.write(head)
         self.bytes_sent += len(head)
         self._recent_errors.pop(destination(req.host, req.port), None)
-        body = asyncio.create_task(self._pump(reader, r_writer, True))  # a request body, if any
-        try:
-            await self._relay_response(req, r_reader, writer, route if via_proxy else None)
-        finally:
-            body.cancel()
-            r_writer.close()
+
+    def _count_sent(self, n: int) -> None:
+        self.bytes_sent += n
+
+    def _count_received(self, n: int) -> None:
+        self.bytes_received += n
 
     async def _relay_response(self, req: Request, r_reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                              proxy: UpstreamProxy | None) -> None:
+                              proxy: UpstreamProxy | None, client_keeps: bool) -> tuple[bool, bool]:
+        """Relay one response (and any 1xx before it); (client connection reusable, upstream reusable)."""
         where = f"upstream proxy {proxy.masked}" if proxy else f"{req.host}:{req.port}"
-        try:
-            response = parse_head(await r_reader.readuntil(b"\r\n\r\n"))
-            status = status_of(response)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise UpstreamError(f"{where} closed the connection without answering", "ERR_EMPTY_RESPONSE") from None
-            writer.write(exc.partial)  # not HTTP/1.x: hand over what came, then stop
-            self.bytes_received += len(exc.partial)
-            return
-        except (asyncio.LimitOverrunError, ValueError):
-            raise UpstreamError(f"{where} sent a malformed response head", "ERR_INVALID_HTTP_RESPONSE") from None
-        if proxy is not None and status == 407:
-            why = "rejected the credentials" if proxy.username else "requires credentials (user:password@)"
-            raise UpstreamError(f"upstream proxy {proxy.masked} {why} (407)")
-        out = closing_response(response)
+        while True:
+            try:
+                response = parse_head(await r_reader.readuntil(b"\r\n\r\n"))
+                status = status_of(response)
+                framing = response_framing(req.method, status, response)
+            except ConnectionError:
+                raise UpstreamError(f"{where} reset the connection without answering", "ERR_EMPTY_RESPONSE") from None
+            except asyncio.IncompleteReadError as exc:
+                if not exc.partial:
+                    raise UpstreamError(f"{where} closed the connection without answering",
+                                        "ERR_EMPTY_RESPONSE") from None
+                writer.write(exc.partial)  # not HTTP/1.x: hand over what came, then stop
+                self.bytes_received += len(exc.partial)
+                return False, False
+            except (asyncio.LimitOverrunError, ValueError):
+                raise UpstreamError(f"{where} sent a malformed response head", "ERR_INVALID_HTTP_RESPONSE") from None
+            if proxy is not None and status == 407:
+                why = "rejected the credentials" if proxy.username else "requires credentials (user:password@)"
+                raise UpstreamError(f"upstream proxy {proxy.masked} {why} (407)")
+            if 100 <= status < 200 and status != 101:  # 100 Continue, 103 Early Hints: the answer follows
+                out = client_response(response, keep_alive=True)
+                writer.write(out)
+                self.bytes_received += len(out)
+                continue
+            break
+        if status == 101 or framing == UNTIL_CLOSE:
+            out = client_response(response, keep_alive=False)
+            writer.write(out)
+            self.bytes_received += len(out)
+            await self._pump(r_reader, writer, False)
+            return False, False
+        keep_client = client_keeps and not self._closed
+        out = client_response(response, keep_alive=keep_client)
         writer.write(out)
         self.bytes_received += len(out)
-        await self._pump(r_reader, writer, False)
+        try:
+            await copy_body(r_reader, writer, framing, self._count_received, CHUNK)
+        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return False, False  # the response broke off midway: the client sees its connection end
+        await writer.drain()
+        return keep_client, reusable(response, framing)
+
+    # -- the idle pool of upstream connections --------------------------------------------
+    async def _take(self, key: PoolKey, req: Request,
+                    route: UpstreamProxy | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A pooled connection for this destination on this route, once the policy has let the
+        request through again (direct: to the very address the connection is open to)."""
+        if not self._idle.get(key):
+            return None
+        if route is None:
+            try:
+                addresses = await self.policy.resolve(req.host, req.port)  # EgressRefused: the request's 403
+            except OSError:
+                return None  # does not resolve now: a new dial says so, with its reason
+        else:
+            self.policy.check_unresolved(req.host, req.port)
+            addresses = None
+        idle = self._idle.get(key, [])
+        while idle:
+            entry = idle.pop()
+            entry.timer.cancel()
+            peer = entry.writer.get_extra_info("peername")
+            stale = entry.reader.at_eof() or entry.writer.is_closing()
+            if stale or (addresses is not None and (not peer or str(peer[0]) not in addresses)):
+                entry.writer.close()
+                continue
+            if not idle:
+                self._idle.pop(key, None)
+            return entry.reader, entry.writer
+        self._idle.pop(key, None)
+        return None
+
+    def _give(self, key: PoolKey, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        idle = self._idle.setdefault(key, [])
+        total = sum(len(v) for v in self._idle.values())
+        if (self._closed or key[0] != self._upstream or reader.at_eof() or writer.is_closing()
+                or len(idle) >= IDLE_PER_KEY or total >= IDLE_MAX):
+            writer.close()
+            if not idle:
+                self._idle.pop(key, None)
+            return
+        timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._expire, key, writer)
+        idle.append(_Idle(reader, writer, timer))
+
+    def _expire(self, key: PoolKey, writer: asyncio.StreamWriter) -> None:
+        idle = self._idle.get(key, [])
+        for entry in list(idle):
+            if entry.writer is writer:
+                idle.remove(entry)
+        if not idle:
+            self._idle.pop(key, None)
+        writer.close()
+
+    def _drop_idle(self) -> None:
+        """Close every pooled upstream connection (a route change, or the forwarder closing)."""
+        idle, self._idle = self._idle, {}
+        for entries in idle.values():
+            for entry in entries:
+                entry.timer.cancel()
+                entry.writer.close()
 
     def _tls_for(self, route: UpstreamProxy | None) -> ssl.SSLContext | None:
         if route is None or route.scheme != "https":
