@@ -47,6 +47,12 @@ REFUSED_DOMAINS = {
 URL_PARAMS = {"Page.navigate": "url", "Target.createTarget": "url", "Network.loadNetworkResource": "url"}
 WEB_SCHEMES = {"http", "https", "about", "data", "blob"}
 DOWNLOAD_METHODS = {"Browser.setDownloadBehavior", "Page.setDownloadBehavior"}
+# Every method the checks below look at contains one of these as written; a message whose text has
+# none of them (and no backslash, with which JSON could spell a name in escapes) cannot be one of
+# them, so it is forwarded without being parsed: most of the protocol's traffic, attach included.
+_WATCHED = re.compile("|".join(re.escape(m) for m in sorted({
+    "Browser.close", "Target.", "DOM.setFileInputFiles", *REFUSED_METHODS, *REFUSED_DOMAINS, *URL_PARAMS,
+    *DOWNLOAD_METHODS})) + r"|\\")
 _UNKNOWN_ID = re.compile(r"no target|not found|failed to find|no browser context|invalid.*context", re.I)
 
 
@@ -100,6 +106,8 @@ class CdpPolicy:
 
     def check(self, raw: str | bytes) -> Verdict:
         """Decide what to do with one client → browser message."""
+        if isinstance(raw, str) and _WATCHED.search(raw) is None:
+            return Verdict(forward=raw)
         try:
             msg = json.loads(raw)
         except ValueError:
