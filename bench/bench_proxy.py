@@ -13,11 +13,18 @@ alternately on both browsers so load drift hits both sides alike:
 The forwarder runs in this script's event loop, beside Playwright, as it does in
 the server. The web site runs in its own threads. Nothing leaves 127.0.0.1.
 
+Then ``fetches`` without a browser: N sequential plain-http GETs of a small page with
+httpx, direct beside through the forwarder, in two modes, interleaved one by one:
+``keep-alive`` (one client connection; the forwarder reuses its pooled upstream
+connection) and ``one exchange`` (``Connection: close`` on every request: a new
+connection each time on both sides, which is what every plain-http request cost
+through the forwarder before it kept connections alive).
+
 Then a bulk figure without a browser: 256 MiB read from a byte source (its own
 process) directly and through a CONNECT tunnel of the forwarder, for the MiB/s and
 the CPU time the forwarder's process spends per MiB.
 
-    /tmp/venv/bin/python bench/bench_proxy.py [--samples 60] [--no-json]
+    .venv/bin/python bench/bench_proxy.py [--samples 60] [--fetches 300] [--no-json]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.async_api import Page, async_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +52,7 @@ from proxy_servers import make_cert, run_site, server_tls  # noqa: E402
 from opencone.config import _default_chromium  # noqa: E402
 from opencone.drivers.chromium.launcher import launch_chromium  # noqa: E402
 from opencone.drivers.proxy import ForwardingProxy  # noqa: E402
+from opencone.drivers.proxy.egress import EgressPolicy  # noqa: E402
 
 CASES = {"page": ("http", "/page"), "big": ("http", "/bigpage"), "page_tls": ("https", "/page"),
          "big_tls": ("https", "/bigpage")}
@@ -63,7 +72,7 @@ async def run(samples: int, warmup: int) -> dict[str, Any]:
     assert cert is not None, "openssl is needed for the https cases"
     with run_site() as site, run_site(server_tls(*cert)) as tls_site:
         bases = {"http": site.url, "https": tls_site.url}
-        async with ForwardingProxy() as fwd, async_playwright() as pw:
+        async with ForwardingProxy(policy=EgressPolicy.open()) as fwd, async_playwright() as pw:
             flags = ["--ignore-certificate-errors"]
             proxied = await launch_chromium(_default_chromium(), tmp / "proxied", proxy_server=fwd.url,
                                             extra_args=flags)
@@ -136,7 +145,7 @@ async def bulk(mib: int = 256, rounds: int = 3) -> dict[str, Any]:
         assert source.stdout is not None
         port = int(source.stdout.readline())
         out: dict[str, Any] = {}
-        async with ForwardingProxy() as fwd:
+        async with ForwardingProxy(policy=EgressPolicy.open()) as fwd:
             for name, via in (("raw", None), ("proxied", fwd.port)):
                 runs = [await _pull(port, mib, via) for _ in range(rounds)]
                 best = min(runs)
@@ -147,14 +156,44 @@ async def bulk(mib: int = 256, rounds: int = 3) -> dict[str, Any]:
         source.wait()
 
 
+async def fetches(n: int, warmup: int = 20) -> dict[str, Any]:
+    """N sequential GETs per mode, direct and through the forwarder, interleaved one by one."""
+    with run_site() as site:
+        url = f"{site.url}/page"
+        async with ForwardingProxy(policy=EgressPolicy.open()) as fwd:
+            clients = {"direct": httpx.AsyncClient(), "proxied": httpx.AsyncClient(proxy=fwd.url)}
+            out: dict[str, Any] = {}
+            try:
+                for mode, headers in (("keep-alive", {}), ("one exchange", {"Connection": "close"})):
+                    times: dict[str, list[float]] = {"direct": [], "proxied": []}
+                    for i in range(warmup + n):
+                        for name in (("direct", "proxied") if i % 2 == 0 else ("proxied", "direct")):
+                            t0 = time.perf_counter()
+                            r = await clients[name].get(url, headers=headers)
+                            elapsed = (time.perf_counter() - t0) * 1000
+                            assert r.status_code == 200
+                            if i >= warmup:
+                                times[name].append(elapsed)
+                    d, p = summary(times["direct"]), summary(times["proxied"])
+                    out[mode] = {"direct_ms": d, "proxied_ms": p, "added_ms_p50": p["p50"] - d["p50"],
+                                 "ratio_p50": p["p50"] / d["p50"]}
+                out["forwarder"] = fwd.stats()
+            finally:
+                for c in clients.values():
+                    await c.aclose()
+        return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=60, help="samples per case and browser (after warm-up)")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--fetches", type=int, default=300, help="sequential plain-http GETs per mode and side")
     ap.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     args = ap.parse_args()
     load_before = loadavg()
     results = asyncio.run(run(args.samples, args.warmup))
+    results["fetches"] = asyncio.run(fetches(args.fetches))
     results["bulk"] = asyncio.run(bulk())
     print(f"load average before: {load_before[0]:.2f}   samples per figure: {args.samples}")
     print(f"{'case':<10} {'raw p50':>9} {'proxy p50':>10} {'added':>8} {'ratio':>6}   "
@@ -165,6 +204,13 @@ def main() -> None:
               f"{r['ratio_p50']:>6.2f}   {r['raw_ms']['p95']:>8.2f}m {r['proxied_ms']['p95']:>9.2f}m "
               f"{r['ratio_p95']:>6.2f}")
     print("forwarder:", results["forwarder"])
+    f = results["fetches"]
+    for mode in ("keep-alive", "one exchange"):
+        r = f[mode]
+        print(f"{args.fetches} sequential GETs, {mode:<12}: direct p50 {r['direct_ms']['p50']:.2f} ms, "
+              f"through the forwarder {r['proxied_ms']['p50']:.2f} ms (+{r['added_ms_p50']:.2f} ms, "
+              f"{r['ratio_p50']:.2f}x); p95 {r['direct_ms']['p95']:.2f} / {r['proxied_ms']['p95']:.2f} ms")
+    print("forwarder (fetches):", f["forwarder"])
     b = results["bulk"]
     print(f"bulk 256 MiB, best of 3: raw {b['raw']['mib_per_s']:.0f} MiB/s "
           f"({b['raw']['cpu_ms_per_mib']:.2f} ms CPU/MiB in the reader); "
