@@ -494,7 +494,11 @@ def test_network_setting_cap_and_workspace_dir(open_server: Server, site: str) -
         assert (open_server.ws_root / comp.id).is_dir()  # type: ignore[attr-defined]
     finally:
         client.computers.delete(comp.id)
-    assert not (open_server.ws_root / comp.id).exists()  # type: ignore[attr-defined]
+    # DELETE answers before the teardown (kill, sandbox clean-up), which runs in the background
+    workspace, deadline = open_server.ws_root / comp.id, time.monotonic() + 15  # type: ignore[attr-defined]
+    while workspace.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not workspace.exists()
 
 
 def test_a_command_opens_a_window_on_its_desktop(server: Server) -> None:

@@ -993,7 +993,13 @@ def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site
                 computer.type(action.text)
             elif action.type == "wait":
                 time.sleep(0.5)
+            # as the agent loop's settle does: let the screen show the action (a loaded desktop repaints
+            # late, and an unchanged screenshot would have the policy act twice)
+            before, deadline = shot, time.monotonic() + 3
             shot = computer.screenshot(base64=True).result["screenshot_url"]
+            while shot == before and action.type != "wait" and time.monotonic() < deadline:
+                time.sleep(0.1)
+                shot = computer.screenshot(base64=True).result["screenshot_url"]
             response = client.responses.create(
                 model="computer-use-preview", tools=[tool], previous_response_id=response.id,  # type: ignore
                 input=[{"type": "computer_call_output", "call_id": calls[0].call_id,
