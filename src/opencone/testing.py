@@ -143,7 +143,9 @@ def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None
     # the tests' own pages and proxies are on 127.0.0.1, which the egress policy refuses by default:
     # allowed, as a user with a local test site would (the egress tests start servers without it)
     full_env = {**os.environ, "OPENCONE_API_KEY": api_key, "OPENCONE_POOL_SIZE": "1",
-                "OPENCONE_EGRESS_ALLOW": "127.0.0.1", **(env or {})}
+                "OPENCONE_EGRESS_ALLOW": "127.0.0.1",
+                # a server that dies in C (a signal) says where in its log, not silently
+                "PYTHONFAULTHANDLER": "1", **(env or {})}
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "opencone", "serve", "--port", str(port), "--data-dir", str(data_dir)],
