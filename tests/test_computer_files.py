@@ -229,6 +229,30 @@ def test_uploads_past_the_json_cap_are_taken_and_past_their_own_cap_refused(http
     assert [p for p in listed(http, comp) if p.startswith(".opencone")] == []
 
 
+def test_a_file_is_served_in_ranges(http: httpx.Client, comp: str) -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB: more than one read chunk
+    assert http.put(f"/computers/{comp}/files/ranged.bin", content=body).status_code == 201
+    url = f"/computers/{comp}/files/ranged.bin"
+    whole = http.get(url)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes" and whole.content == body
+    part = http.get(url, headers={"range": "bytes=70000-200000"})
+    assert part.status_code == 206, part.text
+    assert part.headers["content-range"] == f"bytes 70000-200000/{len(body)}"
+    assert part.content == body[70000:200001]
+    tail = http.get(url, headers={"range": "bytes=-5"})
+    assert tail.status_code == 206 and tail.content == body[-5:]
+    both = http.get(url, headers={"range": "bytes=0-1, 300-301"})
+    assert both.status_code == 206 and both.headers["content-type"].startswith("multipart/byteranges")
+    assert body[0:2] in both.content and body[300:302] in both.content
+    stale = http.get(url, headers={"range": "bytes=0-1", "if-range": '"not-its-etag"'})
+    assert stale.status_code == 200 and stale.content == body  # changed since: the whole file
+    past = http.get(url, headers={"range": f"bytes={len(body)}-"})
+    assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(body)}", past.text
+    assert str(len(body)) in past.json()["detail"]
+    bad = http.get(url, headers={"range": "pages=1-2"})
+    assert bad.status_code == 400 and "bytes=START-END" in bad.json()["detail"], bad.text
+
+
 def test_a_computers_files_go_with_it(srv: Server, http: httpx.Client, site: str) -> None:
     from opencone.drivers.sandbox import Workspaces
 

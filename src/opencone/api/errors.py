@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-    405: "Method not allowed", 409: "Conflict", 413: "Request body too large", 422: "Invalid request",
+    405: "Method not allowed", 409: "Conflict", 413: "Request body too large", 416: "Range not satisfiable",
+    422: "Invalid request",
     429: "Too many requests", 500: "Internal error", 503: "Service unavailable",
 }
 

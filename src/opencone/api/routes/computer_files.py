@@ -9,17 +9,16 @@ workspace).
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
 import os
-from collections.abc import AsyncIterator
 from typing import Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from opencone.api.auth import current_org
+from opencone.api.bounded_file import BoundedFile
 from opencone.api.deps import runtime
 from opencone.api.errors import problems
 from opencone.core.computer_files import TooLarge
@@ -27,7 +26,6 @@ from opencone.core.computer_files import TooLarge
 router = APIRouter(tags=["files"])
 
 UPLOAD_PATH = r"^/computers/[^/]+/files/"  # (api/guard.py: bodies this route reads itself)
-CHUNK = 256 * 1024
 
 _DIR = Query(default=None, description="`downloads` or `workspace`; a browser computer's default is "
                                        "downloads, a desktop's workspace.")
@@ -47,34 +45,29 @@ async def list_files(computer_id: str, request: Request, dir: Literal["downloads
     return await runtime(request).computer_files.list(org, computer_id, dir, path)
 
 
-@router.get("/computers/{computer_id}/files/{path:path}", response_class=StreamingResponse,
-            responses={200: {"description": "The file's bytes", **_ANY_TYPE}, **_ERRORS})
+@router.get("/computers/{computer_id}/files/{path:path}", response_class=Response,
+            responses={200: {"description": "The file's bytes", **_ANY_TYPE},
+                       206: {"description": "The part a `Range` header asked for", **_ANY_TYPE},
+                       **_ERRORS, **problems(416)})
 async def get_file(computer_id: str, path: str, request: Request,
                    dir: Literal["downloads", "workspace"] | None = _DIR,
-                   org: str = Depends(current_org)) -> StreamingResponse:
-    """The file's bytes (`content-disposition: attachment`; the type guessed from its name)."""
+                   org: str = Depends(current_org)) -> Response:
+    """The file's bytes (`content-disposition: attachment`; the type guessed from its name). A
+    `Range` header (`bytes=START-END`, several, or a suffix) gets a 206 with those bytes, so a
+    large download can be resumed."""
     files = runtime(request).computer_files
     async with files.opened(org, computer_id, dir, path) as (_dir, opened):
-        fd = os.dup(opened.fd)  # the stream's own: the block closes the other
+        fd = os.dup(opened.fd)  # the answer's own: the block closes the other
     media = mimetypes.guess_type(opened.name)[0] or "application/octet-stream"
-    headers = {"content-length": str(opened.size), "content-disposition": _attachment(opened.name),
+    headers = {"content-disposition": _attachment(opened.name),
                "x-content-type-options": "nosniff", "content-security-policy": "sandbox",
                "cache-control": "no-store"}
-    return StreamingResponse(_read(fd, opened.size), media_type=media, headers=headers)
-
-
-async def _read(fd: int, size: int) -> AsyncIterator[bytes]:
-    """At most ``size`` bytes (what the length header said, even if the file grows meanwhile)."""
-    left = size
     try:
-        while left > 0:
-            chunk = await asyncio.to_thread(os.read, fd, min(CHUNK, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            yield chunk
-    finally:
+        # served from the descriptor opened without following links, never by path again
+        return BoundedFile(opened.name, opened.size, media_type=media, headers=headers, fd=fd)
+    except BaseException:
         os.close(fd)
+        raise
 
 
 def _attachment(name: str) -> str:

@@ -8,16 +8,13 @@ of everything so far.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi import Path as PathParam
-from starlette.responses import FileResponse
-from starlette.types import Send
 
 from opencone.api.auth import current_org, current_org_or_token
+from opencone.api.bounded_file import BoundedFile
 from opencone.api.deps import base_url, runtime
 from opencone.api.errors import problems
 from opencone.api.openapi import KEY_OR_TOKEN
@@ -33,39 +30,12 @@ REC_ID = PathParam(pattern=r"^rec_[0-9a-f]{1,64}$", max_length=68, description="
 COMP_ID = PathParam(max_length=128)
 
 
-class _Prefix(FileResponse):
-    """A file served up to ``size`` bytes, although it may be growing (a recording in progress):
-    Starlette bounds ranges by the stat it is given, and here the whole-file answer too."""
-
-    def __init__(self, path: Path, size: int, headers: dict[str, str]) -> None:
-        st = os.stat(path)
-        fixed = os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, size,
-                                int(st.st_atime), int(st.st_mtime), int(st.st_ctime)))
-        super().__init__(path, media_type=MP4, stat_result=fixed, headers=headers)
-        self._size = size
-
-    async def _handle_simple(self, send: Send, send_header_only: bool, send_pathsend: bool) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        if send_header_only:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        async with self._open_file() as file:
-            left = self._size
-            while True:
-                chunk = await file.read(min(self.chunk_size, left)) if left > 0 else b""
-                left -= len(chunk)
-                more = bool(chunk) and left > 0
-                await send({"type": "http.response.body", "body": chunk, "more_body": more})
-                if not more:
-                    return
-
-
 async def _video(request: Request, org: str, rec_id: str | None = None, computer_id: str | None = None) -> Response:
     path, size, rid = await runtime(request).recordings.video(org, rec_id, computer_id)
     headers = {"cache-control": "no-store", "x-recording-id": rid,
                "content-disposition": f'inline; filename="{rid}.mp4"'}
     try:
-        return _Prefix(path, size, headers)
+        return BoundedFile(path, size, media_type=MP4, headers=headers)
     except FileNotFoundError:  # deleted in between
         raise NotFound(f"no recording {rid!r}") from None
 
