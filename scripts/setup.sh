@@ -11,6 +11,8 @@ APT_PACKAGES=(chromium fonts-liberation xvfb x11-utils x11-xserver-utils xdotool
               ca-certificates curl python3-venv)
 EXTRA=""
 [ "${1:-}" = "--test" ] && EXTRA="[test]"
+# the tests start a throwaway PostgreSQL server (tests/postgres.py) for the store on PostgreSQL and the fleet
+[ "${1:-}" = "--test" ] && APT_PACKAGES+=(postgresql)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
