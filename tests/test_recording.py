@@ -388,3 +388,18 @@ def test_a_persistent_computers_recording_is_kept_and_counts_with_its_environmen
     assert row["status"] == "ready" and row["stop_reason"] == "computer_ended" and row["size_bytes"] > 0
     assert http.delete(f"/recordings/{rec['id']}").status_code == 204
     assert wait_until(lambda: http.delete(f"/environments/{comp.id}").status_code == 204, 10)
+
+
+def test_a_delete_right_after_an_action_keeps_that_actions_frame(srv: Server) -> None:
+    client, http = srv.client(), srv.http()
+    comp = client.computers.create(extra_body={"recording": {"keep": True}})
+    rec_id = comp.model_extra["recording"]["id"]
+    client.computers.navigate(comp.id, url=RED)
+    assert wait_until(lambda: http.get(f"/recordings/{rec_id}/timeline").json()["recording"]["frames"] >= 1)
+    client.computers.navigate(comp.id, url=BLUE)
+    client.computers.delete(comp.id)  # at once: the blue page's frame is drawn after the answer
+    row = finished(http, rec_id)
+    assert row["status"] == "ready" and row["stop_reason"] == "computer_ended", row
+    _facts, frames = decode(http.get(f"/recordings/{rec_id}").content)
+    assert is_colour(frames[-1][1], "blue"), frames
+    assert http.delete(f"/recordings/{rec_id}").status_code == 204

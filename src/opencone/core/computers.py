@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 READY, RUNNING, TERMINATED = "ready", "running", "terminated"
 TEARDOWNS_AT_ONCE = 4
+BEFORE_CLOSE_SECONDS = 5.0  # a before-close hook that takes longer is cut short: the teardown goes on
 
 
 class DriverFactory(Protocol):
@@ -220,6 +221,9 @@ class ComputerService:
         # hooks the runtime registers: run when a computer ends (e.g. kill its execs), and the
         # sandbox that runs the ``debug`` action
         self.on_end: list[Callable[[str], Awaitable[None]]] = []
+        # run in a computer's teardown before its driver closes, with the end reason: what still
+        # needs the live computer (a recording takes the frame of the last action)
+        self.before_close: list[Callable[[str, str], Awaitable[None]]] = []
         # (computer, action, request_id=...) -> result
         self.run_command: Callable[..., Awaitable[CommandResult]] | None = None
         self.open_file: Callable[..., Any] | None = None  # upload_file's source (core/computer_files.py)
@@ -391,6 +395,11 @@ class ComputerService:
 
     async def _teardown(self, comp: LiveComputer, reason: EndReason) -> None:
         async with self._teardown_slots:
+            for early in self.before_close:
+                try:
+                    await asyncio.wait_for(early(comp.id, reason.value), BEFORE_CLOSE_SECONDS)
+                except Exception:
+                    log.exception("before-close hook for computer %s", comp.id)
             try:
                 await comp.driver.close()
             except Exception:

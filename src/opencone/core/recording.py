@@ -48,6 +48,7 @@ from opencone.core.computers import ComputerService
 from opencone.core.errors import Conflict, InvalidInput, NotFound
 from opencone.core.events import EventBus, Subscription
 from opencone.core.ids import new_id
+from opencone.core.lifetimes import EndReason
 from opencone.core.screencast import ScreencastService, Viewer
 from opencone.core.store.models import RecordingRecord
 from opencone.drivers.encoder import Mp4Writer, probe
@@ -224,6 +225,7 @@ class RecordingService:
         # the organisation's stored bytes, recordings included (set by the runtime: saved environments'
         # usage, which adds ours); without it, recordings alone
         self.org_usage: Usage | None = None
+        computers.before_close.append(self._computer_closing)
         computers.on_end.append(self._computer_ended)
 
     # -- start-up ---------------------------------------------------------------------------
@@ -361,14 +363,15 @@ class RecordingService:
                            f"POST /computers/{computer_id}/recording/start")
         return await self._finish(active, "stopped")
 
-    async def _finish(self, active: _Active, reason: str) -> dict[str, Any]:
-        """Stop following, close the video, write the row; the recording's dict."""
+    async def _finish(self, active: _Active, reason: str, settle: bool = False) -> dict[str, Any]:
+        """Stop following, close the video, write the row; the recording's dict. ``settle``: the
+        screen is still live, so wait for the frames of what has just happened (as a stop does)."""
         if active.finishing:  # another stop is finishing it: wait for that one
             while self._active.get(active.computer_id) is active:
                 await asyncio.sleep(0.02)
             return await self._dict_of(active.id)
         active.finishing = True
-        if reason in ("stopped", "deleted"):
+        if reason in ("stopped", "deleted") or settle:
             if not active.first_frame.is_set():
                 # a stop right after the start: the screencast's first frame is on its way
                 await asyncio.to_thread(active.first_frame.wait, FIRST_FRAME_WAIT)
@@ -470,6 +473,14 @@ class RecordingService:
                         await self._finish(active, "storage_cap")
 
     # -- the computer's end -----------------------------------------------------------------
+    async def _computer_closing(self, computer_id: str, reason: str) -> None:
+        """Finish the recording while the computer still draws: the last action's frame (which
+        comes a moment after the action answered) is in it even when a DELETE follows at once."""
+        active = self._active.get(computer_id)
+        if active is not None:
+            crashed = reason in (EndReason.BROWSER_CRASHED, EndReason.DESKTOP_CRASHED)
+            await self._finish(active, "computer_ended", settle=not crashed)
+
     async def _computer_ended(self, computer_id: str) -> None:
         active = self._active.get(computer_id)
         if active is not None:
