@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     agent_settle_ms: int = Field(default=250, ge=0, le=10000,
                                  description="Wait after a step's input actions before the next screenshot.")
 
+    # -- computers as MCP tools (/mcp and `opencone mcp`, opencone/mcp/) --
+    mcp_groups: str = Field(
+        default="", description="Opt-in MCP tool groups, comma-separated: 'exec' (shell commands in the "
+                                "computer's sandbox), 'evaluate' (JavaScript in the page). None by default.")
+    mcp_screenshot_max_side: int = Field(
+        default=1280, ge=200, le=2000, description="The MCP screenshot's longest side in pixels: larger screens "
+                                                   "are scaled down (and pointer tools take that image's pixels).")
+
     # -- saved environments of persistent computers (core/environments.py) --
     storage_cap_bytes: int = Field(
         default=5 * 1024**3, ge=0,
@@ -231,6 +239,15 @@ class Settings(BaseSettings):
             return None
         parse_proxy_url(value)  # a bad URL stops the server at start-up, with the reason
         return value.strip()
+
+    @field_validator("mcp_groups")
+    @classmethod
+    def _check_mcp_groups(cls, value: str) -> str:
+        groups = {g.strip() for g in value.split(",") if g.strip()}
+        unknown = groups - {"exec", "evaluate"}
+        if unknown:  # a typo would silently leave a group off: stop at start-up, naming it
+            raise ValueError(f"unknown MCP tool group(s) {', '.join(sorted(unknown))}; allowed: exec, evaluate")
+        return ",".join(sorted(groups))
 
     @field_validator("egress_allow")
     @classmethod
