@@ -229,6 +229,30 @@ def test_a_recorded_desktop(srv: Server) -> None:
         client.computers.delete(comp.id)
 
 
+def last_picture(mp4: bytes) -> Any:
+    """The video's last picture, RGB (height × width × 3)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])][-1]
+
+
+def test_a_desktop_video_shows_the_pointer(srv: Server) -> None:
+    """An X grab has no pointer in it: the recording draws it where the screencast saw it."""
+    client, http = srv.client(), srv.http()
+    comp = client.computers.create(kind="desktop", extra_body={"recording": {"keep": False}})
+    try:
+        assert client.computers.navigate(comp.id, url=RED).status == "success"
+        x, y = 300, 300
+        assert client.computers.click(comp.id, x=x, y=y).status == "success"  # on the page: the pointer stays
+        time.sleep(0.5)
+        assert http.post(f"/computers/{comp.id}/recording/stop").json()["status"] == "ready"
+        rgb = last_picture(http.get(f"/computers/{comp.id}/recording").content)
+        fill = tuple(int(v) for v in rgb[y + 9, x + 3])  # inside the arrow's white body
+        assert min(fill) > 180, f"no pointer at {x},{y}: {fill}"
+        assert is_colour(tuple(int(v) for v in rgb[y + 9, x + 60]), "red")  # the page beside it
+    finally:
+        client.computers.delete(comp.id)
+
+
 def test_the_replay_page_plays_a_recording_and_seeks_to_an_action(srv: Server) -> None:
     client, http = srv.client(), srv.http()
     comp = client.computers.create(extra_body={"recording": {"keep": True}})

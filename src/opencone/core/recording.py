@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -52,7 +53,7 @@ from opencone.core.lifetimes import EndReason
 from opencone.core.screencast import ScreencastService, Viewer
 from opencone.core.store.models import RecordingRecord
 from opencone.drivers.encoder import Mp4Writer, probe
-from opencone.drivers.screencast import Frame
+from opencone.drivers.screencast import CursorPosition, Frame
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class _Active:
     subscription: Subscription | None = None
     timeline_file: Any = None
     timeline_bytes: int = 0
+    last_frame: Frame | None = None  # offered again when only the pointer moved
+    pointer: tuple[int, int] | None = None  # where a desktop's screencast last saw it: drawn in
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=THREAD_PREFIX, initializer=_encoder_thread_setup,
@@ -169,7 +172,7 @@ class _Active:
         taken = frame.timestamp if abs(frame.timestamp - now) < 5 else now  # a clock we do not share: ours
         if self.writer is None:
             self.writer = Mp4Writer(self.video, frame.width, frame.height, crf=self.crf)
-        self.writer.write_jpeg(jpeg, max(taken - self.started_wall, 0.0))
+        self.writer.write_jpeg(jpeg, max(taken - self.started_wall, 0.0), self.pointer)
         self.first_frame.set()
 
     def flush(self) -> None:
@@ -429,8 +432,13 @@ class RecordingService:
             if event is None:  # the cast ended (its computer is going): the end hook finishes the recording
                 return
             if isinstance(event, Frame):
+                active.last_frame = event
                 active.offer(event)
                 active.seen.set()
+            elif isinstance(event, CursorPosition):  # a desktop's: the grab has no pointer in it
+                active.pointer = (event.x, event.y)
+                if active.last_frame is not None:  # the same screen, now, the pointer moved
+                    active.offer(dataclasses.replace(active.last_frame, timestamp=time.time()))
 
     async def _follow_events(self, active: _Active) -> None:
         sub = active.subscription

@@ -32,6 +32,8 @@ import av
 import av.error
 import av.video.frame
 
+from opencone.drivers.pointer_sprite import draw_pointer
+
 TIME_BASE = Fraction(1, 1000)  # PTS in milliseconds
 MOVFLAGS = "frag_every_frame+empty_moov+default_base_moof"
 
@@ -71,12 +73,17 @@ class Mp4Writer:
         """Seconds from the start to the last encoded picture."""
         return max(self._last_pts, 0) / 1000
 
-    def write_jpeg(self, jpeg: bytes, t: float) -> None:
-        """Encode one JPEG taken ``t`` seconds after the start."""
+    def write_jpeg(self, jpeg: bytes, t: float, pointer: tuple[int, int] | None = None) -> None:
+        """Encode one JPEG taken ``t`` seconds after the start, with the mouse pointer drawn at
+        ``pointer`` (the JPEG's pixels) if given."""
         pictures = self._decoder.decode(av.Packet(jpeg))
         if not pictures:
             return
-        picture = pictures[-1].reformat(width=self.width, height=self.height, format="yuv420p")
+        source = pictures[-1]
+        picture = source.reformat(width=self.width, height=self.height, format="yuv420p")
+        if pointer is not None:
+            draw_pointer(picture, pointer[0] * self.width // max(source.width, 1),
+                         pointer[1] * self.height // max(source.height, 1))
         self._encode(picture, t)
 
     def repeat(self, t: float) -> None:
