@@ -31,8 +31,9 @@ __all__ = ["PaintedWindow", "Server", "free_port", "grabbed_pixels", "jpeg_pixel
 
 PAGES = Path(__file__).with_name("pages")
 
-# fake model providers and the recording form site, for the agent and gateway tests (tests/fake_models)
-pytest_plugins = ["fake_models.fixtures"]
+# fake model providers and the recording form site, for the agent and gateway tests (tests/fake_models),
+# and a throwaway PostgreSQL server (tests/postgres.py: fixtures `postgres`, `postgres_url`)
+pytest_plugins = ["fake_models.fixtures", "postgres"]
 
 
 @pytest.fixture()

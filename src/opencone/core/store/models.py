@@ -80,6 +80,7 @@ class ComputerRecord(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # fleet mode: its node
 
 
 class EnvironmentRecord(Base):
@@ -165,3 +166,27 @@ class RecordingRecord(Base):
     frames: Mapped[int] = mapped_column(Integer, default=0)
     stop_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+
+
+class NodeRecord(Base):
+    """A machine of a fleet (OPENCONE_FLEET=ray, fleet/registry.py): where its node agent answers, what it
+    can hold and holds, and when it last said so. Unused in local mode."""
+
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # "node-" + the Ray node id, or any unique id
+    ray_node_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    url: Mapped[str] = mapped_column(String(1024))  # the agent's internal base URL
+    incarnation: Mapped[int] = mapped_column(Integer, default=0)  # bumped by each agent start on the node
+    state: Mapped[str] = mapped_column(String(16), index=True)  # ready | draining | dead
+    capacity_browser: Mapped[int] = mapped_column(Integer, default=0)
+    capacity_desktop: Mapped[int] = mapped_column(Integer, default=0)
+    live_browser: Mapped[int] = mapped_column(Integer, default=0)
+    live_desktop: Mapped[int] = mapped_column(Integer, default=0)
+    reserved_browser: Mapped[int] = mapped_column(Integer, default=0)  # slots taken by creates in flight
+    reserved_desktop: Mapped[int] = mapped_column(Integer, default=0)
+    # the last reservation taken: a heartbeat long after it clears reservations a dead replica left
+    reserved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    free_mem_mb: Mapped[int] = mapped_column(Integer, default=0)
+    load: Mapped[float] = mapped_column(Float, default=0.0)  # 1-minute load average per core
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
