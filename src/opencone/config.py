@@ -6,12 +6,13 @@ edge reads the environment itself, so tests can start servers side by side.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from opencone.drivers.proxy.egress import parse_allow
@@ -221,6 +222,30 @@ class Settings(BaseSettings):
                                                  "waiting ones); a still screen encodes none.")
     recording_crf: int = Field(default=26, ge=0, le=51,
                                description="x264's constant rate factor for recordings: lower is sharper and bigger.")
+    # -- fleet mode: computers on many machines (fleet/; README "Running a fleet") --
+    fleet: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: one process holds every computer, records in SQLite or PostgreSQL (nothing of "
+                    "fleet/ is imported). ray: this server is a stateless API replica placing computers on "
+                    "node agents of a Ray cluster; needs OPENCONE_DATABASE_URL=postgresql+asyncpg://...",
+    )
+    fleet_internal_token: str | None = Field(
+        default=None, min_length=16,
+        description="The secret replicas and node agents share for the agents' /internal routes.")
+    node_port: int = Field(default=0, ge=0, le=65535,
+                           description="A node agent's internal port (0: any free port, registered in the nodes "
+                                       "table).")
+    node_address: str | None = Field(
+        default=None, description="The address a node agent binds and registers; by default its Ray node's IP.")
+    fleet_placement_k: int = Field(default=2, ge=1, le=16,
+                                   description="Placement draws this many ready nodes and takes the least loaded.")
+    fleet_heartbeat_ttl_seconds: float = Field(
+        default=10.0, gt=0, description="A node whose agent has not reported for this long gets no new computers.")
+    fleet_browser_memory_mb: int = Field(
+        default=256, ge=0, description="Free memory a node must have left to take one more browser.")
+    fleet_desktop_memory_mb: int = Field(
+        default=512, ge=0, description="Free memory a node must have left to take one more desktop.")
+
     test_save_delay_seconds: float = Field(
         default=0.0, ge=0,
         description="TEST ONLY: sleep this long between writing a save's temporary file and renaming it, so "
@@ -231,6 +256,30 @@ class Settings(BaseSettings):
         description="TEST ONLY: a file holding seconds the server's clock runs ahead of the system's, read "
                     "whenever it changes (core/clock.py), so tests can let lifetimes expire without waiting.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if value.startswith("postgresql+asyncpg://"):
+            if importlib.util.find_spec("asyncpg") is None:
+                raise ValueError("a postgresql+asyncpg:// database needs asyncpg: pip install 'opencone[postgres]'")
+            return value
+        if value.startswith("sqlite+aiosqlite://"):
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else "(none)"  # never echo the URL: it may hold a password
+        raise ValueError(f"unsupported database URL scheme {scheme!r}; use sqlite+aiosqlite:///<file> or "
+                         "postgresql+asyncpg://<user>:<password>@<host>/<database>")
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> Settings:
+        if self.fleet == "ray" and not (self.database_url or "").startswith("postgresql+asyncpg://"):
+            # every replica must see the same records and nodes: a per-process SQLite file cannot be that
+            raise ValueError("OPENCONE_FLEET=ray needs OPENCONE_DATABASE_URL=postgresql+asyncpg://... "
+                             "(the replicas and node agents share PostgreSQL)")
+        return self
 
     @field_validator("advanced_proxy_url")
     @classmethod
