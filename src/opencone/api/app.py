@@ -28,6 +28,7 @@ from opencone.api.routes import notte_seed as notte_seed_routes
 from opencone.api.routes import recordings as recording_routes
 from opencone.api.routes import responses as response_routes
 from opencone.api.routes import root as root_routes
+from opencone.api.routes import step as step_routes
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.actions import renderer
 from opencone.config import Settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, computers, actions, tabs, files, exec, events, screencast, live, cdp, agent):
         app.include_router(module.router)
     app.include_router(computer_files_routes.router)  # a computer's downloads and workspace
+    app.include_router(step_routes.router)  # an action and the observation after it, in one round trip (gym)
     app.include_router(recording_routes.router)  # a computer's screen recorded (core/recording.py)
     for module in (notte_seed_routes, notte_routes):  # the Notte session API, both eras (api/notte_sessions.py)
         app.include_router(module.router)
