@@ -35,6 +35,7 @@ from opencone.config import Settings
 from opencone.core.metrics import watch_agents
 from opencone.core.runtime import Runtime
 from opencone.gateway.service import Gateway
+from opencone.mcp import mount as mcp_mount
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("opencone %s ready on %s:%s, data in %s", __version__, settings.host, settings.port,
                  settings.data_dir)
         try:
-            yield
+            async with mcp.running():  # /mcp's sessions (a mounted app's own lifespan never runs)
+                yield
         finally:
             await agents.stop()
             await gateway.stop()
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     for module in (root_routes, metrics_routes):  # GET /, and the server seen whole (/metrics, /status)
         app.include_router(module.router)
+    mcp = mcp_mount.install(app, settings)  # /mcp: computers as MCP tools (opencone/mcp/), or its 501
     app.add_middleware(HotActions)  # the hot action routes, answered before FastAPI's routing
     app.add_middleware(GatewayHot)  # the model gateway's hot routes (chat, responses create), likewise
     # outermost: bodies are bounded and checked before either of the two routings parses one

@@ -1,0 +1,428 @@
+"""The MCP tool set: every tool takes ``computer_id`` and runs through the services as REST does.
+
+One tool set for both protocol eras: the 2026-07-28 protocol has no sessions, so nothing here is
+kept per MCP session. The action tools take the arguments of the shared action schema (the same
+dicts ``opencone.gym`` steps with) and become canonical actions (core/actions.py) run by
+``ComputerService.perform``: the computer's lock, its idle timer, its events and the live view see
+an MCP click as they see a REST one. Every failure is a ``ToolError``, which the model reads as
+the tool's result ("ref e41 ... is stale ... take a new snapshot"), never a protocol error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ImageContent, TextContent, ToolAnnotations
+from pydantic import Field, TypeAdapter, ValidationError
+
+from opencone.agent.adapters.keys import chord
+from opencone.api.wire.computers import ComputerCreate, DisplayIn
+from opencone.core import actions as a
+from opencone.core.clock import iso
+from opencone.core.computers import ActionReport, ComputerView, Step
+from opencone.core.errors import ServiceError
+from opencone.core.runtime import Runtime
+from opencone.drivers.base import Display
+from opencone.mcp import images
+
+_ACTION: TypeAdapter[a.Action] = TypeAdapter(a.Action)
+
+ComputerId = Annotated[str, Field(min_length=1, max_length=64, description="The computer's id (computer_create).")]
+Ref = Annotated[str | None, Field(default=None, max_length=24,
+                                  description="An element's ref from the latest snapshot, e.g. 'e12' (not with x,y).")]
+SnapshotId = Annotated[str | None, Field(default=None, max_length=64,
+                                         description="The snapshot the ref is from (default: the latest).")]
+Coord = Annotated[float | None, Field(default=None, description="Pixels of the last screenshot image (not with ref).")]
+ButtonArg = Annotated[Literal["left", "right", "middle"], Field(description="Mouse button.")]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+ACTS = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
+CLOSES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """What the tools need from the server they run in."""
+
+    runtime: Callable[[], Runtime]  # the running server's services
+    org: Callable[[], str]  # the calling key's organisation
+    base_url: Callable[[], str]  # for the links a computer's view hands out
+    groups: frozenset[str]  # opt-in groups this server offers (OPENCONE_MCP_GROUPS)
+
+
+def _fail(message: str) -> ToolError:
+    return ToolError(message)
+
+
+def _invalid(exc: ValidationError) -> ToolError:
+    """A canonical action's validation error in a model's terms: what was wrong, field by field."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"][1:])  # (the first is the union's tag: the action's kind)
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return _fail("; ".join(parts) or str(exc))
+
+
+def _build(fields: dict[str, Any]) -> a.Action:
+    try:
+        return _ACTION.validate_python(fields)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+class Tools:
+    """The tools of one MCP server, bound to a ``Backend``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _guard(self, work: Awaitable[Any]) -> Any:
+        """Service failures (no such computer, terminated, bad input) as tool errors."""
+        try:
+            return await work
+        except ServiceError as exc:
+            raise _fail(exc.message) from None
+
+    async def _display(self, computer_id: str) -> Display:
+        comp = await self._guard(self.b.runtime().computers.require_live(self.b.org(), computer_id))
+        return comp.driver.display  # type: ignore[no-any-return]
+
+    def _scale(self, display: Display) -> float:
+        return images.scale_for(display, self.b.runtime().settings.mcp_screenshot_max_side)
+
+    async def _run(self, computer_id: str, actions: list[a.Action], tab_id: str | None = None) -> ActionReport:
+        rt = self.b.runtime()
+        reports = await self._guard(rt.computers.perform(self.b.org(), computer_id, [Step(actions, tab_id)]))
+        report: ActionReport = reports[-1]
+        if not report.ok:
+            raise _fail(report.error_message or "the action failed")
+        return report
+
+    async def _point(self, computer_id: str, x: float | None, y: float | None) -> dict[str, float] | None:
+        """Image pixels (the screenshot a model saw) as screen pixels; None when neither is given."""
+        if x is None and y is None:
+            return None
+        if x is None or y is None:
+            raise _fail("give both x and y (pixels of the screenshot image), or a ref")
+        scale = self._scale(await self._display(computer_id))
+        return {"x": images.to_screen(x, scale), "y": images.to_screen(y, scale)}
+
+    async def _target(self, computer_id: str, ref: str | None, snapshot_id: str | None, x: float | None,
+                      y: float | None, required: bool) -> dict[str, Any]:
+        if ref is not None and (x is not None or y is not None):
+            raise _fail("give either a ref (from a snapshot) or x,y (screenshot pixels), not both")
+        if ref is not None:
+            return {"element": {"ref": ref, "snapshot_id": snapshot_id}}
+        if snapshot_id is not None:
+            raise _fail("snapshot_id goes with ref")
+        at = await self._point(computer_id, x, y)
+        if at is None and required:
+            raise _fail("give a ref (from snapshot) or x and y (pixels of the last screenshot image)")
+        return {"at": at} if at is not None else {}
+
+    def _view(self, v: ComputerView) -> dict[str, Any]:
+        d = v.display
+        scale = self._scale(d)
+        out: dict[str, Any] = {
+            "computer_id": v.id, "kind": v.kind, "status": v.status,
+            "display": {"width": d.pixel_width, "height": d.pixel_height},
+            "screenshot_size": {"width": round(d.pixel_width * scale), "height": round(d.pixel_height * scale),
+                                "scale": round(scale, 6)},
+            "persistent": v.persistent, "environment_id": v.environment_id,
+            "created_at": iso(v.created_at), "expires_at": iso(v.expires_at),
+            "idle_expires_at": iso(v.idle_expires_at),
+        }
+        if v.status == "terminated":
+            out["termination_reason"] = v.termination_reason
+        else:
+            out["live_view"] = f"{self.b.base_url()}/live#{v.id}"
+        return out
+
+    @staticmethod
+    def _done(what: str, report: ActionReport, extra: dict[str, Any] | None = None) -> str:
+        result = dict(report.outcome.result)
+        result.update(extra or {})
+        return f"{what}: done" + (f" {json.dumps(result, default=str)}" if result else "")
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def computer_create(
+        self,
+        kind: Annotated[Literal["browser", "desktop"], Field(description="A Chromium browser or an X11 desktop.")]
+        = "browser",
+        environment_id: Annotated[str | None, Field(default=None, max_length=64,
+                                                    description="Restore a saved environment (environment_list).")]
+        = None,
+        persistent: Annotated[bool, Field(description="Save the computer's state as an environment when it ends.")]
+        = False,
+        proxy: Annotated[str | None, Field(default=None, max_length=2048,
+                                           description="Route its traffic through this http(s):// or socks5:// "
+                                                       "proxy URL.")] = None,
+        width: Annotated[int | None, Field(default=None, ge=200, le=3840, description="Screen width.")] = None,
+        height: Annotated[int | None, Field(default=None, ge=200, le=2160, description="Screen height.")] = None,
+        start_url: Annotated[str | None, Field(default=None, max_length=8192, description="Open this URL.")] = None,
+        max_lifetime_seconds: Annotated[int | None, Field(default=None, ge=1)] = None,
+        inactivity_timeout_seconds: Annotated[int | None, Field(default=None, ge=1)] = None,
+    ) -> str:
+        """Create a computer (a browser or a desktop) and return its computer_id: pass it to every other tool."""
+        rt, org = self.b.runtime(), self.b.org()
+        if start_url is not None:
+            start = _build({"kind": "navigate", "url": start_url})  # refused before anything starts
+        if proxy is not None:
+            change = _build({"kind": "change_proxy", "proxy_url": proxy})
+        display = DisplayIn(width=width, height=height) if width or height else None
+        body = ComputerCreate(kind=kind, environment_id=environment_id, persistent=persistent, display=display,
+                              max_lifetime_seconds=max_lifetime_seconds,
+                              inactivity_timeout_seconds=inactivity_timeout_seconds)
+        view = await self._guard(rt.computers.create(org, body.to_spec(rt.settings)))
+        try:
+            if proxy is not None:
+                await self._run(view.id, [change])
+            if start_url is not None:
+                await self._run(view.id, [start])
+        except BaseException as exc:  # no computer half made: closed, and the reason said
+            await asyncio.shield(self._guard(rt.computers.delete(org, view.id)))
+            if isinstance(exc, ToolError):
+                raise _fail(f"the computer was closed again: {exc}") from None
+            raise
+        return json.dumps(self._view(await rt.computers.get(org, view.id)))
+
+    async def computer_list(self) -> str:
+        """The live computers of this API key's organisation."""
+        views = await self._guard(self.b.runtime().computers.list(self.b.org()))
+        return json.dumps([self._view(v) for v in views])
+
+    async def computer_get(self, computer_id: ComputerId) -> str:
+        """One computer: its status, screen size, the screenshot scale, its deadlines."""
+        return json.dumps(self._view(await self._guard(self.b.runtime().computers.get(self.b.org(), computer_id))))
+
+    async def computer_close(self, computer_id: ComputerId) -> str:
+        """End a computer (a persistent one is saved as an environment first)."""
+        await self._guard(self.b.runtime().computers.delete(self.b.org(), computer_id))
+        return f"computer {computer_id} closed"
+
+    async def environment_list(self) -> str:
+        """Saved environments (from persistent computers) that computer_create can restore."""
+        envs = await self._guard(self.b.runtime().environments.list(self.b.org()))
+        return json.dumps([{"environment_id": e["id"], "kind": e["kind"], "status": e["status"],
+                            "saved_at": iso(e["saved_at"]), "size_bytes": e["size_bytes"],
+                            "context_id": e["context_id"]} for e in envs])
+
+    # -- observation ------------------------------------------------------------------------
+    async def screenshot(self, computer_id: ComputerId) -> list[TextContent | ImageContent]:
+        """The screen as a JPEG. Pointer tools take x,y in pixels of this image (its scale is stated)."""
+        report = await self._run(computer_id, [a.Screenshot()])
+        jpeg = report.outcome.image
+        if jpeg is None:
+            raise _fail("the computer returned no screenshot")
+        display = await self._display(computer_id)
+        fitted = await asyncio.to_thread(images.fit, jpeg, display, self.b.runtime().settings.mcp_screenshot_max_side)
+        note = (f"screenshot {fitted.width}x{fitted.height} px (scale {fitted.scale:.4g} of the "
+                f"{display.pixel_width}x{display.pixel_height} screen); x,y of pointer tools are pixels of this image")
+        return [ImageContent(type="image", data=base64.b64encode(fitted.jpeg).decode(), mime_type="image/jpeg"),
+                TextContent(type="text", text=note)]
+
+    async def snapshot(
+        self, computer_id: ComputerId,
+        interactive_only: Annotated[bool, Field(description="Only elements one can act on, as a flat list.")]
+        = False,
+        viewport_only: Annotated[bool, Field(description="Only what is inside the viewport.")] = False,
+        max_chars: Annotated[int, Field(ge=200, le=200_000, description="Cut the text at this length.")] = 40_000,
+    ) -> str:
+        """The page's elements with [ref=eN] refs (Playwright's aria snapshot): act on them with ref."""
+        report = await self._run(computer_id, [a.Snapshot(interactive_only=interactive_only,
+                                                          viewport_only=viewport_only, max_chars=max_chars)])
+        r = report.outcome.result
+        head = f"snapshot {r.get('snapshot_id')} of {r.get('url')} ({r.get('title')!r}), tab {r.get('tab_id')}"
+        if r.get("truncated"):
+            head += " [truncated: use interactive_only, viewport_only or a larger max_chars]"
+        return head + "\n" + str(r.get("snapshot", ""))
+
+    async def read_page(
+        self, computer_id: ComputerId,
+        max_chars: Annotated[int, Field(ge=200, le=400_000, description="Cut the text at this length.")] = 60_000,
+    ) -> str:
+        """The page's main content as markdown."""
+        report = await self._run(computer_id, [a.Markdown(max_chars=max_chars)])
+        r = report.outcome.result
+        return f"# {r.get('title', '')} ({r.get('url', '')})\n\n{r.get('markdown', '')}"
+
+    # -- pointer ----------------------------------------------------------------------------
+    async def click(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
+                    button: ButtonArg = "left",
+                    count: Annotated[Literal[1, 2, 3], Field(description="2: double click.")] = 1,
+                    snapshot_id: SnapshotId = None) -> str:
+        """Click an element (ref) or a point (x,y of the screenshot image)."""
+        target = await self._target(computer_id, ref, snapshot_id, x, y, required=True)
+        report = await self._run(computer_id, [_build({"kind": "click", "button": button, "count": count, **target})])
+        return self._done("click", report)
+
+    async def move(self, computer_id: ComputerId, x: Coord = None, y: Coord = None) -> str:
+        """Move the mouse to x,y of the screenshot image."""
+        target = await self._target(computer_id, None, None, x, y, required=True)
+        return self._done("move", await self._run(computer_id, [_build({"kind": "move", **target})]))
+
+    async def mouse_down(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
+                         button: ButtonArg = "left") -> str:
+        """Press a mouse button (at x,y of the screenshot image, else where the mouse is)."""
+        target = await self._target(computer_id, None, None, x, y, required=False)
+        report = await self._run(computer_id, [_build({"kind": "mouse_down", "button": button, **target})])
+        return self._done("mouse_down", report)
+
+    async def mouse_up(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
+                       button: ButtonArg = "left") -> str:
+        """Release a mouse button (at x,y of the screenshot image, else where the mouse is)."""
+        target = await self._target(computer_id, None, None, x, y, required=False)
+        report = await self._run(computer_id, [_build({"kind": "mouse_up", "button": button, **target})])
+        return self._done("mouse_up", report)
+
+    async def drag(self, computer_id: ComputerId, ref: Ref = None, to_ref: Ref = None, x: Coord = None,
+                   y: Coord = None, to_x: Coord = None, to_y: Coord = None, snapshot_id: SnapshotId = None) -> str:
+        """Drag from ref to to_ref, or from x,y to to_x,to_y (pixels of the screenshot image)."""
+        if ref is not None or to_ref is not None:
+            if ref is None or to_ref is None or any(v is not None for v in (x, y, to_x, to_y)):
+                raise _fail("a drag by element takes both ref and to_ref and no x,y")
+            fields = {"kind": "drag", "element": {"ref": ref, "snapshot_id": snapshot_id},
+                      "to_element": {"ref": to_ref, "snapshot_id": snapshot_id}}
+        else:
+            start, end = await self._point(computer_id, x, y), await self._point(computer_id, to_x, to_y)
+            if start is None or end is None:
+                raise _fail("a drag takes x,y and to_x,to_y (pixels of the screenshot image), or ref and to_ref")
+            fields = {"kind": "drag", "path": [start, end]}
+        return self._done("drag", await self._run(computer_id, [_build(fields)]))
+
+    async def scroll(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
+                     dx: Annotated[float, Field(description="Pixels to scroll right (negative: left).")] = 0,
+                     dy: Annotated[float, Field(description="Pixels to scroll down (negative: up).")] = 0,
+                     snapshot_id: SnapshotId = None) -> str:
+        """Scroll over an element (ref), a point (x,y), or the middle of the screen."""
+        target = await self._target(computer_id, ref, snapshot_id, x, y, required=False)
+        report = await self._run(computer_id, [_build({"kind": "scroll", "dx": dx, "dy": dy, **target})])
+        return self._done("scroll", report)
+
+    # -- keyboard ---------------------------------------------------------------------------
+    async def type(self, computer_id: ComputerId,
+                   text: Annotated[str, Field(max_length=a.MAX_TEXT, description="Text to type.")],
+                   ref: Ref = None, snapshot_id: SnapshotId = None) -> str:
+        """Type text where the focus is, or into the element ref (clicked first)."""
+        target = await self._target(computer_id, ref, snapshot_id, None, None, required=False)
+        report = await self._run(computer_id, [_build({"kind": "type", "text": text, **target})])
+        return self._done("type", report)
+
+    async def key(self, computer_id: ComputerId,
+                  keys: Annotated[str, Field(min_length=1, max_length=200,
+                                             description="A key or chord: 'Enter', 'ctrl+a', 'shift+Tab'.")]) -> str:
+        """Press a key or a chord (all down in order, then up)."""
+        try:
+            names = chord(keys)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return self._done("key", await self._run(computer_id, [_build({"kind": "press_keys", "keys": names})]))
+
+    async def key_down(self, computer_id: ComputerId,
+                       key: Annotated[str, Field(min_length=1, max_length=40, description="One key: 'Shift'.")]) -> str:
+        """Hold a key down (until key_up)."""
+        return self._done("key_down", await self._run(computer_id, [_build({"kind": "key_down", "key": key})]))
+
+    async def key_up(self, computer_id: ComputerId,
+                     key: Annotated[str, Field(min_length=1, max_length=40, description="One key: 'Shift'.")]) -> str:
+        """Release a key held by key_down."""
+        return self._done("key_up", await self._run(computer_id, [_build({"kind": "key_up", "key": key})]))
+
+    # -- elements ---------------------------------------------------------------------------
+    async def fill(self, computer_id: ComputerId,
+                   ref: Annotated[str, Field(max_length=24, description="The field's ref from the snapshot.")],
+                   text: Annotated[str, Field(max_length=a.MAX_TEXT, description="Its new value.")],
+                   snapshot_id: SnapshotId = None) -> str:
+        """Replace a text field's value."""
+        fields = {"kind": "fill", "element": {"ref": ref, "snapshot_id": snapshot_id}, "text": text}
+        return self._done("fill", await self._run(computer_id, [_build(fields)]))
+
+    async def select_option(self, computer_id: ComputerId,
+                            ref: Annotated[str, Field(max_length=24, description="The <select>'s ref.")],
+                            values: Annotated[list[str], Field(min_length=1, max_length=100,
+                                                               description="Option values or labels.")],
+                            snapshot_id: SnapshotId = None) -> str:
+        """Choose options of a <select> by value or label."""
+        fields = {"kind": "select_option", "element": {"ref": ref, "snapshot_id": snapshot_id}, "values": values}
+        return self._done("select_option", await self._run(computer_id, [_build(fields)]))
+
+    # -- pages and tabs ---------------------------------------------------------------------
+    async def navigate(self, computer_id: ComputerId,
+                       url: Annotated[str | None, Field(default=None, max_length=8192, description="http(s) URL.")]
+                       = None,
+                       direction: Annotated[Literal["back", "forward", "reload"] | None, Field(default=None)] = None,
+                       ) -> str:
+        """Open a URL, or go back, forward, or reload."""
+        if (url is None) == (direction is None):
+            raise _fail("give url or direction (back, forward, reload), one of them")
+        fields = {"kind": "navigate", "url": url} if url is not None else {"kind": "history", "op": direction}
+        return self._done("navigate", await self._run(computer_id, [_build(fields)]))
+
+    async def tabs(self, computer_id: ComputerId,
+                   op: Annotated[Literal["list", "new", "switch", "close"], Field(description="What to do.")]
+                   = "list",
+                   tab_id: Annotated[str | None, Field(default=None, max_length=128,
+                                                       description="For switch and close.")] = None,
+                   url: Annotated[str | None, Field(default=None, max_length=8192, description="For new.")] = None,
+                   ) -> str:
+        """List the browser's tabs, open one, switch to one or close one."""
+        if op in ("switch", "close") and not tab_id:
+            raise _fail(f"tabs {op} needs a tab_id (from tabs list)")
+        fields: dict[str, Any] = {
+            "list": {"kind": "list_tabs"}, "new": {"kind": "new_tab", "url": url},
+            "switch": {"kind": "switch_tab", "tab_id": tab_id}, "close": {"kind": "close_tab", "tab_id": tab_id},
+        }[op]
+        report = await self._run(computer_id, [_build(fields)])
+        return json.dumps(report.outcome.result)
+
+    async def wait(self, computer_id: ComputerId,
+                   ms: Annotated[int, Field(ge=0, le=a.MAX_WAIT_MS, description="Milliseconds.")]) -> str:
+        """Wait, holding the computer (its idle timer is reset)."""
+        return self._done("wait", await self._run(computer_id, [_build({"kind": "wait", "ms": ms})]))
+
+    # -- opt-in groups ----------------------------------------------------------------------
+    async def exec(self, computer_id: ComputerId,
+                   command: Annotated[str, Field(min_length=1, max_length=100_000, description="A shell command.")],
+                   timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 120) -> str:
+        """Run a shell command in the computer's sandbox (its /workspace); output and exit code."""
+        report = await self._run(computer_id, [_build({"kind": "run_command", "command": command,
+                                                       "timeout_seconds": timeout_seconds})])
+        r = report.outcome.result
+        return json.dumps({"exit_code": r.get("exit_code"), "stdout": r.get("stdout"), "stderr": r.get("stderr"),
+                           "truncated": r.get("truncated")})
+
+
+# (name, group or None for always, annotations)
+TOOLS: list[tuple[str, str | None, ToolAnnotations]] = [
+    ("computer_create", None, ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)),
+    ("computer_list", None, READ_ONLY), ("computer_get", None, READ_ONLY), ("computer_close", None, CLOSES),
+    ("environment_list", None, READ_ONLY),
+    ("screenshot", None, READ_ONLY), ("snapshot", None, READ_ONLY), ("read_page", None, READ_ONLY),
+    ("click", None, ACTS), ("move", None, ACTS), ("mouse_down", None, ACTS), ("mouse_up", None, ACTS),
+    ("drag", None, ACTS), ("scroll", None, ACTS), ("type", None, ACTS), ("key", None, ACTS),
+    ("key_down", None, ACTS), ("key_up", None, ACTS), ("fill", None, ACTS), ("select_option", None, ACTS),
+    ("navigate", None, ACTS), ("tabs", None, ACTS),
+    ("wait", None, ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)),
+    ("exec", "exec", ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)),
+]
+
+
+def register(server: MCPServer, backend: Backend) -> list[str]:
+    """Add the tools ``backend.groups`` allows to ``server``; their names."""
+    tools = Tools(backend)
+    names = []
+    for name, group, hints in TOOLS:
+        if group is not None and group not in backend.groups:
+            continue
+        server.add_tool(getattr(tools, name), name=name, annotations=hints, structured_output=False)
+        names.append(name)
+    return names
