@@ -93,9 +93,10 @@ class PostgresServer:
                   "start")
 
     def stop(self) -> None:
-        """Stop the server at once (``immediate``: an outage, as a crash would look to clients)."""
+        """Stop the server (an outage to its clients: their connections are cut). ``fast``, not ``immediate``:
+        with synchronous_commit off, a crash-like stop would lose the last commits."""
         with contextlib.suppress(RuntimeError):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres") -> str:
         """The SQLAlchemy URL of ``database`` over the Unix socket."""

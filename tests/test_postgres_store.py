@@ -33,11 +33,11 @@ async def _check(url: str) -> None:
         await engine.dispose()
 
 
-@pytest.mark.asyncio
+@pytest.mark.asyncio(loop_scope="session")
 async def test_migrations_match_models_on_postgres(postgres_url: str) -> None:
     await _check(postgres_url)
 
 
-@pytest.mark.asyncio
+@pytest.mark.asyncio(loop_scope="session")
 async def test_migrations_match_models_on_sqlite(tmp_path: Path) -> None:
     await _check(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")

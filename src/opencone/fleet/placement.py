@@ -1,0 +1,126 @@
+"""Where a new computer goes: a pure choice over the nodes' last reports, then one atomic reservation.
+
+The choice is best-of-K (E2B's placement, and the "power of two choices"): draw K eligible nodes at random
+and take the least loaded, scored ``(live + reserved) / capacity + alpha * load``. Random draws keep many
+replicas that read the same stale rows from all piling onto the one emptiest node; comparing K keeps the
+spread even. The reservation is one conditional UPDATE, so two replicas can never take a node's last slot
+twice: the database, not the replicas' view, decides.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Table, case, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from opencone.core.store.models import NodeRecord
+from opencone.fleet.registry import READY, Kind, NodeInfo, _check_kind, guarded, list_nodes
+
+HEARTBEAT_TTL = timedelta(seconds=10)  # a node silent longer than this gets no new computers
+# free memory a node must keep to take one more computer of a kind (MiB): a browser context is ~24-67 MiB,
+# a desktop ~90 MiB plus its browser (research/feasibility.md), with headroom for the node's own work
+MEMORY_RESERVE_MB: Mapping[str, int] = {"browser": 256, "desktop": 512}
+ALPHA = 0.25  # weight of the load average (per core) against the slot fill ratio
+
+
+def resolve_hint(nodes: Iterable[NodeInfo], hint: str) -> NodeInfo | None:
+    """The node a placement hint names: its id, its Ray node id, or "node-" + that id."""
+    for node in nodes:
+        if hint in (node.id, node.ray_node_id) or node.id == f"node-{hint}":
+            return node
+    return None
+
+
+def eligible(node: NodeInfo, kind: Kind, *, now: datetime, heartbeat_ttl: timedelta = HEARTBEAT_TTL,
+             memory_reserve_mb: Mapping[str, int] = MEMORY_RESERVE_MB) -> bool:
+    """Whether ``node`` may take one more computer of ``kind`` by its last report."""
+    return (node.state == READY
+            and node.heartbeat_at is not None and now - node.heartbeat_at < heartbeat_ttl
+            and node.free(kind) > 0
+            and node.free_mem_mb >= memory_reserve_mb.get(kind, 0))
+
+
+def score(node: NodeInfo, kind: Kind, alpha: float = ALPHA) -> float:
+    """Lower is better: how full the node's slots of ``kind`` are, plus its load."""
+    return node.used(kind) / max(1, node.capacity(kind)) + alpha * node.load
+
+
+def choose(nodes: Sequence[NodeInfo], kind: str, *, k: int = 2, hint: str | None = None,
+           exclude: frozenset[str] = frozenset(), rng: random.Random | None = None, now: datetime | None = None,
+           heartbeat_ttl: timedelta = HEARTBEAT_TTL, memory_reserve_mb: Mapping[str, int] = MEMORY_RESERVE_MB,
+           alpha: float = ALPHA) -> list[str]:
+    """Ids of the nodes to try, in order: each the best of ``k`` drawn from those not yet listed.
+    With ``hint``, only the node it names (a computer put next to a given worker goes there or nowhere);
+    ``exclude``: nodes that just refused (their agent said it is full)."""
+    kind_ = _check_kind(kind)
+    at = now or datetime.now(UTC)
+    rng = rng or random.Random()
+    pool = [n for n in nodes if n.id not in exclude
+            and eligible(n, kind_, now=at, heartbeat_ttl=heartbeat_ttl, memory_reserve_mb=memory_reserve_mb)]
+    if hint is not None:
+        target = resolve_hint(pool, hint)
+        return [target.id] if target is not None else []
+    order: list[str] = []
+    while pool:
+        drawn = rng.sample(pool, min(max(1, k), len(pool)))
+        best = min(drawn, key=lambda n: score(n, kind_, alpha))
+        order.append(best.id)
+        pool.remove(best)
+    return order
+
+
+def _columns(kind: Kind) -> tuple[Table, object, object, object]:
+    table: Table = NodeRecord.__table__  # type: ignore[assignment]
+    return table, table.c[f"live_{kind}"], table.c[f"reserved_{kind}"], table.c[f"capacity_{kind}"]
+
+
+async def reserve(session: AsyncSession, node_id: str, kind: str, *, now: datetime | None = None) -> bool:
+    """Take one slot of ``kind`` on ``node_id`` if it still has one: one atomic statement (commits)."""
+    table, live, reserved, capacity = _columns(_check_kind(kind))
+    stmt = (update(table)
+            .where(table.c.id == node_id, table.c.state == READY, live + reserved < capacity)  # type: ignore[operator]
+            .values({reserved: reserved + 1, table.c.reserved_at: now or datetime.now(UTC)})  # type: ignore[operator]
+            .returning(table.c.id))
+    async with guarded(session):
+        taken = (await session.execute(stmt)).first() is not None
+        await session.commit()
+    return taken
+
+
+async def release(session: AsyncSession, node_id: str, kind: str) -> None:
+    """Give back a reservation (the create failed or was refused)."""
+    table, _live, reserved, _cap = _columns(_check_kind(kind))
+    async with guarded(session):
+        await session.execute(update(table).where(table.c.id == node_id)
+                              .values({reserved: case((reserved > 0, reserved - 1), else_=0)}))  # type: ignore[operator]
+        await session.commit()
+
+
+async def confirm(session: AsyncSession, node_id: str, kind: str) -> None:
+    """The create succeeded: its reservation becomes a live computer in the same statement, so the slot is
+    never seen free between the agent's answer and its next heartbeat."""
+    table, live, reserved, _cap = _columns(_check_kind(kind))
+    async with guarded(session):
+        await session.execute(update(table).where(table.c.id == node_id)
+                              .values({reserved: case((reserved > 0, reserved - 1), else_=0),  # type: ignore[operator]
+                                       live: live + 1}))  # type: ignore[operator]
+        await session.commit()
+
+
+async def place(session: AsyncSession, kind: str, *, hint: str | None = None, exclude: frozenset[str] = frozenset(),
+                k: int = 2, rng: random.Random | None = None, now: datetime | None = None,
+                heartbeat_ttl: timedelta = HEARTBEAT_TTL,
+                memory_reserve_mb: Mapping[str, int] = MEMORY_RESERVE_MB) -> NodeInfo | None:
+    """Choose a node and reserve a slot there, trying the next choice when another replica took the last
+    slot first. The node reserved (the caller then confirms or releases), or None: no node can take it."""
+    at = now or datetime.now(UTC)
+    nodes = await list_nodes(session, states=[READY])
+    by_id = {n.id: n for n in nodes}
+    for node_id in choose(nodes, kind, k=k, hint=hint, exclude=exclude, rng=rng, now=at,
+                          heartbeat_ttl=heartbeat_ttl, memory_reserve_mb=memory_reserve_mb):
+        if await reserve(session, node_id, kind, now=at):
+            return by_id[node_id]
+    return None

@@ -1,0 +1,279 @@
+"""The fleet's nodes table: agents register and heartbeat, replicas read it to place and route.
+
+Every function runs its statements in the caller's ``AsyncSession`` and commits them (one transaction
+each), so pass a session that is not inside ``session.begin()``. Times come from the caller's clock
+(UTC), never the database's, so SQLite (local tests) and PostgreSQL agree. A database that cannot be
+reached raises ``DatabaseUnavailable`` (a 503 at the edge), whatever the driver's own error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Table, case, select, text, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from opencone.core.errors import ServiceError
+from opencone.core.store.models import ComputerRecord, NodeRecord
+
+Kind = Literal["browser", "desktop"]
+KINDS: tuple[Kind, ...] = ("browser", "desktop")
+READY, DRAINING, DEAD = "ready", "draining", "dead"
+STATES = (READY, DRAINING, DEAD)
+# NOTIFY channel: payload = comma-separated ids of computers the fleet just ended (mark_dead, end_computers)
+COMPUTERS_CHANNEL = "opencone_computers"
+NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a payload at 8000 bytes
+# a reservation not confirmed or released in this long belongs to a create that died with its replica
+RESERVATION_TTL = timedelta(seconds=60)
+
+
+class DatabaseUnavailable(ServiceError):
+    """The fleet's database cannot be reached: creates cannot be placed (live computers keep working)."""
+
+    status = 503
+
+    def __init__(self, message: str = "the fleet database (PostgreSQL) is unavailable; retry later",
+                 **details: object) -> None:
+        super().__init__(message, **details)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is out of reach (as opposed to a bad statement)."""
+    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError, ConnectionError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = getattr(exc, "orig", None)
+        # asyncpg's errors arrive wrapped; its connection-level ones mean "unreachable" too
+        name = type(getattr(orig, "__cause__", None) or orig).__name__
+        return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+                        "InterfaceError", "InternalClientError", "AdminShutdownError", "CrashShutdownError"}
+    return False
+
+
+@contextlib.asynccontextmanager
+async def guarded(session: AsyncSession | None = None) -> AsyncIterator[None]:
+    """Turn "the database is unreachable" into ``DatabaseUnavailable`` (rolling ``session`` back)."""
+    try:
+        yield
+    except Exception as exc:
+        if not unavailable(exc):
+            raise
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.rollback()
+        raise DatabaseUnavailable(reason=type(exc).__name__) from exc
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One row of ``nodes``, as agents write it and replicas read it."""
+
+    id: str
+    url: str
+    ray_node_id: str | None = None
+    incarnation: int = 0
+    state: str = READY
+    capacity_browser: int = 0
+    capacity_desktop: int = 0
+    live_browser: int = 0
+    live_desktop: int = 0
+    reserved_browser: int = 0
+    reserved_desktop: int = 0
+    free_mem_mb: int = 0
+    load: float = 0.0
+    heartbeat_at: datetime | None = None
+    created_at: datetime | None = None
+
+    def capacity(self, kind: Kind) -> int:
+        return int(getattr(self, f"capacity_{kind}"))
+
+    def used(self, kind: Kind) -> int:
+        """Slots taken: live computers plus creates in flight."""
+        return int(getattr(self, f"live_{kind}")) + int(getattr(self, f"reserved_{kind}"))
+
+    def free(self, kind: Kind) -> int:
+        return max(0, self.capacity(kind) - self.used(kind))
+
+    def public(self) -> dict[str, Any]:
+        """What ``GET /nodes`` shows (no internal URL: it is where the internal token goes)."""
+        out = dataclasses.asdict(self)
+        out.pop("url")
+        for key in ("heartbeat_at", "created_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+_FIELDS = [f.name for f in dataclasses.fields(NodeInfo)]
+
+
+def _info(row: NodeRecord) -> NodeInfo:
+    return NodeInfo(**{name: getattr(row, name) for name in _FIELDS})
+
+
+def _now(now: datetime | None) -> datetime:
+    return now or datetime.now(UTC)
+
+
+def _check_kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise ValueError(f"unknown computer kind {kind!r}; one of {', '.join(KINDS)}")
+    return kind  # type: ignore[return-value]
+
+
+async def upsert_node(session: AsyncSession, node: NodeInfo, *, now: datetime | None = None) -> NodeInfo:
+    """Register ``node`` (an agent's start): insert it, or overwrite what an earlier incarnation wrote.
+    Reservations in flight are kept (their replicas release them); the heartbeat is now."""
+    at = _now(now)
+    async with guarded(session):
+        row = await session.get(NodeRecord, node.id, with_for_update=True)
+        values = {name: getattr(node, name) for name in _FIELDS if name not in ("id", "created_at")}
+        values["heartbeat_at"] = at
+        if row is None:
+            row = NodeRecord(id=node.id, created_at=node.created_at or at, reserved_at=None, **values)
+            session.add(row)
+        else:
+            for name, value in values.items():
+                if name not in ("reserved_browser", "reserved_desktop"):
+                    setattr(row, name, value)
+        await session.commit()
+        return _info(row)
+
+
+async def heartbeat(session: AsyncSession, node_id: str, *, live_browser: int, live_desktop: int,
+                    free_mem_mb: int, load: float, incarnation: int | None = None,
+                    now: datetime | None = None) -> bool:
+    """An agent's periodic report. False when the row is gone, dead, or belongs to another incarnation
+    (the agent must re-register, or stop: its node was declared dead)."""
+    at = _now(now)
+    table: Table = NodeRecord.__table__  # type: ignore[assignment]
+    stale = table.c.reserved_at.is_(None) | (table.c.reserved_at < at - RESERVATION_TTL)
+    stmt = (update(table)
+            .where(table.c.id == node_id, table.c.state != DEAD)
+            .values(live_browser=live_browser, live_desktop=live_desktop, free_mem_mb=free_mem_mb, load=load,
+                    heartbeat_at=at,
+                    # reservations nobody confirmed or released for a minute were left by a dead replica
+                    reserved_browser=case((stale, 0), else_=table.c.reserved_browser),
+                    reserved_desktop=case((stale, 0), else_=table.c.reserved_desktop))
+            .returning(table.c.id))
+    if incarnation is not None:
+        stmt = stmt.where(table.c.incarnation == incarnation)
+    async with guarded(session):
+        found = (await session.execute(stmt)).first() is not None
+        await session.commit()
+    return found
+
+
+async def set_state(session: AsyncSession, node_id: str, state: str) -> bool:
+    """Mark a node ready or draining (no new computers there); False when it is unknown or dead.
+    Use ``mark_dead`` to declare it dead."""
+    if state not in (READY, DRAINING):
+        raise ValueError(f"state must be {READY!r} or {DRAINING!r}")
+    async with guarded(session):
+        result = await session.execute(update(NodeRecord).where(NodeRecord.id == node_id, NodeRecord.state != DEAD)
+                                       .values(state=state).returning(NodeRecord.id))
+        found = result.first() is not None
+        await session.commit()
+    return found
+
+
+async def _notify(session: AsyncSession, ids: Sequence[str]) -> None:
+    """Tell every replica (LISTEN opencone_computers) that these computers ended: ids only, in chunks under
+    PostgreSQL's payload cap; sent when the transaction commits. No-op on other databases."""
+    if session.bind.dialect.name != "postgresql" or not ids:
+        return
+    chunk: list[str] = []
+    size = 0
+    for cid in ids:
+        if chunk and size + len(cid) + 1 > NOTIFY_MAX_BYTES:
+            await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": COMPUTERS_CHANNEL, "p": ",".join(chunk)})
+            chunk, size = [], 0
+        chunk.append(cid)
+        size += len(cid) + 1
+    await session.execute(text("SELECT pg_notify(:c, :p)"), {"c": COMPUTERS_CHANNEL, "p": ",".join(chunk)})
+
+
+async def end_computers(session: AsyncSession, node_id: str, reason: str, *,
+                        now: datetime | None = None) -> list[str]:
+    """Terminate every computer still recorded on ``node_id``, with termination reason ``reason`` (e.g.
+    ``node_agent_restarted``: a new agent incarnation ends what the old one ran). Their ids."""
+    at = _now(now)
+    async with guarded(session):
+        ids = await _end(session, node_id, reason, at)
+        await session.commit()
+    return ids
+
+
+async def _end(session: AsyncSession, node_id: str, reason: str, at: datetime) -> list[str]:
+    result = await session.execute(
+        update(ComputerRecord)
+        .where(ComputerRecord.node_id == node_id, ComputerRecord.status != "terminated")
+        .values(status="terminated", termination_reason=reason, terminated_at=at)
+        .returning(ComputerRecord.id))
+    ids = sorted(result.scalars().all())
+    await _notify(session, ids)
+    return ids
+
+
+async def mark_dead(session: AsyncSession, node_id: str, reason: str = "node_lost", *,
+                    now: datetime | None = None) -> list[str]:
+    """Declare ``node_id`` dead (no placement, no heartbeat brings it back: a new agent registers again)
+    and terminate its computers with ``reason``, in one transaction. Their ids; nothing else is touched."""
+    at = _now(now)
+    async with guarded(session):
+        await session.execute(update(NodeRecord).where(NodeRecord.id == node_id)
+                              .values(state=DEAD, reserved_browser=0, reserved_desktop=0))
+        ids = await _end(session, node_id, reason, at)
+        await session.commit()
+    return ids
+
+
+async def list_nodes(session: AsyncSession, *, states: Sequence[str] | None = None) -> list[NodeInfo]:
+    """Every node (or those in ``states``), by id."""
+    stmt = select(NodeRecord).order_by(NodeRecord.id)
+    if states is not None:
+        stmt = stmt.where(NodeRecord.state.in_(list(states)))
+    async with guarded(session):
+        rows = (await session.execute(stmt)).scalars().all()
+        infos = [_info(row) for row in rows]
+        await session.commit()  # ends the read transaction: the next read sees fresh rows
+    return infos
+
+
+async def get_node(session: AsyncSession, node_id: str) -> NodeInfo | None:
+    async with guarded(session):
+        row = (await session.execute(select(NodeRecord).where(NodeRecord.id == node_id))).scalar_one_or_none()
+        info = _info(row) if row is not None else None
+        await session.commit()
+    return info
+
+
+async def node_for_computer(session: AsyncSession, computer_id: str) -> NodeInfo | None:
+    """The node computer ``computer_id`` runs on, or None (unknown, or not placed on a node)."""
+    stmt = (select(NodeRecord).join(ComputerRecord, ComputerRecord.node_id == NodeRecord.id)
+            .where(ComputerRecord.id == computer_id))
+    async with guarded(session):
+        row = (await session.execute(stmt)).scalar_one_or_none()
+        info = _info(row) if row is not None else None
+        await session.commit()
+    return info
+
+
+async def sweep_stale(session: AsyncSession, *, older_than: timedelta = timedelta(minutes=5),
+                      reason: str = "node_lost", now: datetime | None = None) -> dict[str, list[str]]:
+    """The cross-check beside Ray's verdict: nodes whose heartbeat is older than ``older_than`` are declared
+    dead and their computers ended. ``{node_id: [computer ids]}`` of what it ended."""
+    at = _now(now)
+    async with guarded(session):
+        stale = (await session.execute(select(NodeRecord.id).where(
+            NodeRecord.state != DEAD, NodeRecord.heartbeat_at < at - older_than))).scalars().all()
+        await session.commit()
+    return {node_id: await mark_dead(session, node_id, reason, now=at) for node_id in stale}
