@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,11 @@ class Server:
         return self.process.returncode
 
 
+# Set by a test module that runs API tests against another database (tests/test_postgres_api.py): every
+# server started without its own OPENCONE_DATABASE_URL gets a fresh database from it.
+database_factory: Callable[[], str] | None = None
+
+
 def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None = None,
                  env: dict[str, str] | None = None, timeout: float = 60) -> Server:
     """Start ``opencone serve`` as a process (pool of 1 and 127.0.0.1 allowed unless ``env`` says otherwise);
@@ -146,6 +152,8 @@ def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None
                 "OPENCONE_EGRESS_ALLOW": "127.0.0.1",
                 # a server that dies in C (a signal) says where in its log, not silently
                 "PYTHONFAULTHANDLER": "1", **(env or {})}
+    if database_factory is not None and "OPENCONE_DATABASE_URL" not in (env or {}):
+        full_env["OPENCONE_DATABASE_URL"] = database_factory()
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "opencone", "serve", "--port", str(port), "--data-dir", str(data_dir)],
