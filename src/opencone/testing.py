@@ -133,8 +133,9 @@ class Server:
 
 
 # Set by a test module that runs API tests against another database (tests/test_postgres_api.py): every
-# server started without its own OPENCONE_DATABASE_URL gets a fresh database from it.
-database_factory: Callable[[], str] | None = None
+# server started without its own OPENCONE_DATABASE_URL gets the database it returns for the server's data
+# dir (a fresh one per data dir, the same one for a restart on that dir).
+database_factory: Callable[[Path], str] | None = None
 
 
 def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None = None,
@@ -153,7 +154,7 @@ def start_server(tmp: Path, *, api_key: str | None = None, data_dir: Path | None
                 # a server that dies in C (a signal) says where in its log, not silently
                 "PYTHONFAULTHANDLER": "1", **(env or {})}
     if database_factory is not None and "OPENCONE_DATABASE_URL" not in (env or {}):
-        full_env["OPENCONE_DATABASE_URL"] = database_factory()
+        full_env["OPENCONE_DATABASE_URL"] = database_factory(data_dir.resolve())
     with log_path.open("ab") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "opencone", "serve", "--port", str(port), "--data-dir", str(data_dir)],
