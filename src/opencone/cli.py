@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -239,3 +240,33 @@ def status(
             table.add_row(c["id"], c["org_id"], c["kind"], c["status"], f"{c['age_seconds']:,.0f} s",
                           f"{c['idle_seconds']:,.0f} s")
         console.print(table)
+
+
+@app.command()
+def mcp(
+    url: Annotated[str | None, typer.Option(
+        "--url", envvar="OPENCONE_URL",
+        help="A running server to bridge to (its /mcp); without it, an embedded server is started")] = None,
+    key: Annotated[str | None, typer.Option(
+        "--key", envvar=["OPENCONE_API_KEY", "TZAFON_API_KEY"], show_envvar=True,
+        help="An API key of that server")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="The embedded server's state [default: $OPENCONE_DATA_DIR, else ~/.opencone]")] = None,
+) -> None:
+    """MCP over stdio, for clients that start a command (Claude Desktop/Code, Cursor): computers as tools."""
+    from opencone.mcp import sdk_available
+
+    if not sdk_available():
+        print("opencone mcp needs the optional extra: pip install 'opencone[mcp]'", file=sys.stderr)
+        raise typer.Exit(2)
+    from opencone.mcp.stdio import BridgeError, run
+
+    # stdout carries MCP only: every log line goes to stderr
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="opencone mcp: %(levelname)s %(message)s")
+    where = data_dir or (Path(os.environ["OPENCONE_DATA_DIR"]) if os.environ.get("OPENCONE_DATA_DIR")
+                         else Path.home() / ".opencone")
+    try:
+        run(url, key, where)
+    except BridgeError as exc:
+        print(f"opencone mcp: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
