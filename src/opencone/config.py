@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops always kept ready.")
     desktop_pool_max: int = Field(default=8, ge=0, le=128,
                                   description="Most desktops the pool keeps ready or launching after a burst.")
+    environment_pool: str = Field(
+        default="", description="Computers kept ready already restored from saved environments, as "
+                                "<environment_id>[:<count>][@<w>x<h>], comma separated (core/environment_pool.py).")
     desktop_max_width: int = Field(default=1920, ge=64, le=8192,
                                    description="Largest screen a desktop can be resized to without a new one.")
     desktop_max_height: int = Field(default=1200, ge=64, le=8192)
@@ -297,6 +300,14 @@ class Settings(BaseSettings):
         if unknown:  # a typo would silently leave a group off: stop at start-up, naming it
             raise ValueError(f"unknown MCP tool group(s) {', '.join(sorted(unknown))}; allowed: exec, evaluate")
         return ",".join(sorted(groups))
+
+    @field_validator("environment_pool")
+    @classmethod
+    def _check_environment_pool(cls, value: str) -> str:
+        from opencone.core.environment_pool import parse  # (it imports this module)
+
+        parse(value)  # a bad entry stops the server at start-up, naming it
+        return value
 
     @field_validator("egress_allow")
     @classmethod

@@ -229,6 +229,7 @@ class ComputerService:
         self.open_file: Callable[..., Any] | None = None  # upload_file's source (core/computer_files.py)
         # saved state of persistent computers (core/environments.py), set by the runtime
         self.environments: Any = None
+        self.environment_pool: Any = None  # computers already restored (core/environment_pool.py), set by the runtime
         self.metrics = Metrics()  # GET /metrics: creates and actions are observed here
 
     # -- start / stop -------------------------------------------------------------------
@@ -311,7 +312,10 @@ class ComputerService:
         try:
             try:
                 factory = self._factories[spec.kind]
-                if spec.environment_id and spec.kind == "browser" and self.environments is not None:
+                pooled = self.environment_pool.take(spec) if self.environment_pool is not None else None
+                if pooled is not None:  # already restored from its environment
+                    driver, pool_hit = await pooled, True
+                elif spec.environment_id and spec.kind == "browser" and self.environments is not None:
                     driver, pool_hit = await self.environments.launch_browser(spec), False  # a restored profile
                 else:
                     # read just before the take, with no await between: exact even in a burst
@@ -332,7 +336,7 @@ class ComputerService:
             now = self._clock.now()
             comp = LiveComputer(new_id("comp"), org_id, spec.kind, driver, spec, now, now)
             try:
-                if spec.environment_id and spec.kind == "desktop" and self.environments is not None:
+                if spec.environment_id and spec.kind == "desktop" and self.environments is not None and pooled is None:
                     await self.environments.restore_desktop(comp)
                 await self._insert(comp)
             except BaseException:

@@ -11,6 +11,7 @@ from opencone.core.accounts import KEYS_CHANGED, Accounts
 from opencone.core.clock import Clock, FileOffsetClock, SystemClock
 from opencone.core.computer_files import ComputerFiles
 from opencone.core.computers import ComputerService
+from opencone.core.environment_pool import EnvironmentPool
 from opencone.core.environments import EnvironmentService
 from opencone.core.events import EventBus, Limits
 from opencone.core.exec import ExecService
@@ -78,8 +79,13 @@ class Runtime:
         self.computer_files = ComputerFiles(self.computers, sandbox, settings.max_upload_bytes)
         self.environments = EnvironmentService(settings, self.sessions, self.clock, self.browsers, sandbox.workspaces)
         self.computers.environments = self.environments
+        # computers kept ready already restored from saved environments (OPENCONE_ENVIRONMENT_POOL)
+        self.environment_pool = EnvironmentPool(settings, self.sessions, self.environments,
+                                                {"browser": self.browsers, "desktop": self.desktops})
+        self.computers.environment_pool = self.environment_pool
         self.metrics = self.computers.metrics  # GET /metrics: the services' figures, read when scraped
         watch_runtime(self.metrics, self)
+        self.environment_pool.watch(self.metrics)
         self.recordings = RecordingService(settings, self.sessions, self.clock, self.computers, self.screencasts,
                                            self.events)
         self.environments.other_usage = self.recordings.usage  # one storage cap for both
@@ -101,6 +107,7 @@ class Runtime:
         await self.environments.start()
         await self.recordings.start()
         await self.computers.start()
+        await self.environment_pool.start()  # (after the factories: a desktop's restore takes a desktop)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="file-sweeper")
 
     async def _sweep_forever(self) -> None:
@@ -114,6 +121,7 @@ class Runtime:
             self._sweeper.cancel()
         await self.recordings.stop()
         await self.screencasts.stop()
+        await self.environment_pool.close()  # its computers end before the factories stop
         await self.computers.stop()
         self.exec.stop()
         await asyncio.to_thread(self.files.close)
