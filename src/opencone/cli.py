@@ -46,10 +46,42 @@ def serve(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # endless streams (screencast, events) never finish on their own: after 3 s uvicorn cancels them,
     # or a SIGTERM would wait for every viewer to hang up
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    if settings.fleet == "ray":  # a stateless API replica of a fleet (fleet/replica.py); imported only then
+        from opencone.fleet.replica import create_replica_app
+
+        application = create_replica_app(settings)
+    else:
+        application = create_app(settings)
+    uvicorn.run(application, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
                 ws_max_size=128 * 2**20)  # a CDP command can carry a file (Playwright sends up to 50 MB)
 
+
+
+ray_app = typer.Typer(help="The fleet on a Ray cluster: node agents and their controller.", no_args_is_help=True)
+app.add_typer(ray_app, name="ray")
+
+
+@ray_app.command("up")
+def ray_up(
+    address: Annotated[str, typer.Option(help="The Ray cluster (ray://..., host:port, or auto)")] = "auto",
+    node_data_dir: Annotated[str | None, typer.Option(help="Where each node keeps its agent's state "
+                                                           "[default: /var/lib/opencone/nodes]")] = None,
+) -> None:
+    """Start the fleet's controller on the head; it starts one agent per node with opencone slots, then this
+    command exits (they live on in the cluster). Needs OPENCONE_DATABASE_URL and OPENCONE_FLEET_INTERNAL_TOKEN."""
+    from opencone.fleet import ray as fleet_ray
+
+    status = fleet_ray.start(address, data_dir=node_data_dir)
+    print(json.dumps({"agents": status["agents"], "errors": status["errors"]}, indent=2))
+
+
+@ray_app.command("down")
+def ray_down(address: Annotated[str, typer.Option(help="The Ray cluster")] = "auto") -> None:
+    """Stop the controller and every node agent (their computers end as server_shutdown)."""
+    from opencone.fleet import ray as fleet_ray
+
+    print("stopped" if fleet_ray.stop(address) else "no fleet controller is running")
 
 async def _accounts(settings: Settings):  # type: ignore[no-untyped-def]
     from opencone.core.accounts import KEYS_CHANGED, Accounts

@@ -1,0 +1,150 @@
+"""The node agent's internal protocol: ``/internal/v1/…`` in front of the ordinary app.
+
+A node agent serves today's whole application (the local ``create_app``) to API replicas only. The
+protocol is versioned from the start, because replicas and agents of different releases meet during
+a rolling upgrade:
+
+- ``/internal/v1/<public path>`` is the public Lightcone path of the same name, answered by the
+  node's own app (same handlers, locks, streams, CDP WebSocket);
+- ``/internal/v1/node`` describes the node (id, incarnation, capacity, live computers by kind);
+- every request carries ``Authorization: Bearer <internal token>`` (the node app's only API key);
+- anything else is a 404 naming the protocol this agent speaks.
+
+Creates are also held to the node's per-kind slots here (``429`` when full): the replicas'
+reservation in PostgreSQL is the primary guard, this is the node's own hard limit, so a replica that
+raced or lost its database still cannot oversubscribe the node.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "/internal/v1"
+VERSION = 1
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+MAX_CREATE_BODY = 1 << 20
+
+
+@dataclass
+class NodeDescription:
+    node_id: str
+    incarnation: int
+    capacity: dict[str, int]
+    in_flight: dict[str, int] = field(default_factory=lambda: {"browser": 0, "desktop": 0})
+
+
+def _token_of(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
+async def _answer(scope: Scope, send: Send, status: int, body: dict[str, Any]) -> None:
+    """A JSON answer for HTTP; for a WebSocket a refusal of the handshake (it takes no body)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 4401 if status == 401 else 4404})
+        return
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/problem+json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _problem(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    titles = {401: "Unauthorized", 404: "Not found", 413: "Request body too large", 429: "Too many requests"}
+    return {"type": "about:blank", "title": titles.get(status, "Error"), "status": status, "detail": detail,
+            "error_message": detail, **extra}
+
+
+class InternalGate:
+    """ASGI wrapper: strip ``/internal/v1``, demand the internal token, describe the node.
+
+    ``live_by_kind`` returns the node's live computers by kind (read from its ComputerService once
+    the app has started)."""
+
+    def __init__(self, app: ASGIApp, token: str, node: NodeDescription,
+                 live_by_kind: Callable[[], Awaitable[dict[str, int]]]) -> None:
+        self.app, self._token, self.node, self._live_by_kind = app, token.encode(), node, live_by_kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not path.startswith(PREFIX + "/"):
+            await _answer(scope, send, 404, _problem(
+                404, f"this is an opencone node agent: it serves its internal protocol under {PREFIX}/ only "
+                     "(to API replicas, with the internal token)", protocol=VERSION))
+            return
+        if not self._token or not hmac.compare_digest(_token_of(scope).encode(), self._token):
+            await _answer(scope, send, 401, _problem(401, "the internal token is missing or wrong "
+                                                          "(Authorization: Bearer <OPENCONE_FLEET_INTERNAL_TOKEN>)"))
+            return
+        inner = path[len(PREFIX):]
+        if inner == "/node" and scope["type"] == "http":
+            await _answer(scope, send, 200, await self.describe())
+            return
+        scope = dict(scope, path=inner, raw_path=inner.encode())
+        if scope["type"] == "http" and scope["method"] == "POST" and inner == "/computers":
+            await self._create(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def describe(self) -> dict[str, Any]:
+        live = await self._live_by_kind()
+        return {"node_id": self.node.node_id, "incarnation": self.node.incarnation, "protocol": VERSION,
+                "capacity": self.node.capacity, "live": live}
+
+    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A create, held to the node's slots of its kind (the body is small JSON: read whole, replayed)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_CREATE_BODY:
+                await _answer(scope, send, 413, _problem(413, f"a create body is at most {MAX_CREATE_BODY} bytes"))
+                return
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body) if body.strip() else {}
+            kind = parsed.get("kind", "browser") if isinstance(parsed, dict) else "browser"
+        except ValueError:
+            kind = "browser"  # the app answers the bad JSON itself
+        if kind in self.node.capacity:
+            live = (await self._live_by_kind()).get(kind, 0)
+            if live + self.node.in_flight[kind] >= self.node.capacity[kind]:
+                await _answer(scope, send, 429, _problem(
+                    429, f"node {self.node.node_id} is full for {kind} computers "
+                         f"({self.node.capacity[kind]} slots)", limit=self.node.capacity[kind]))
+                return
+        self.node.in_flight[kind] = self.node.in_flight.get(kind, 0) + 1
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.node.in_flight[kind] -= 1

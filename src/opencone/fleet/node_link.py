@@ -1,0 +1,160 @@
+"""A node agent's link to the fleet's PostgreSQL: registration, heartbeats, and computers' ends.
+
+The node's own app keeps its computers exactly as a single server does; this writes what the
+replicas need to know about them into the shared database (fleet/registry.py):
+
+- at start, the computers an earlier incarnation of this node left recorded as live end as
+  ``node_agent_restarted`` (their processes were killed by the app's own start-up), and the node
+  registers with the next incarnation number;
+- every ``interval`` seconds a heartbeat: live computers by kind, free memory, load;
+- a computer's end (deleted, expired, crashed) is written to its fleet record, write-behind: the
+  teardown only queues it, so a database outage never slows a computer's end; queued ends are
+  retried with the next beat. A check at each beat ends records whose computer is no longer here.
+
+When the node is going away (its parent, the Ray worker, is gone) nothing more is written: what the
+fleet records then is the controller's verdict (``node_lost``) or the next incarnation's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+from sqlalchemy import select, update
+
+from opencone.core.store.db import make_engine, sessionmaker
+from opencone.core.store.models import ComputerRecord
+from opencone.fleet import registry
+
+log = logging.getLogger(__name__)
+
+TERMINATED = "terminated"
+
+
+class NodeLink:
+    def __init__(self, url: str, node_id: str, ray_node_id: str | None, internal_url: str,
+                 capacity: dict[str, int], runtime: Any, org: str, going: threading.Event,
+                 interval: float = 2.0) -> None:
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine)
+        self.node_id, self.ray_node_id, self.internal_url = node_id, ray_node_id, internal_url
+        self.capacity, self.rt, self.org, self.going, self.interval = capacity, runtime, org, going, interval
+        self.incarnation = 0
+        self._ended: dict[str, tuple[str, datetime]] = {}  # computer -> (reason, when): not yet written
+        self._task: asyncio.Task[None] | None = None
+        self._registered = False
+
+    async def start(self) -> int:
+        """Register (retrying until the database answers: a node is of no use unregistered); the
+        incarnation this process is."""
+        self.rt.computers.before_close.append(self._on_end)
+        while True:
+            try:
+                await self._register()
+                break
+            except registry.DatabaseUnavailable:
+                log.warning("the fleet database is unavailable; registering again in %.0f s", self.interval)
+                await asyncio.sleep(self.interval)
+        self._task = asyncio.create_task(self._beat_forever(), name="fleet-heartbeat")
+        return self.incarnation
+
+    async def _register(self) -> None:
+        async with self.sessions() as s:
+            old = await registry.get_node(s, self.node_id)
+            ended = await registry.end_computers(s, self.node_id, "node_agent_restarted")
+            self.incarnation = (old.incarnation if old else 0) + 1
+            await registry.upsert_node(s, registry.NodeInfo(
+                id=self.node_id, url=self.internal_url, ray_node_id=self.ray_node_id,
+                incarnation=self.incarnation, state=registry.READY,
+                capacity_browser=self.capacity.get("browser", 0), capacity_desktop=self.capacity.get("desktop", 0),
+                free_mem_mb=_free_mem_mb(), load=_load()))
+        if ended:
+            log.warning("ended %d computers of an earlier incarnation of this node: %s", len(ended),
+                        ", ".join(ended[:10]))
+        log.info("node %s registered as incarnation %d at %s", self.node_id, self.incarnation, self.internal_url)
+        self._registered = True
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self.going.is_set():  # a clean stop (not a lost parent): write the ends we know
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush(), 5)
+        await self.engine.dispose()
+
+    async def _on_end(self, computer_id: str, reason: str) -> None:
+        if not self.going.is_set():
+            self._ended[computer_id] = (reason, datetime.now(UTC))
+
+    async def _beat_forever(self) -> None:
+        while not self.going.is_set():
+            try:
+                await self.beat()
+            except registry.DatabaseUnavailable:
+                log.warning("the fleet database is unavailable; the node keeps running its computers")
+            except Exception:
+                log.exception("fleet heartbeat failed")
+            await asyncio.sleep(self.interval)
+
+    async def beat(self) -> None:
+        await self._flush()
+        # the records first, then the live set: a record written after our read is of a computer that
+        # was live when it was written, so one missing from the later live set has really ended
+        async with self.sessions() as s:
+            recorded = set((await s.execute(select(ComputerRecord.id).where(
+                ComputerRecord.node_id == self.node_id, ComputerRecord.status != TERMINATED))).scalars())
+            await s.commit()
+        views = await self.rt.computers.list(self.org, "live")
+        live = {"browser": 0, "desktop": 0}
+        for v in views:
+            live[v.kind] = live.get(v.kind, 0) + 1
+        for cid in recorded - {v.id for v in views}:
+            with contextlib.suppress(Exception):
+                view = await self.rt.computers.get(self.org, cid)
+                if view.status == TERMINATED:
+                    self._ended.setdefault(cid, (view.termination_reason or "unknown",
+                                                 view.terminated_at or datetime.now(UTC)))
+        await self._flush()
+        async with self.sessions() as s:
+            ok = await registry.heartbeat(s, self.node_id, live_browser=live["browser"], live_desktop=live["desktop"],
+                                          free_mem_mb=_free_mem_mb(), load=_load(), incarnation=self.incarnation)
+        if not ok and not self.going.is_set():
+            # declared dead (a partition the controller took for a death), or replaced: register anew;
+            # our computers' records were ended by that verdict, so the computers end here too
+            log.warning("node %s was declared dead or replaced; ending its computers and registering again",
+                        self.node_id)
+            for v in views:
+                with contextlib.suppress(Exception):
+                    await self.rt.computers.delete(self.org, v.id)
+            self._ended.clear()
+            await self._register()
+
+    async def _flush(self) -> None:
+        if not self._ended:
+            return
+        batch = dict(self._ended)
+        async with self.sessions() as s, registry.guarded(s):
+            for cid, (reason, at) in batch.items():
+                await s.execute(update(ComputerRecord).where(
+                    ComputerRecord.id == cid, ComputerRecord.node_id == self.node_id,
+                    ComputerRecord.status != TERMINATED).values(
+                    status=TERMINATED, termination_reason=reason, terminated_at=at))
+            await s.commit()
+        for cid in batch:
+            self._ended.pop(cid, None)
+
+
+def _free_mem_mb() -> int:
+    return int(psutil.virtual_memory().available // (1024 * 1024))
+
+
+def _load() -> float:
+    return os.getloadavg()[0] / max(1, os.cpu_count() or 1)

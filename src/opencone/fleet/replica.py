@@ -1,0 +1,631 @@
+"""An API replica (``opencone serve`` with ``OPENCONE_FLEET=ray``): stateless, and not a Ray driver.
+
+It authenticates (API keys in PostgreSQL), validates, places and routes; it owns no computer:
+
+- ``POST /computers``: validated as a local server validates it, placed (fleet/placement.py: best of K,
+  one atomic reservation), sent to that node's agent; a node that refuses (full, 429/503, or out of
+  reach) is excluded and the next one tried. The fleet record (``computers.node_id``) is written
+  here, and the reservation becomes a live slot in one statement. ``node_hint`` (a fleet node id or
+  a Ray node id) puts the computer on that node or nowhere.
+- every other request for computer X goes to X's node (``computers.node_id`` → ``nodes.url``, cached
+  5 s, the cache outliving a database outage): REST over a keep-alive httpx pool, the CDP WebSocket
+  relayed frame by frame, ``/events`` and ``/screencast`` relayed as bytes. An events relay that
+  breaks because the node died ends with the ``terminated`` event the fleet record then holds.
+- URLs the agent hands out (its internal base, the internal token) are rewritten to this replica's
+  base and the client's own key; screenshot URLs become ``/files/<node id>.<token>``, which any
+  replica serves by asking that node.
+- ``GET /nodes`` (a key of the default organisation): the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import websockets
+from fastapi import Depends, FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from starlette.background import BackgroundTask
+from starlette.websockets import WebSocketDisconnect
+
+from opencone import __version__
+from opencone.api import errors
+from opencone.api.auth import current_org, current_org_or_token, org_for, presented_key
+from opencone.api.errors import describe_validation, problem
+from opencone.api.routes import live
+from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
+from opencone.config import Settings
+from opencone.core.accounts import DEFAULT_ORG_ID, Accounts
+from opencone.core.clock import iso
+from opencone.core.computers import _view_of
+from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound, ServiceError
+from opencone.core.events import encode
+from opencone.core.store.db import make_engine, migrate, sessionmaker
+from opencone.core.store.models import ComputerRecord, NodeRecord
+from opencone.fleet import placement, registry
+
+log = logging.getLogger(__name__)
+
+ROUTE_TTL = 5.0  # E2B's catalogue cache: a moved or ended computer is seen within this
+PLACE_ATTEMPTS = 4
+TERMINAL_WAIT_SECONDS = 30.0  # a broken events relay waits this long for the fleet's verdict
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
+               "content-length", "authorization", "proxy-authorization", "accept-encoding"}
+TERMINATED = "terminated"
+STREAM_ROUTES = {"events", "screencast", "cdp", "ws"}
+
+
+class NodeUnreachable(ServiceError):
+    status = 503
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+@dataclass
+class Route:
+    org_id: str
+    node_id: str | None
+    url: str | None  # the agent's internal base (…/internal/v1)
+    row: ComputerRecord
+    at: float
+
+
+class ReplicaAccounts(Accounts):
+    """API keys from PostgreSQL; a key seen valid stays valid through a database outage (live
+    computers keep working), an unknown key then gets a 503."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._known: dict[str, str] = {}
+
+    async def org_for_key(self, key: str) -> str | None:
+        try:
+            org = await super().org_for_key(key)
+        except Exception as exc:
+            if not registry.unavailable(exc):
+                raise
+            if key in self._known:
+                return self._known[key]
+            raise registry.DatabaseUnavailable() from exc
+        if org is None:
+            self._known.pop(key, None)
+        elif len(self._known) < 100_000:
+            self._known[key] = org
+        return org
+
+
+class Fleet:
+    """What a replica holds: the database, the pool to the agents, the route cache."""
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.fleet_internal_token:
+            raise ValueError("OPENCONE_FLEET=ray needs OPENCONE_FLEET_INTERNAL_TOKEN (the agents' secret)")
+        self.settings = settings
+        self.token = settings.fleet_internal_token
+        self.engine = make_engine(settings.resolved_database_url)
+        self.sessions = sessionmaker(self.engine)
+        self.accounts = ReplicaAccounts(self.sessions)
+        # keep-alive to every agent; no overall timeout for streams (events, screencast), a connect timeout
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(120, connect=5), limits=httpx.Limits(
+            max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60))
+        self._routes: dict[str, Route] = {}
+        self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
+        self.first_key: str | None = None
+
+    async def start(self) -> None:
+        await migrate(self.engine)
+        await self.accounts.ensure_org()
+        if self.settings.api_key:
+            await self.accounts.ensure_key(self.settings.api_key)
+
+    async def stop(self) -> None:
+        await self.http.aclose()
+        await self.engine.dispose()
+
+    # -- where computer X lives -----------------------------------------------------------
+    async def route(self, org: str, computer_id: str, *, fresh: bool = False) -> Route:
+        """X's node, for ``org`` (404 for another organisation's computer or an unknown one)."""
+        hit = self._routes.get(computer_id)
+        if hit and not fresh and time.monotonic() - hit.at < ROUTE_TTL:
+            return self._check(hit, org, computer_id)
+        try:
+            async with self.sessions() as s, registry.guarded(s):
+                found = (await s.execute(
+                    select(ComputerRecord, NodeRecord.url)
+                    .outerjoin(NodeRecord, NodeRecord.id == ComputerRecord.node_id)
+                    .where(ComputerRecord.id == computer_id))).first()
+                await s.commit()
+        except registry.DatabaseUnavailable:
+            if hit:  # the database is away: the agents hold the truth, the last route still leads there
+                return self._check(hit, org, computer_id)
+            raise
+        if found is None:
+            raise NotFound(f"no computer {computer_id!r}")
+        row, url = found
+        route = Route(row.org_id, row.node_id, url, row, time.monotonic())
+        if len(self._routes) > 100_000:
+            self._routes.clear()
+        self._routes[computer_id] = route
+        return self._check(route, org, computer_id)
+
+    @staticmethod
+    def _check(route: Route, org: str, computer_id: str) -> Route:
+        if route.org_id != org:
+            raise NotFound(f"no computer {computer_id!r}")
+        return route
+
+    def forget(self, computer_id: str) -> None:
+        self._routes.pop(computer_id, None)
+
+    async def node_url(self, node_id: str) -> str | None:
+        hit = self._nodes.get(node_id)
+        if hit and time.monotonic() - hit[0] < ROUTE_TTL:
+            return hit[1].url
+        try:
+            async with self.sessions() as s:
+                info = await registry.get_node(s, node_id)
+        except registry.DatabaseUnavailable:
+            return hit[1].url if hit else None
+        if info is None:
+            return None
+        self._nodes[node_id] = (time.monotonic(), info)
+        return info.url
+
+    async def end_record(self, computer_id: str, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            async with self.sessions() as s:
+                await s.execute(update(ComputerRecord).where(
+                    ComputerRecord.id == computer_id, ComputerRecord.status != TERMINATED).values(
+                    status=TERMINATED, termination_reason=reason, terminated_at=datetime.now(UTC)))
+                await s.commit()
+        self.forget(computer_id)
+
+    async def wait_terminated(self, computer_id: str, timeout: float) -> ComputerRecord | None:
+        """The fleet record once it says terminated (the controller's verdict on a lost node), or None."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with self.sessions() as s:
+                    row = await s.get(ComputerRecord, computer_id)
+                    await s.commit()
+                if row is not None and row.status == TERMINATED:
+                    return row
+            await asyncio.sleep(0.25)
+        return None
+
+    # -- what the agents answer, as the client must see it --------------------------------
+    def rewrite(self, data: bytes, agent_url: str, node_id: str, public: str, client_key: str | None) -> bytes:
+        """The agent's base and token in a body, replaced by this replica's base and the client's key."""
+        agent = agent_url.encode()
+        if agent not in data and self.token.encode() not in data:
+            return data
+        ws_agent, ws_public = b"ws" + agent[4:], ("ws" + public[4:]).encode()
+        data = data.replace(agent + b"/files/", f"{public}/files/{node_id}.".encode())
+        data = data.replace(agent, public.encode()).replace(ws_agent, ws_public)
+        return data.replace(self.token.encode(), (client_key or "").encode())
+
+
+def _public_base(request: Request | WebSocket, settings: Settings) -> str:
+    return (settings.public_url or str(request.base_url)).rstrip("/")
+
+
+def _fleet(conn: Request | WebSocket) -> Fleet:
+    return conn.app.state.fleet  # type: ignore[no-any-return]
+
+
+def _forward_query(conn: Request | WebSocket, token: str) -> str:
+    """The client's query for the agent: its ``?token=`` key replaced by the internal token."""
+    items = [(k, token if k == "token" else v) for k, v in conn.query_params.multi_items()]
+    return ("?" + urlencode(items)) if items else ""
+
+
+def _headers_for_agent(conn: Request | WebSocket, token: str) -> dict[str, str]:
+    out = {k: v for k, v in conn.headers.items() if k.lower() not in HOP_HEADERS
+           and not k.lower().startswith("sec-websocket")}
+    out["authorization"] = f"Bearer {token}"
+    return out
+
+
+def _answer_headers(resp: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
+
+
+def _is_terminated_frame(data: bytes) -> bool:
+    return b'"type":"terminated"' in data or b'"type": "terminated"' in data
+
+
+async def _forward(request: Request, route: Route, path: str, org: str) -> Response:
+    """One request for a live computer's node; its answer, rewritten, streamed when it is a stream."""
+    fleet = _fleet(request)
+    assert route.url is not None and route.node_id is not None
+    public = _public_base(request, fleet.settings)
+    client_key = presented_key(request, allow_query=True)
+    body: Any = None
+    if request.method not in ("GET", "HEAD", "DELETE"):
+        size = int(request.headers.get("content-length") or 0)
+        body = request.stream() if size > (1 << 20) or "chunked" in request.headers.get("transfer-encoding", "") \
+            else await request.body()
+    req = fleet.http.build_request(request.method, route.url + path + _forward_query(request, fleet.token),
+                                   headers=_headers_for_agent(request, fleet.token), content=body)
+    try:
+        resp = await fleet.http.send(req, stream=True)
+    except httpx.TransportError as exc:
+        return await _node_gone(request, route, path, org, exc)
+    kind = resp.headers.get("content-type", "")
+    headers = _answer_headers(resp)
+    if "json" in kind:
+        try:
+            data = await resp.aread()
+        except httpx.TransportError as exc:
+            return await _node_gone(request, route, path, org, exc)
+        finally:
+            await resp.aclose()
+        return Response(fleet.rewrite(data, route.url, route.node_id, public, client_key), resp.status_code,
+                        headers=headers)
+    if "text/event-stream" in kind and path.endswith("/events"):
+        return StreamingResponse(_relay_events(fleet, resp, route, public, client_key), resp.status_code,
+                                 headers=headers, background=BackgroundTask(resp.aclose))
+    return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=headers,
+                             background=BackgroundTask(resp.aclose))
+
+
+async def _relay_bytes(resp: httpx.Response) -> AsyncIterator[bytes]:
+    with contextlib.suppress(httpx.TransportError):
+        async for chunk in resp.aiter_raw():
+            yield chunk
+
+
+async def _relay_events(fleet: Fleet, resp: httpx.Response, route: Route, public: str,
+                        client_key: str | None) -> AsyncIterator[bytes]:
+    """The agent's SSE bytes, frame by frame; if the agent's stream breaks before ``terminated``, the
+    fleet record's end (once the controller gives it) is the stream's last event."""
+    assert route.url is not None and route.node_id is not None
+    buffer, ended = b"", False
+    try:
+        async for chunk in resp.aiter_raw():
+            buffer += chunk
+            cut = buffer.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            frames, buffer = buffer[:cut + 2], buffer[cut + 2:]
+            ended = ended or _is_terminated_frame(frames)
+            yield fleet.rewrite(frames, route.url, route.node_id, public, client_key)
+    except httpx.TransportError:
+        pass
+    if ended:
+        return
+    row = await fleet.wait_terminated(route.row.id, TERMINAL_WAIT_SECONDS)
+    if row is not None:
+        fleet.forget(row.id)
+        yield encode({"type": "terminated", "computer_id": row.id, "timestamp": iso(row.terminated_at),
+                      "reason": row.termination_reason}).frame
+
+
+async def _node_gone(request: Request, route: Route, path: str, org: str, exc: Exception) -> Response:
+    """The agent did not answer: the fleet record decides (ended: as a local server answers an ended
+    computer; else the node is suspect: 503)."""
+    fleet = _fleet(request)
+    fresh = await fleet.route(org, route.row.id, fresh=True)
+    if fresh.row.status == TERMINATED:
+        return _ended_answer(request, fresh.row, path)
+    if path.endswith("/events"):  # the verdict comes within seconds when the node is really gone
+        row = await fleet.wait_terminated(route.row.id, TERMINAL_WAIT_SECONDS)
+        if row is not None:
+            return _ended_answer(request, row, path)
+    log.warning("node %s unreachable for %s: %s", route.node_id, route.row.id, exc)
+    raise NodeUnreachable(f"the node of computer {route.row.id} does not answer; retry in a few seconds",
+                          node_id=route.node_id)
+
+
+def _ended_answer(request: Request, row: ComputerRecord, path: str) -> Response:
+    """What a single server answers for an ended computer it no longer runs."""
+    cid = row.id
+    view = _view_of(row)
+    if path == f"/computers/{cid}" and request.method == "GET":
+        return JSONResponse(computer_response(view, _public_base(request, _fleet(request).settings)))
+    if path == f"/computers/{cid}/status" and request.method == "GET":
+        return JSONResponse(status_response(view))
+    if path == f"/computers/{cid}" and request.method == "DELETE":
+        return Response(status_code=204)
+    if path == f"/computers/{cid}/events":
+        frame = encode({"type": "terminated", "computer_id": cid, "timestamp": iso(row.terminated_at),
+                        "reason": row.termination_reason}).frame
+        return Response(frame, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    exc = Conflict(f"computer {cid} is terminated ({row.termination_reason}); create a new one",
+                   computer_status=TERMINATED, termination_reason=row.termination_reason)
+    return errors.service_problem(exc)
+
+
+# -- create --------------------------------------------------------------------------------
+async def _create(request: Request, org: str) -> Response:
+    fleet = _fleet(request)
+    raw = await request.body()
+    try:
+        parsed = await request.json() if raw.strip() else {}
+    except ValueError:
+        return problem(422, "the body is not JSON; send a JSON object (see /docs for POST /computers)")
+    if not isinstance(parsed, dict):
+        return problem(422, "the body must be a JSON object")
+    hint = parsed.pop("node_hint", None)
+    if hint is not None and (not isinstance(hint, str) or not 0 < len(hint) <= 128):
+        raise InvalidInput("node_hint must be a node id (GET /nodes) or a Ray node id, 1-128 characters",
+                           field="node_hint")
+    try:
+        spec = ComputerCreate.model_validate(parsed)
+    except ValidationError as exc:
+        detail, items = describe_validation(list(exc.errors()))
+        return problem(422, detail, extra={"errors": items})
+    if spec.persistent or spec.environment_id or spec.recording:
+        field = "persistent" if spec.persistent else "environment_id" if spec.environment_id else "recording"
+        raise InvalidInput(f"{field} is not available in fleet mode yet (saved environments and recordings "
+                           "live on one node); create it without", field=field)
+    kind = spec.kind
+    body = json.dumps(parsed).encode()
+    exclude: set[str] = set()
+    public = _public_base(request, fleet.settings)
+    refusals: list[str] = []
+    for _ in range(PLACE_ATTEMPTS):
+        async with fleet.sessions() as s:
+            node = await placement.place(s, kind, hint=hint, exclude=frozenset(exclude),
+                                         k=fleet.settings.fleet_placement_k)
+        if node is None:
+            break
+        try:
+            resp = await fleet.http.post(node.url + "/computers", content=body, headers={
+                "authorization": f"Bearer {fleet.token}", "content-type": "application/json"})
+        except httpx.TransportError as exc:
+            resp, refusals = None, [*refusals, f"{node.id}: {type(exc).__name__}"]
+        if resp is not None and resp.status_code == 200:
+            out = resp.json()
+            try:
+                await _record(fleet, org, node.id, kind, out)
+            except BaseException:
+                # no computer without its record: end it on the node
+                with contextlib.suppress(Exception):
+                    await fleet.http.delete(f"{node.url}/computers/{out['id']}",
+                                            headers={"authorization": f"Bearer {fleet.token}"})
+                async with fleet.sessions() as s:
+                    await placement.release(s, node.id, kind)
+                raise
+            return Response(fleet.rewrite(resp.content, node.url, node.id, public, presented_key(request, False)),
+                            200, media_type="application/json")
+        async with fleet.sessions() as s:
+            await placement.release(s, node.id, kind)
+        if resp is not None and resp.status_code not in (429, 503):
+            # the node's own verdict on the request (bad input): the client's answer
+            return Response(fleet.rewrite(resp.content, node.url, node.id, public, None), resp.status_code,
+                            headers=_answer_headers(resp))
+        if resp is not None:
+            refusals.append(f"{node.id}: {resp.status_code}")
+        exclude.add(node.id)
+        if hint is not None:
+            break
+    if hint is not None:
+        async with fleet.sessions() as s:
+            nodes = await registry.list_nodes(s, states=[registry.READY])
+        if placement.resolve_hint(nodes, hint) is None:
+            raise InvalidInput(f"node_hint {hint!r} names no ready node; ready: "
+                               f"{', '.join(n.id for n in nodes) or 'none'}", field="node_hint")
+    raise LimitReached(f"no node of the fleet can take a {kind} computer now (all full or refusing"
+                       f"{': ' + '; '.join(refusals) if refusals else ''}); delete one or retry")
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+async def _record(fleet: Fleet, org: str, node_id: str, kind: str, out: dict[str, Any]) -> None:
+    """The fleet record of a computer the node just made, and its slot from reserved to live."""
+    d = out.get("display") or {}
+    row = ComputerRecord(
+        id=out["id"], org_id=org, kind=kind, status=out.get("status", "ready"),
+        created_at=_when(out.get("created_at")), last_activity_at=_when(out.get("last_activity_at")),
+        max_lifetime_seconds=out["max_lifetime_seconds"], inactivity_timeout_seconds=out["inactivity_timeout_seconds"],
+        idle_timeout_enabled=out["idle_timeout_enabled"], display_width=d.get("width", 0),
+        display_height=d.get("height", 0), display_scale=d.get("scale", 1.0), persistent=False,
+        environment_id=None, context_id=out.get("context_id"), options={}, node_id=node_id)
+    async with fleet.sessions() as s, registry.guarded(s):
+        s.add(row)
+        await s.commit()
+    async with fleet.sessions() as s:
+        await placement.confirm(s, node_id, kind)
+
+
+# -- list --------------------------------------------------------------------------------------
+async def _list(request: Request, org: str) -> Response:
+    fleet = _fleet(request)
+    kind = request.query_params.get("type", "live")
+    if kind not in ("live", "persistent"):
+        raise InvalidInput("type must be 'live' or 'persistent'", field="type", allowed=["live", "persistent"])
+    if kind == "persistent":
+        return JSONResponse([])  # no saved environments in fleet mode (see _create)
+    context = request.query_params.get("context_id")
+    async with fleet.sessions() as s, registry.guarded(s):
+        rows = (await s.execute(select(ComputerRecord, NodeRecord.url).join(
+            NodeRecord, NodeRecord.id == ComputerRecord.node_id).where(
+            ComputerRecord.org_id == org, ComputerRecord.status != TERMINATED))).all()
+        await s.commit()
+    by_node: dict[str, tuple[str, set[str]]] = {}
+    for row, url in rows:
+        by_node.setdefault(row.node_id, (url, set()))[1].add(row.id)
+    public = _public_base(request, fleet.settings)
+    key = presented_key(request, False)
+
+    async def of_node(node_id: str, url: str, ids: set[str]) -> list[dict[str, Any]]:
+        try:
+            resp = await fleet.http.get(url + "/computers", headers={"authorization": f"Bearer {fleet.token}"},
+                                        params={"context_id": context} if context else None)
+            resp.raise_for_status()
+        except httpx.HTTPError:
+            return []  # an unreachable node's computers are not listed as live
+        items = json.loads(fleet.rewrite(resp.content, url, node_id, public, key))
+        return [c for c in items if c.get("id") in ids]
+
+    parts = await asyncio.gather(*(of_node(n, u, ids) for n, (u, ids) in by_node.items()))
+    found = sorted((c for part in parts for c in part), key=lambda c: c.get("created_at") or "")
+    return JSONResponse(found)
+
+
+# -- the app -------------------------------------------------------------------------------------
+def create_replica_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        fleet = Fleet(settings)
+        app.state.fleet = fleet
+        # what api/auth.py reads: the keys
+        app.state.runtime = type("ReplicaRuntime", (), {"accounts": fleet.accounts, "settings": settings})()
+        await fleet.start()
+        log.info("opencone %s fleet replica ready on %s:%s", __version__, settings.host, settings.port)
+        try:
+            yield
+        finally:
+            await fleet.stop()
+
+    app = FastAPI(title="opencone (fleet replica)", version=__version__, lifespan=lifespan,
+                  description="Self-hosted computers for AI agents, over the Lightcone API: a fleet replica.")
+    errors.install(app)
+    app.include_router(live.router)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "role": "fleet-replica"}
+
+    @app.get("/nodes")
+    async def nodes(request: Request, org: str = Depends(current_org)) -> list[dict[str, Any]]:
+        """The fleet's nodes (admin: a key of the default organisation)."""
+        if org != DEFAULT_ORG_ID:
+            raise Forbidden("GET /nodes takes a key of the default organisation (the operator's)")
+        async with _fleet(request).sessions() as s:
+            return [n.public() for n in await registry.list_nodes(s)]
+
+    @app.post("/computers")
+    async def create(request: Request, org: str = Depends(current_org)) -> Response:
+        return await _create(request, org)
+
+    @app.get("/computers")
+    async def list_computers(request: Request, org: str = Depends(current_org)) -> Response:
+        return await _list(request, org)
+
+    @app.api_route("/computers/{computer_id}", methods=["GET", "DELETE"])
+    @app.api_route("/computers/{computer_id}/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
+    async def computer(request: Request, computer_id: str, rest: str = "") -> Response:
+        fleet = _fleet(request)
+        # ?token= only where a local server takes it (streams, CDP): everything else needs the header
+        streams = request.method == "GET" and rest.split("/", 1)[0] in STREAM_ROUTES
+        org = await (current_org_or_token(request) if streams else current_org(request))
+        route = await fleet.route(org, computer_id)
+        path = f"/computers/{computer_id}" + (f"/{rest}" if rest else "")
+        if route.row.status == TERMINATED or route.url is None:
+            return _ended_answer(request, route.row, path)
+        answer = await _forward(request, route, path, org)
+        if request.method == "DELETE" and not rest and answer.status_code == 204:
+            await fleet.end_record(computer_id, "deleted")
+        return answer
+
+    @app.get("/files/{token}")
+    async def files(request: Request, token: str) -> Response:
+        """A capability URL (no key): ``<node id>.<token>``, served by asking that node."""
+        fleet = _fleet(request)
+        node_id, dot, inner = token.partition(".")
+        url = await fleet.node_url(node_id) if dot and inner else None
+        if url is None:
+            raise NotFound("no such file (expired, or never handed out)")
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range", "accept")}
+        headers["authorization"] = f"Bearer {fleet.token}"
+        try:
+            resp = await fleet.http.send(fleet.http.build_request("GET", f"{url}/files/{inner}", headers=headers),
+                                         stream=True)
+        except httpx.TransportError as exc:
+            raise NodeUnreachable("the node holding this file does not answer") from exc
+        return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=_answer_headers(resp),
+                                 background=BackgroundTask(resp.aclose))
+
+    @app.websocket("/computers/{computer_id}/{rest:path}")
+    async def socket(ws: WebSocket, computer_id: str, rest: str) -> None:
+        await _relay_socket(ws, computer_id, rest)
+
+    return app
+
+
+async def _deny(ws: WebSocket, status: int, detail: str) -> None:
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(problem(status, detail))
+    else:
+        await ws.close(1008, detail[:120])
+
+
+async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
+    """The client's WebSocket (CDP, input) relayed frame by frame to the agent's, both ways."""
+    fleet = _fleet(ws)
+    try:
+        org = await org_for(ws, allow_query=True)
+        if org is None:
+            await _deny(ws, 401, "missing or invalid API key; send 'Authorization: Bearer <key>' or ?token=<key>")
+            return
+        route = await fleet.route(org, computer_id)
+    except ServiceError as exc:
+        await _deny(ws, exc.status, exc.message)
+        return
+    if route.row.status == TERMINATED or route.url is None:
+        await _deny(ws, 409, f"computer {computer_id} is terminated ({route.row.termination_reason})")
+        return
+    url = "ws" + route.url[4:] + f"/computers/{computer_id}/{rest}" + _forward_query(ws, fleet.token)
+    try:
+        upstream = await websockets.connect(url, additional_headers={"authorization": f"Bearer {fleet.token}"},
+                                            max_size=128 * 2**20, compression=None, ping_interval=None,
+                                            open_timeout=15)
+    except websockets.InvalidStatus as exc:
+        status = exc.response.status_code
+        body = exc.response.body.decode(errors="replace") if exc.response.body else ""
+        await _deny(ws, status if 400 <= status < 600 else 502, body[:300] or f"the node answered {status}")
+        return
+    except (OSError, websockets.WebSocketException, TimeoutError):
+        await _deny(ws, 503, f"the node of computer {computer_id} does not answer; retry in a few seconds")
+        return
+    try:
+        await ws.accept()
+    except Exception:
+        await upstream.close()
+        return
+
+    async def client_to_agent() -> None:
+        with contextlib.suppress(WebSocketDisconnect, websockets.ConnectionClosed):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("text")
+                await upstream.send(data if data is not None else message.get("bytes") or b"")
+
+    async def agent_to_client() -> None:
+        with contextlib.suppress(WebSocketDisconnect, websockets.ConnectionClosed, RuntimeError):
+            async for data in upstream:
+                if isinstance(data, str):
+                    await ws.send_text(data)
+                else:
+                    await ws.send_bytes(data)
+
+    tasks = [asyncio.create_task(client_to_agent()), asyncio.create_task(agent_to_client())]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await upstream.close()
+    with contextlib.suppress(Exception):
+        await ws.close(upstream.close_code or 1000)
