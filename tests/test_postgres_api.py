@@ -1,0 +1,128 @@
+"""The same API tests, on a server whose store is PostgreSQL (OPENCONE_DATABASE_URL=postgresql+asyncpg://...)
+in local mode: a representative set taken from the SQLite suite and run here unchanged, each server on a
+fresh database of a throwaway PostgreSQL (tests/postgres.py).
+
+Covered: the lifecycle and its records (the write-behind batch of creates), keys and auth (the CLI writing
+keys the server's key cache then drops), organisations, events, saved environments (a restart and a kill in
+the middle of a save), agent tasks (idempotency keys: a unique constraint), and the responses store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from conftest import wait_until
+from postgres import PostgresServer
+
+# -- the tests, imported: pytest collects them here, where `server` and the servers below are PostgreSQL's --
+from test_agent_tasks import (  # noqa: I001
+    tasks_server,
+    test_a_retried_start_is_the_same_task,
+    test_no_model_request_while_paused_and_resume_finishes,
+)
+from test_environments import (
+    test_browser_login_survives_the_end_of_a_persistent_computer,
+    test_saved_state_survives_a_restart_and_a_kill_during_a_save,
+)
+from test_events import (
+    comp_id,
+    test_actions_exec_and_the_end_arrive_in_order,
+    test_auth_token_other_organisations_and_ended_computers,
+    test_replay_from_a_seq_and_after_last_event_id,
+)
+from test_gateway_responses import (
+    gw,
+    models_file,
+    test_background_runs_and_cancel_cancels,
+    test_emulated_create_retrieve_items_delete,
+    test_native_create_retrieve_items_chain_delete,
+)
+from test_lifecycle import (
+    test_create_fills_every_field,
+    test_deleted_computer_stays_retrievable_as_terminated,
+    test_keepalive_resets_the_idle_timer,
+    test_keys_cli_lists_and_revokes,
+    test_list_is_a_bare_array_of_live_computers,
+    test_missing_or_wrong_key_is_401_with_json,
+    test_organisations_do_not_see_each_others_computers,
+)
+
+import opencone.testing
+from opencone.testing import Server, start_server
+
+__all__ = [  # (what this module runs; named so the imports are not "unused")
+    "comp_id", "gw", "models_file", "tasks_server",
+    "test_a_retried_start_is_the_same_task", "test_actions_exec_and_the_end_arrive_in_order",
+    "test_auth_token_other_organisations_and_ended_computers", "test_background_runs_and_cancel_cancels",
+    "test_browser_login_survives_the_end_of_a_persistent_computer", "test_create_fills_every_field",
+    "test_deleted_computer_stays_retrievable_as_terminated", "test_emulated_create_retrieve_items_delete",
+    "test_keepalive_resets_the_idle_timer", "test_keys_cli_lists_and_revokes",
+    "test_list_is_a_bare_array_of_live_computers", "test_missing_or_wrong_key_is_401_with_json",
+    "test_native_create_retrieve_items_chain_delete", "test_no_model_request_while_paused_and_resume_finishes",
+    "test_organisations_do_not_see_each_others_computers", "test_replay_from_a_seq_and_after_last_event_id",
+    "test_saved_state_survives_a_restart_and_a_kill_during_a_save",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def databases(postgres: PostgresServer) -> Iterator[dict[Path, str]]:
+    """Every server this module starts gets a PostgreSQL database of its own, kept per data dir."""
+    by_dir: dict[Path, str] = {}
+
+    def factory(data_dir: Path) -> str:
+        if data_dir not in by_dir:
+            by_dir[data_dir] = postgres.create_database("api")
+        return by_dir[data_dir]
+
+    opencone.testing.database_factory = factory
+    try:
+        yield by_dir
+    finally:
+        opencone.testing.database_factory = None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, databases: dict[Path, str]) -> Iterator[Server]:
+    """This module's `server`, on PostgreSQL. The key CLI the tests run (`opencone keys --data-dir`) inherits
+    this process's environment, so it is pointed at the same database while the module runs."""
+    assert opencone.testing.database_factory is not None
+    tmp = tmp_path_factory.mktemp("pg-server")
+    data_dir = (tmp / "data").resolve()
+    url = opencone.testing.database_factory(data_dir)
+    before = os.environ.get("OPENCONE_DATABASE_URL")
+    os.environ["OPENCONE_DATABASE_URL"] = url
+    srv = start_server(tmp, data_dir=data_dir, env={"OPENCONE_POOL_SIZE": "2"})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        if before is None:
+            os.environ.pop("OPENCONE_DATABASE_URL", None)
+        else:
+            os.environ["OPENCONE_DATABASE_URL"] = before
+
+
+def test_the_records_are_in_postgresql(server: Server, databases: dict[Path, str]) -> None:
+    """Not a SQLite file beside a PostgreSQL URL: the computer's record is a row of this server's database."""
+    client = server.client()
+    comp = client.computers.create()
+    client.computers.delete(comp.id)
+    assert not (server.data_dir / "opencone.db").exists()
+
+    async def read() -> tuple[str, int]:
+        conn = await asyncpg.connect(databases[server.data_dir.resolve()].replace("postgresql+asyncpg", "postgresql"))
+        try:
+            status = await conn.fetchval("SELECT status FROM computers WHERE id = $1", comp.id)
+            keys = await conn.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
+            return str(status), int(keys)
+        finally:
+            await conn.close()
+
+    # (a delete's teardown finishes in the background, then the row is written)
+    assert wait_until(lambda: asyncio.run(read())[0] == "terminated", timeout=30), asyncio.run(read())
+    assert asyncio.run(read())[1] >= 1  # the bootstrap key
