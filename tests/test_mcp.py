@@ -1,0 +1,304 @@
+"""/mcp driven by the official ``mcp`` client over Streamable HTTP, in both protocol eras.
+
+Real server processes (opencone.testing), real Chromium, the SDK's own client; the page is
+tests/pages/mcp.html, whose #out mirrors the text field so a screenshot shows what was typed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import numpy
+import pytest
+from conftest import Server, jpeg_pixels, start_server
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
+
+MODES = {"auto": "2026-07-28", "legacy": "2025-11-25"}  # Client(mode=...) -> the protocol it speaks then
+OUT = (slice(125, 215), slice(25, 715))  # rows, columns of #out on the page (its text's pixels)
+
+
+@asynccontextmanager
+async def mcp_client(server: Server, mode: str = "auto", key: str | None = None) -> AsyncIterator[Client]:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key or server.api_key}"},
+                              timeout=httpx2.Timeout(60, read=300))
+    async with http, Client(streamable_http_client(f"{server.base_url}/mcp", http_client=http), mode=mode) as c:
+        yield c
+
+
+def text(result: CallToolResult) -> str:
+    return "\n".join(getattr(c, "text", "") for c in result.content)
+
+
+async def ok(c: Client, tool: str, **args: Any) -> CallToolResult:
+    result = await c.call_tool(tool, args)
+    assert not result.is_error, f"{tool} {args}: {text(result)}"
+    return result
+
+
+async def create(c: Client, url: str) -> str:
+    return json.loads(text(await ok(c, "computer_create", start_url=url)))["computer_id"]  # type: ignore[no-any-return]
+
+
+def ref_of(snapshot: str, needle: str) -> str:
+    """The ref of the first snapshot line containing ``needle``."""
+    line = next(ln for ln in snapshot.splitlines() if needle in ln)
+    return line.split("[ref=")[1].split("]")[0]
+
+
+async def shot(c: Client, cid: str) -> tuple[numpy.ndarray, str]:
+    result = await ok(c, "screenshot", computer_id=cid)
+    image = next(x for x in result.content if x.type == "image")
+    assert image.mime_type == "image/jpeg"
+    return jpeg_pixels(base64.b64decode(image.data)), text(result)
+
+
+def differs(a: numpy.ndarray, b: numpy.ndarray) -> float:
+    return float(numpy.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_create_snapshot_click_type_screenshot_close(server: Server, site: str, mode: str) -> None:
+    async with mcp_client(server, mode) as c:
+        assert c.session.protocol_version == MODES[mode]
+        cid = await create(c, f"{site}/mcp.html")
+        snap = text(await ok(c, "snapshot", computer_id=cid))
+        assert snap.startswith("snapshot snap_") and "mcp.html" in snap.splitlines()[0]
+        await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'button "Go"'))
+        await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'textbox "Words"'))
+        await ok(c, "type", computer_id=cid, text="MCP42")
+        typed, note = await shot(c, cid)
+        assert "scale 1 of the 1024x768 screen" in note and typed.shape == (768, 1024, 3)
+        # the page saw the click and the typing (its own log, read as markdown through the same tools)
+        page = text(await ok(c, "read_page", computer_id=cid))
+        assert '"go"' in page
+        assert "MCP42" in text(await ok(c, "snapshot", computer_id=cid))
+        # the pixels: #out as typed matches #out of the page filled with the same text from its URL,
+        # and not a page filled with other text of the same length (nor the empty one)
+        await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=MCP42")
+        same, _ = await shot(c, cid)
+        await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=XYZ99")
+        other, _ = await shot(c, cid)
+        await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html")
+        empty, _ = await shot(c, cid)
+        near, far = differs(typed[OUT], same[OUT]), differs(typed[OUT], other[OUT])
+        assert near < 2.0 and far > 10 * max(near, 0.5), (near, far)
+        assert differs(typed[OUT], empty[OUT]) > 10 * max(near, 0.5)
+        assert "closed" in text(await ok(c, "computer_close", computer_id=cid))
+        view = json.loads(text(await ok(c, "computer_get", computer_id=cid)))
+        assert view["status"] == "terminated" and view["termination_reason"] == "deleted"
+        after = await c.call_tool("click", {"computer_id": cid, "x": 5, "y": 5})
+        assert after.is_error and "terminated" in text(after) and "create a new one" in text(after)
+
+
+async def test_tools_and_annotations(server: Server) -> None:
+    async with mcp_client(server) as c:
+        tools = {t.name: t for t in (await c.list_tools()).tools}
+    expected = {"computer_create", "computer_list", "computer_get", "computer_close", "environment_list",
+                "screenshot", "snapshot", "click", "move", "mouse_down", "mouse_up", "drag", "scroll", "type",
+                "key", "key_down", "key_up", "fill", "select_option", "navigate", "tabs", "wait", "read_page"}
+    assert expected <= set(tools)
+    assert "exec" not in tools  # an opt-in group, off unless OPENCONE_MCP_GROUPS names it
+    for name in ("screenshot", "snapshot", "read_page", "computer_list", "computer_get", "environment_list"):
+        assert tools[name].annotations is not None and tools[name].annotations.read_only_hint is True, name
+    for name in ("click", "type", "navigate", "computer_close"):
+        assert tools[name].annotations is not None and not tools[name].annotations.read_only_hint, name
+    assert tools["computer_close"].annotations.destructive_hint is True
+    for name, tool in tools.items():
+        if name not in ("computer_create", "computer_list", "environment_list"):
+            assert "computer_id" in tool.input_schema["required"], name
+    click = tools["click"].input_schema["properties"]
+    assert {"ref", "x", "y", "button", "count", "snapshot_id"} <= set(click)
+
+
+async def test_unauthenticated_refused(server: Server) -> None:
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    for headers in ({}, {"authorization": "Bearer not-a-key"}, {"authorization": "Basic abc"},
+                    {"authorization": "Bearer " + "k" * 5000}):
+        r = httpx.post(f"{server.base_url}/mcp", json=hello, headers={**headers, "accept": "application/json, "
+                                                                                           "text/event-stream"})
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+        assert r.json()["error"] == "invalid_token"
+        assert "resource_metadata=" in r.headers["www-authenticate"]
+    with pytest.raises(Exception):  # noqa: B017 (the SDK's client surfaces the 401 as its own error types)
+        async with mcp_client(server, key="not-a-key") as c:
+            await c.list_tools()
+    # the rest of the server is untouched by the mount
+    assert httpx.get(f"{server.base_url}/health").status_code == 200
+    assert httpx.get(f"{server.base_url}/nope").status_code == 404
+
+
+async def test_stale_ref_refused_with_actionable_message(server: Server, site: str) -> None:
+    async with mcp_client(server) as c:
+        cid = await create(c, f"{site}/mcp.html")
+        try:
+            first = text(await ok(c, "snapshot", computer_id=cid))
+            go, old_id = ref_of(first, 'button "Go"'), first.split()[1]
+            # a new document since the snapshot: its refs are refused, whatever is there now
+            await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=again")
+            gone = await c.call_tool("click", {"computer_id": cid, "ref": go})
+            assert gone.is_error and go in text(gone) and "take a new snapshot" in text(gone)
+            await ok(c, "snapshot", computer_id=cid)
+            stale = await c.call_tool("click", {"computer_id": cid, "ref": go, "snapshot_id": old_id})
+            assert stale.is_error and f"ref {go}" in text(stale) and "stale" in text(stale)
+            assert "take a new snapshot" in text(stale)
+            unknown = await c.call_tool("click", {"computer_id": cid, "ref": "e999"})
+            assert unknown.is_error and "e999" in text(unknown) and "snapshot" in text(unknown)
+            # and nothing was clicked
+            assert '"go"' not in text(await ok(c, "read_page", computer_id=cid))
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_two_computers_in_one_session(server: Server, site: str) -> None:
+    async with mcp_client(server, "legacy") as c:  # one MCP session (Mcp-Session-Id) for both
+        a, b = await create(c, f"{site}/mcp.html"), await create(c, f"{site}/mcp.html")
+        try:
+            assert a != b
+            listed = {v["computer_id"] for v in json.loads(text(await ok(c, "computer_list")))}
+            assert {a, b} <= listed
+            refs = {cid: ref_of(text(await ok(c, "snapshot", computer_id=cid)), 'textbox "Words"') for cid in (a, b)}
+            for i in range(3):  # interleaved
+                for cid, word in ((a, "left"), (b, "right")):
+                    await ok(c, "type", computer_id=cid, text=f"{word}{i}", ref=refs[cid])
+            snap_a, snap_b = [text(await ok(c, "snapshot", computer_id=cid)) for cid in (a, b)]
+            assert "left0left1left2" in snap_a and "right" not in snap_a
+            assert "right0right1right2" in snap_b and "left" not in snap_b
+        finally:
+            for cid in (a, b):
+                await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_bad_arguments_are_tool_errors(server: Server, site: str) -> None:
+    async with mcp_client(server) as c:
+        missing = await c.call_tool("snapshot", {"computer_id": "comp_nope"})
+        assert missing.is_error and "no computer 'comp_nope'" in text(missing)
+        cid = await create(c, f"{site}/mcp.html")
+        try:
+            cases = [
+                ("click", {"x": 10}, "give both x and y"),
+                ("click", {"ref": "e1", "x": 1, "y": 2}, "not both"),
+                ("click", {}, "give a ref"),
+                ("click", {"x": 5000, "y": 10}, "outside the screen"),
+                ("click", {"x": "abc", "y": 1}, "valid number"),
+                ("click", {"ref": "e1; drop"}, "ref"),
+                ("key", {"keys": "ctrl+nosuchkey"}, "nosuchkey"),
+                ("navigate", {"url": "file:///etc/passwd"}, "URL scheme must be one of"),
+                ("navigate", {}, "give url or direction"),
+                ("tabs", {"op": "switch"}, "needs a tab_id"),
+                ("wait", {"ms": 10**9}, "less than or equal"),
+                ("drag", {"ref": "e1"}, "both ref and to_ref"),
+                ("type", {"text": "x" * 200_000}, "at most"),
+            ]
+            for tool, args, needle in cases:
+                result = await c.call_tool(tool, {"computer_id": cid, **args})
+                assert result.is_error and needle in text(result), (tool, args, text(result))
+            bad = await c.call_tool("computer_create", {"kind": "mainframe"})
+            assert bad.is_error and "browser" in text(bad)
+            refused = await c.call_tool("computer_create", {"start_url": "javascript:alert(1)"})
+            assert refused.is_error and "URL scheme" in text(refused)
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_keys_scroll_tabs_fill_and_history(server: Server, site: str) -> None:
+    async with mcp_client(server) as c:
+        cid = await create(c, f"{site}/mcp.html")
+        try:
+            snap = text(await ok(c, "snapshot", computer_id=cid))
+            field = ref_of(snap, 'textbox "Words"')
+            await ok(c, "fill", computer_id=cid, ref=field, text="abc")
+            await ok(c, "key", computer_id=cid, keys="ctrl+a")
+            await ok(c, "type", computer_id=cid, text="z")  # replaces the selection ctrl+a made
+            await ok(c, "key_down", computer_id=cid, key="shift")
+            await ok(c, "key", computer_id=cid, keys="Home")  # shift+Home: "z" selected
+            await ok(c, "key_up", computer_id=cid, key="Shift")
+            await ok(c, "type", computer_id=cid, text="y")
+            snap = text(await ok(c, "snapshot", computer_id=cid))
+            field_line = next(ln for ln in snap.splitlines() if 'textbox "Words"' in ln)
+            assert field_line.rstrip().endswith(': "y"') or field_line.rstrip().endswith(": y"), snap
+            await ok(c, "scroll", computer_id=cid, dy=200)
+            await ok(c, "move", computer_id=cid, x=700, y=550)
+            await ok(c, "mouse_down", computer_id=cid)
+            await ok(c, "mouse_up", computer_id=cid)  # a click on #far, by hand
+            await ok(c, "wait", computer_id=cid, ms=10)
+            assert '"far"' in text(await ok(c, "read_page", computer_id=cid))
+            tabs = json.loads(text(await ok(c, "tabs", computer_id=cid)))["tabs"]
+            new = json.loads(text(await ok(c, "tabs", computer_id=cid, op="new", url=f"{site}/mcp.html?t=tab2")))
+            assert "?t=tab2" in new["tab"]["url"] and len(tabs) == 1
+            await ok(c, "tabs", computer_id=cid, op="close", tab_id=new["tab_id"])
+            await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=two")
+            await ok(c, "navigate", computer_id=cid, direction="back")
+            assert "?t=two" not in text(await ok(c, "snapshot", computer_id=cid)).splitlines()[0]
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_other_organisation_sees_nothing(server: Server, site: str) -> None:
+    other = subprocess.run([sys.executable, "-m", "opencone", "keys", "create", "--new-org", "mcp-other",
+                            "--data-dir", str(server.data_dir)], capture_output=True, text=True, check=True)
+    key = other.stdout.strip().splitlines()[-1]
+    async with mcp_client(server) as mine, mcp_client(server, key=key) as theirs:
+        cid = await create(mine, f"{site}/mcp.html")
+        try:
+            assert cid not in text(await ok(theirs, "computer_list"))
+            for tool in ("screenshot", "computer_close"):
+                result = await theirs.call_tool(tool, {"computer_id": cid})
+                assert result.is_error and "no computer" in text(result), tool
+            await ok(mine, "computer_get", computer_id=cid)  # still there
+        finally:
+            await mine.call_tool("computer_close", {"computer_id": cid})
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """exec on, and screenshots scaled to 512 px: the opt-in group and the pixel mapping."""
+    srv = start_server(tmp_path_factory.mktemp("mcp-small"),
+                       env={"OPENCONE_MCP_GROUPS": "exec", "OPENCONE_MCP_SCREENSHOT_MAX_SIDE": "512"})
+    yield srv
+    srv.stop()
+
+
+async def test_scaled_screenshot_pixels_and_exec_group(small_server: Server, site: str) -> None:
+    async with mcp_client(small_server) as c:
+        assert "exec" in {t.name for t in (await c.list_tools()).tools}
+        cid = await create(c, f"{site}/mcp.html")
+        try:
+            image, note = await shot(c, cid)
+            assert image.shape == (384, 512, 3) and "scale 0.5 of the 1024x768 screen" in note
+            # #far is at 600..800 x 500..600 on the screen: 300..400 x 250..300 in this image
+            await ok(c, "click", computer_id=cid, x=350, y=275)
+            assert '"far"' in text(await ok(c, "read_page", computer_id=cid))
+            outside = await c.call_tool("click", {"computer_id": cid, "x": 600, "y": 10})  # 1200 on the screen
+            assert outside.is_error and "outside the screen" in text(outside)
+            ran = json.loads(text(await ok(c, "exec", computer_id=cid, command="echo hi-from-mcp; exit 3")))
+            assert ran["exit_code"] == 3 and ran["stdout"].strip() == "hi-from-mcp"
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+def test_without_the_extra_mcp_answers_json(tmp_path: Path) -> None:
+    # the SDK made unimportable for this server only: a package named mcp first on its path that
+    # fails as a missing one does
+    shadow = tmp_path / "shadow" / "mcp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'mcp'\")\n")
+    srv = start_server(tmp_path / "srv", env={"PYTHONPATH": str(shadow.parent)})
+    try:
+        r = httpx.post(f"{srv.base_url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 501 and r.headers["content-type"].startswith("application/problem+json")
+        assert "opencone[mcp]" in r.json()["detail"]
+        with srv.http() as h:  # the rest of the server works
+            assert h.get("/computers").status_code == 200
+    finally:
+        srv.stop()
