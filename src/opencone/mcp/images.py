@@ -43,9 +43,8 @@ def fit(jpeg: bytes, display: Display, max_side: int) -> Fitted:
     """``jpeg`` (a full-size screenshot) scaled by ``scale_for`` and re-encoded within MAX_IMAGE_BYTES.
     CPU work: call it off the event loop."""
     scale = scale_for(display, max_side)
-    if scale == 1.0 and len(jpeg) <= MAX_IMAGE_BYTES:
-        with Image.open(io.BytesIO(jpeg)) as im:
-            return Fitted(jpeg, im.width, im.height, 1.0)
+    if scale == 1.0 and len(jpeg) <= MAX_IMAGE_BYTES:  # as it is: the screenshot is the screen's size
+        return Fitted(jpeg, display.pixel_width, display.pixel_height, 1.0)
     with Image.open(io.BytesIO(jpeg)) as im:
         size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
         im.draft("RGB", size)  # let libjpeg decode at 1/2, 1/4 ... of the size when that is enough

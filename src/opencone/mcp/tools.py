@@ -224,7 +224,11 @@ class Tools:
         if jpeg is None:
             raise _fail("the computer returned no screenshot")
         display = await self._display(computer_id)
-        fitted = await asyncio.to_thread(images.fit, jpeg, display, self.b.runtime().settings.mcp_screenshot_max_side)
+        max_side = self.b.runtime().settings.mcp_screenshot_max_side
+        if images.scale_for(display, max_side) == 1.0 and len(jpeg) <= images.MAX_IMAGE_BYTES:
+            fitted = images.fit(jpeg, display, max_side)  # nothing to decode: no thread hop
+        else:
+            fitted = await asyncio.to_thread(images.fit, jpeg, display, max_side)
         note = (f"screenshot {fitted.width}x{fitted.height} px (scale {fitted.scale:.4g} of the "
                 f"{display.pixel_width}x{display.pixel_height} screen); x,y of pointer tools are pixels of this image")
         return [ImageContent(type="image", data=base64.b64encode(fitted.jpeg).decode(), mime_type="image/jpeg"),
