@@ -126,3 +126,25 @@ def test_the_records_are_in_postgresql(server: Server, databases: dict[Path, str
     # (a delete's teardown finishes in the background, then the row is written)
     assert wait_until(lambda: asyncio.run(read())[0] == "terminated", timeout=30), asyncio.run(read())
     assert asyncio.run(read())[1] >= 1  # the bootstrap key
+
+
+def test_postgresql_down_is_a_503_and_live_computers_keep_working(tmp_path: Path) -> None:
+    pg = PostgresServer()  # its own: this test stops it
+    srv = None
+    try:
+        srv = start_server(tmp_path, env={"OPENCONE_DATABASE_URL": pg.create_database(), "OPENCONE_POOL_SIZE": "1"})
+        http = srv.http()
+        cid = http.post("/computers", json={}).json()["id"]
+        pg.stop()
+        for answer in (http.post("/computers", json={}), srv.http("oc_a-key-not-cached-yet").get("/computers")):
+            assert answer.status_code == 503, answer.text
+            assert "database" in answer.json()["detail"] and "unavailable" in answer.json()["detail"]
+        # what needs no new record goes on: actions on a live computer, with the key already checked
+        assert http.post(f"/computers/{cid}/click", json={"x": 5, "y": 5}).json()["status"] == "success"
+        assert http.post(f"/computers/{cid}/screenshot", json={}).json()["status"] == "success"
+        pg.start()
+        assert wait_until(lambda: http.post("/computers", json={}).status_code == 200, timeout=30)
+    finally:
+        if srv is not None:
+            srv.stop()
+        pg.close()

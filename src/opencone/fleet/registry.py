@@ -16,11 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import Table, case, select, text, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from opencone.core.errors import ServiceError
+from opencone.core.store.db import DatabaseUnavailable, unavailable
 from opencone.core.store.models import ComputerRecord, NodeRecord
 
 Kind = Literal["browser", "desktop"]
@@ -34,34 +32,10 @@ NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a payload at 8000 bytes
 RESERVATION_TTL = timedelta(seconds=60)
 
 
-class DatabaseUnavailable(ServiceError):
-    """The fleet's database cannot be reached: creates cannot be placed (live computers keep working)."""
-
-    status = 503
-
-    def __init__(self, message: str = "the fleet database (PostgreSQL) is unavailable; retry later",
-                 **details: object) -> None:
-        super().__init__(message, **details)
-
-
-def unavailable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database is out of reach (as opposed to a bad statement)."""
-    if isinstance(exc, (OperationalError, InterfaceError, PoolTimeout, OSError, TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = getattr(exc, "orig", None)
-        # asyncpg's errors arrive wrapped; its connection-level ones mean "unreachable" too
-        name = type(getattr(orig, "__cause__", None) or orig).__name__
-        return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
-                        "InterfaceError", "InternalClientError", "AdminShutdownError", "CrashShutdownError"}
-    return False
-
-
 @contextlib.asynccontextmanager
 async def guarded(session: AsyncSession | None = None) -> AsyncIterator[None]:
-    """Turn "the database is unreachable" into ``DatabaseUnavailable`` (rolling ``session`` back)."""
+    """Turn "the database is unreachable", whatever raised it, into ``DatabaseUnavailable`` (re-exported
+    here for the fleet), rolling ``session`` back."""
     try:
         yield
     except Exception as exc:
@@ -70,6 +44,8 @@ async def guarded(session: AsyncSession | None = None) -> AsyncIterator[None]:
         if session is not None:
             with contextlib.suppress(Exception):
                 await session.rollback()
+        if isinstance(exc, DatabaseUnavailable):  # (the engine's own translation: core/store/db.py)
+            raise
         raise DatabaseUnavailable(reason=type(exc).__name__) from exc
 
 

@@ -9,11 +9,70 @@ from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from opencone.core.errors import ServiceError
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database server cannot be reached (PostgreSQL down, restarting, out of connections): a 503 that
+    says so, not a 500 naming a socket error. Computers already running keep working."""
+
+    status = 503
+
+    def __init__(self, message: str = "the database (PostgreSQL) is unavailable; retry later",
+                 **details: object) -> None:
+        super().__init__(message, **details)
+
+
+# asyncpg's errors that mean "no server to talk to" (by name: asyncpg is only there with PostgreSQL)
+_UNREACHABLE = {"ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
+                "AdminShutdownError", "CrashShutdownError", "TooManyConnectionsError"}
+
+
+def unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (a driver's error, raw or as SQLAlchemy wraps it) means the server is out of reach,
+    as opposed to a statement it refused."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    seen = 0
+    while exc is not None and seen < 5:  # SQLAlchemy's wrapper -> the adapter's -> asyncpg's own
+        if isinstance(exc, DatabaseUnavailable | OSError | TimeoutError | PoolTimeout):
+            return True
+        if isinstance(exc, OperationalError) or type(exc).__name__ in _UNREACHABLE:
+            return True
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+        seen += 1
+    return False
+
+
+def _unavailable_is_503(engine: AsyncEngine) -> None:
+    """A server that cannot be reached raises ``DatabaseUnavailable``: both when a connection is opened
+    (asyncpg raises a bare OSError there, which SQLAlchemy passes through unwrapped) and when one drops."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            if unavailable(exc):
+                raise DatabaseUnavailable(reason=type(exc).__name__) from exc
+            raise
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _error(ctx):  # type: ignore[no-untyped-def]
+        if ctx.is_disconnect or unavailable(ctx.original_exception):
+            return DatabaseUnavailable(reason=type(ctx.original_exception).__name__)
+        return None
 
 
 def make_engine(url: str) -> AsyncEngine:
     engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    if not url.startswith("sqlite"):
+        _unavailable_is_503(engine)
     if url.startswith("sqlite"):
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
