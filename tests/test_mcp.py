@@ -186,16 +186,16 @@ async def test_other_organisation_sees_nothing(server: Server, site: str) -> Non
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """exec on, and screenshots scaled to 512 px: the opt-in group and the pixel mapping."""
+    """exec and evaluate on, and screenshots scaled to 512 px: the opt-in groups and the pixel mapping."""
     srv = start_server(tmp_path_factory.mktemp("mcp-small"),
-                       env={"OPENCONE_MCP_GROUPS": "exec", "OPENCONE_MCP_SCREENSHOT_MAX_SIDE": "512"})
+                       env={"OPENCONE_MCP_GROUPS": "exec,evaluate", "OPENCONE_MCP_SCREENSHOT_MAX_SIDE": "512"})
     yield srv
     srv.stop()
 
 
-async def test_scaled_screenshot_pixels_and_exec_group(small_server: Server, site: str) -> None:
+async def test_scaled_screenshot_pixels_and_opt_in_groups(small_server: Server, site: str) -> None:
     async with mcp_client(small_server) as c:
-        assert "exec" in {t.name for t in (await c.list_tools()).tools}
+        assert {"exec", "evaluate"} <= {t.name for t in (await c.list_tools()).tools}
         cid = await create(c, f"{site}/mcp.html")
         try:
             image, note = await shot(c, cid)
@@ -207,6 +207,13 @@ async def test_scaled_screenshot_pixels_and_exec_group(small_server: Server, sit
             assert outside.is_error and "outside the screen" in text(outside)
             ran = json.loads(text(await ok(c, "exec", computer_id=cid, command="echo hi-from-mcp; exit 3")))
             assert ran["exit_code"] == 3 and ran["stdout"].strip() == "hi-from-mcp"
+            js = "() => ({title: document.title, log: document.getElementById('log').textContent})"
+            value = text(await ok(c, "evaluate", computer_id=cid, expression=js))
+            assert json.loads(value) == {"title": "MCP page", "log": 'LOG["far"]END'}
+            thrown = await c.call_tool("evaluate", {"computer_id": cid, "expression": "nosuchname.x"})
+            assert thrown.is_error and "nosuchname is not defined" in text(thrown)
+            long = text(await ok(c, "evaluate", computer_id=cid, expression="'x'.repeat(5000)", max_chars=100))
+            assert long.endswith("[truncated]") and len(long) < 200
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 

@@ -309,6 +309,16 @@ class Markdown(_Action):
     max_chars: int = Field(default=200_000, ge=200, le=MAX_MARKDOWN_CHARS)
 
 
+class Evaluate(_Action):
+    """JavaScript in the tab's page (an expression, or a function's source, called with no argument):
+    its result as JSON, cut at ``max_chars``. What a CDP client of the computer can do anyway; the MCP
+    tools offer it only in their opt-in ``evaluate`` group."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    expression: str = Field(min_length=1, max_length=MAX_TEXT)
+    max_chars: int = Field(default=20_000, ge=100, le=1_000_000)
+
+
 class SetViewport(_Action):
     kind: Literal["set_viewport"] = "set_viewport"
     width: int = Field(ge=200, le=3840)
@@ -374,6 +384,6 @@ class ChangeProxy(_Action):
 Action = Annotated[
     Click | MoveMouse | MouseDown | MouseUp | Drag | TypeText | PressKeys | KeyDown | KeyUp | Scroll
     | Wait | Screenshot | Navigate | GetHtml | SetViewport | ListTabs | NewTab | SwitchTab | CloseTab
-    | RunCommand | ChangeProxy | Fill | SelectOption | History | Snapshot | Markdown | UploadFile,
+    | RunCommand | ChangeProxy | Fill | SelectOption | History | Snapshot | Markdown | UploadFile | Evaluate,
     Field(discriminator="kind"),
 ]

@@ -129,6 +129,11 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             return Outcome(perception.render(await perception.take(driver, tab), action))
         case a.Markdown():
             return Outcome(await markdown.page_markdown(perception.perceiving(driver), tab, action))
+        case a.Evaluate(expression=expression, max_chars=max_chars):
+            evaluate = getattr(driver, "page_evaluate", None)  # browsers (drivers/chromium/perception.py)
+            if evaluate is None:
+                raise DriverError(f"evaluate runs JavaScript in a browser's page; a {driver.kind} computer has none")
+            return Outcome(await evaluate(expression, max_chars, tab))
         case a.History(op=op):
             await perception.perceiving(driver).history(op, limits.navigation_timeout, tab)
         case a.SetViewport(width=w, height=h, scale_factor=s):

@@ -404,6 +404,17 @@ class Tools:
         return json.dumps({"exit_code": r.get("exit_code"), "stdout": r.get("stdout"), "stderr": r.get("stderr"),
                            "truncated": r.get("truncated")})
 
+    async def evaluate(self, computer_id: ComputerId,
+                       expression: Annotated[str, Field(min_length=1, max_length=a.MAX_TEXT,
+                                                        description="A JavaScript expression, or a function's "
+                                                                    "source (called with no argument).")],
+                       max_chars: Annotated[int, Field(ge=100, le=200_000)] = 20_000) -> str:
+        """Run JavaScript in the current tab's page; its result as JSON."""
+        report = await self._run(computer_id, [_build({"kind": "evaluate", "expression": expression,
+                                                       "max_chars": max_chars})])
+        r = report.outcome.result
+        return str(r.get("result")) + (" [truncated]" if r.get("truncated") else "")
+
 
 # (name, group or None for always, annotations)
 TOOLS: list[tuple[str, str | None, ToolAnnotations]] = [
@@ -417,6 +428,7 @@ TOOLS: list[tuple[str, str | None, ToolAnnotations]] = [
     ("navigate", None, ACTS), ("tabs", None, ACTS),
     ("wait", None, ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)),
     ("exec", "exec", ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)),
+    ("evaluate", "evaluate", ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=True)),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -123,6 +124,17 @@ class ChromiumPerception:
         except PlaywrightError as exc:
             raise DriverError(f"reading the page failed: {_why(exc)}") from None
         return str(html), t.page.url, str(title)
+
+    async def page_evaluate(self, expression: str, max_chars: int, tab: str | None) -> dict[str, Any]:
+        """``expression`` run by Playwright's ``page.evaluate`` (a function's source is called); its
+        result as JSON text, cut at ``max_chars``."""
+        t = await self._tab(tab)
+        try:
+            value = await t.page.evaluate(expression)
+        except PlaywrightError as exc:
+            raise DriverError(f"evaluate failed: {_why(exc)}") from None
+        text = json.dumps(value, ensure_ascii=False, default=str)  # (Playwright gives JSON-able values)
+        return {"result": text[:max_chars], "truncated": len(text) > max_chars, "url": t.page.url}
 
     # -- elements -------------------------------------------------------------------------
     async def _element(self, target: ElementTarget, tab: str | None) -> tuple[Tab, Locator]:
