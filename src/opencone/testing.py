@@ -30,6 +30,18 @@ if TYPE_CHECKING:  # the SDK is a test dependency, not the server's
     from tzafon import AsyncLightcone, Lightcone
 
 
+def loopback_up() -> None:
+    """``ip link set lo up`` without iproute2 (SIOCGIFFLAGS/SIOCSIFFLAGS on ``lo``): for the Ray tests and
+    benchmark, which run in a private network namespace of their own (``unshare -n``) that starts with
+    its loopback down."""
+    import fcntl
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0)))[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 0x1))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
