@@ -6,6 +6,7 @@ tests/pages/mcp.html, whose #out mirrors the text field so a screenshot shows wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -233,3 +234,49 @@ def test_without_the_extra_mcp_answers_json(tmp_path: Path) -> None:
             assert h.get("/computers").status_code == 200
     finally:
         srv.stop()
+
+
+async def test_mcp_actions_go_through_the_services_as_rest(server: Server, site: str) -> None:
+    """Events, idle timer and the REST view see an MCP action as they see a REST one."""
+    events: list[dict[str, Any]] = []
+    async with mcp_client(server) as c, httpx.AsyncClient(
+            base_url=server.base_url, headers={"authorization": f"Bearer {server.api_key}"}, timeout=60) as rest:
+        cid = await create(c, f"{site}/mcp.html")
+
+        async def read() -> None:
+            async with rest.stream("GET", f"/computers/{cid}/events") as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        events.append(json.loads(line[5:]))
+
+        reader = asyncio.create_task(read())
+        try:
+            async def seen(pred: Any) -> dict[str, Any]:
+                for _ in range(400):
+                    found = next((e for e in events if pred(e)), None)
+                    if found is not None:
+                        return found
+                    await asyncio.sleep(0.05)
+                raise AssertionError([e["type"] for e in events])
+
+            await seen(lambda e: e["type"] == "subscribed")
+            before = (await rest.get(f"/computers/{cid}")).json()["idle_expires_at"]
+            snap = text(await ok(c, "snapshot", computer_id=cid))
+            go = ref_of(snap, 'button "Go"')
+            await ok(c, "click", computer_id=cid, ref=go)
+            requested = await seen(lambda e: e["type"] == "action_requested" and e.get("kind") == "click")
+            assert requested["action"]["element"]["ref"] == go
+            await seen(lambda e: e["type"] == "action_completed" and e.get("request_id") == requested["request_id"]
+                       and e["status"] == "success")
+            after = (await rest.get(f"/computers/{cid}")).json()["idle_expires_at"]
+            assert after > before  # the idle timer was reset by the MCP actions
+            # a REST action on the same computer meanwhile: both kept apart by the computer's lock
+            await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'textbox "Words"'))
+            r1, r2 = await asyncio.gather(rest.post(f"/computers/{cid}/type", json={"text": "rest"}),
+                                          c.call_tool("type", {"computer_id": cid, "text": "mcp"}))
+            assert r1.json()["status"] == "success" and not r2.is_error
+            value = text(await ok(c, "snapshot", computer_id=cid))
+            assert "restmcp" in value or "mcprest" in value  # whole, one after the other, never interleaved
+        finally:
+            reader.cancel()
+            await c.call_tool("computer_close", {"computer_id": cid})
