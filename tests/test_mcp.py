@@ -54,7 +54,9 @@ async def test_unauthenticated_refused(server: Server) -> None:
                                                                                            "text/event-stream"})
         assert r.status_code == 401, (headers, r.status_code, r.text)
         assert r.json()["error"] == "invalid_token"
-        assert "resource_metadata=" in r.headers["www-authenticate"]
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    # static keys: no OAuth metadata sends a client looking for an authorization server there is not
+    assert httpx.get(f"{server.base_url}/.well-known/oauth-protected-resource/mcp").status_code == 404
     with pytest.raises(Exception):  # noqa: B017 (the SDK's client surfaces the 401 as its own error types)
         async with mcp_client(server, key="not-a-key") as c:
             await c.list_tools()

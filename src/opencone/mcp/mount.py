@@ -89,7 +89,7 @@ class Mounted:
 
 
 def install(app: FastAPI, settings: Settings) -> Mounted:
-    """Add ``/mcp`` (and its OAuth protected-resource metadata) to ``app``."""
+    """Add ``/mcp`` to ``app``."""
     if not sdk_available():
         app.router.routes.append(Route(PATH, _not_installed, methods=["GET", "POST", "DELETE"]))
         log.info("MCP: the mcp SDK is not installed; %s answers 501", PATH)
@@ -105,15 +105,16 @@ def install(app: FastAPI, settings: Settings) -> Mounted:
                       groups=frozenset(g for g in settings.mcp_groups.split(",") if g))
     server = mcp_server.build(
         backend, token_verifier=KeyVerifier(lambda: app.state.runtime),
-        # a static-key resource server: the issuer is ourselves, keys are checked by the verifier
-        auth=AuthSettings(issuer_url=base, resource_server_url=f"{base}{PATH}", validate_token_resource=False))
+        # static API keys, checked by the verifier; no OAuth metadata is advertised (there is no
+        # authorization server to send a client to, and a client that sees one may try OAuth instead
+        # of its configured Authorization header). The SDK wants an issuer even so: ourselves.
+        auth=AuthSettings(issuer_url=base, resource_server_url=None, validate_token_resource=False))
     # DNS-rebinding protection off: every request must carry an API key, which a rebound page in a
     # victim's browser cannot send, and the default (localhost Host headers only) would refuse a
     # server reached by its real name with a 421
     asgi = server.streamable_http_app(
         streamable_http_path=PATH, transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    # routes of the SDK's app: /mcp and /.well-known/oauth-protected-resource/mcp; the SDK's app
-    # (its auth middleware around them) answers both
+    # the SDK's app (its auth middleware around its route) answers /mcp
     for route in asgi.routes:
         app.router.routes.append(Route(route.path, asgi))  # type: ignore[attr-defined]
     return Mounted(server)
