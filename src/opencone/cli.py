@@ -25,10 +25,18 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where state li
 
 
 def _settings(data_dir: Path | None, **overrides: object) -> Settings:
+    from pydantic import ValidationError
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:  # each bad setting on a line, named as the user sets it, its value not echoed
+        for err in exc.errors():
+            name = f"OPENCONE_{str(err['loc'][0]).upper()}: " if err["loc"] else ""
+            typer.echo(f"opencone: bad setting: {name}{err['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

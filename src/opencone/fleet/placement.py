@@ -12,12 +12,16 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table, case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from opencone.core.store.models import NodeRecord
-from opencone.fleet.registry import READY, Kind, NodeInfo, _check_kind, guarded, list_nodes
+from opencone.fleet.registry import READY, Kind, NodeInfo, check_kind, guarded, list_nodes
+
+if TYPE_CHECKING:
+    from opencone.config import Settings
 
 HEARTBEAT_TTL = timedelta(seconds=10)  # a node silent longer than this gets no new computers
 # free memory a node must keep to take one more computer of a kind (MiB): a browser context is ~24-67 MiB,
@@ -55,7 +59,7 @@ def choose(nodes: Sequence[NodeInfo], kind: str, *, k: int = 2, hint: str | None
     """Ids of the nodes to try, in order: each the best of ``k`` drawn from those not yet listed.
     With ``hint``, only the node it names (a computer put next to a given worker goes there or nowhere);
     ``exclude``: nodes that just refused (their agent said it is full)."""
-    kind_ = _check_kind(kind)
+    kind_ = check_kind(kind)
     at = now or datetime.now(UTC)
     rng = rng or random.Random()
     pool = [n for n in nodes if n.id not in exclude
@@ -79,7 +83,7 @@ def _columns(kind: Kind) -> tuple[Table, object, object, object]:
 
 async def reserve(session: AsyncSession, node_id: str, kind: str, *, now: datetime | None = None) -> bool:
     """Take one slot of ``kind`` on ``node_id`` if it still has one: one atomic statement (commits)."""
-    table, live, reserved, capacity = _columns(_check_kind(kind))
+    table, live, reserved, capacity = _columns(check_kind(kind))
     stmt = (update(table)
             .where(table.c.id == node_id, table.c.state == READY, live + reserved < capacity)  # type: ignore[operator]
             .values({reserved: reserved + 1, table.c.reserved_at: now or datetime.now(UTC)})  # type: ignore[operator]
@@ -92,7 +96,7 @@ async def reserve(session: AsyncSession, node_id: str, kind: str, *, now: dateti
 
 async def release(session: AsyncSession, node_id: str, kind: str) -> None:
     """Give back a reservation (the create failed or was refused)."""
-    table, _live, reserved, _cap = _columns(_check_kind(kind))
+    table, _live, reserved, _cap = _columns(check_kind(kind))
     async with guarded(session):
         await session.execute(update(table).where(table.c.id == node_id)
                               .values({reserved: case((reserved > 0, reserved - 1), else_=0)}))  # type: ignore[operator]
@@ -102,7 +106,7 @@ async def release(session: AsyncSession, node_id: str, kind: str) -> None:
 async def confirm(session: AsyncSession, node_id: str, kind: str) -> None:
     """The create succeeded: its reservation becomes a live computer in the same statement, so the slot is
     never seen free between the agent's answer and its next heartbeat."""
-    table, live, reserved, _cap = _columns(_check_kind(kind))
+    table, live, reserved, _cap = _columns(check_kind(kind))
     async with guarded(session):
         await session.execute(update(table).where(table.c.id == node_id)
                               .values({reserved: case((reserved > 0, reserved - 1), else_=0),  # type: ignore[operator]
@@ -124,3 +128,11 @@ async def place(session: AsyncSession, kind: str, *, hint: str | None = None, ex
         if await reserve(session, node_id, kind, now=at):
             return by_id[node_id]
     return None
+
+
+def settings_kwargs(settings: Settings) -> dict[str, Any]:
+    """The placement options a server's settings give (``place(..., **settings_kwargs(settings))``)."""
+    return {"k": settings.fleet_placement_k,
+            "heartbeat_ttl": timedelta(seconds=settings.fleet_heartbeat_ttl_seconds),
+            "memory_reserve_mb": {"browser": settings.fleet_browser_memory_mb,
+                                  "desktop": settings.fleet_desktop_memory_mb}}

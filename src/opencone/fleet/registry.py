@@ -99,7 +99,7 @@ def _now(now: datetime | None) -> datetime:
     return now or datetime.now(UTC)
 
 
-def _check_kind(kind: str) -> Kind:
+def check_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise ValueError(f"unknown computer kind {kind!r}; one of {', '.join(KINDS)}")
     return kind  # type: ignore[return-value]
