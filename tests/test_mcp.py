@@ -97,7 +97,9 @@ async def test_two_computers_in_one_session(server: Server, site: str) -> None:
             refs = {cid: ref_of(text(await ok(c, "snapshot", computer_id=cid)), 'textbox "Words"') for cid in (a, b)}
             for i in range(3):  # interleaved
                 for cid, word in ((a, "left"), (b, "right")):
-                    await ok(c, "type", computer_id=cid, text=f"{word}{i}", ref=refs[cid])
+                    await ok(c, "click", computer_id=cid, ref=refs[cid])
+                    await ok(c, "key", computer_id=cid, keys="End")
+                    await ok(c, "type", computer_id=cid, text=f"{word}{i}")
             snap_a, snap_b = [text(await ok(c, "snapshot", computer_id=cid)) for cid in (a, b)]
             assert "left0left1left2" in snap_a and "right" not in snap_a
             assert "right0right1right2" in snap_b and "left" not in snap_b
@@ -113,19 +115,21 @@ async def test_bad_arguments_are_tool_errors(server: Server, site: str) -> None:
         cid = await create(c, f"{site}/mcp.html")
         try:
             cases = [
-                ("click", {"x": 10}, "give both x and y"),
+                ("click", {"x": 10}, "x and y go together"),
                 ("click", {"ref": "e1", "x": 1, "y": 2}, "not both"),
-                ("click", {}, "give a ref"),
+                ("click", {}, "target is required"),
                 ("click", {"x": 5000, "y": 10}, "outside the screen"),
                 ("click", {"x": "abc", "y": 1}, "valid number"),
                 ("click", {"ref": "e1; drop"}, "ref"),
                 ("key", {"keys": "ctrl+nosuchkey"}, "nosuchkey"),
                 ("navigate", {"url": "file:///etc/passwd"}, "URL scheme must be one of"),
-                ("navigate", {}, "give url or direction"),
-                ("tabs", {"op": "switch"}, "needs a tab_id"),
+                ("navigate", {}, "url or direction"),
+                ("tabs", {"op": "switch"}, "needs tab_id"),
                 ("wait", {"ms": 10**9}, "less than or equal"),
-                ("drag", {"ref": "e1"}, "both ref and to_ref"),
+                ("drag", {"ref": "e1"}, "ref and to_ref"),
                 ("type", {"text": "x" * 200_000}, "at most"),
+                ("mouse_down", {"y": 3}, "x and y go together"),
+                ("move", {"ref": "e1"}, "x and y are required"),  # (move takes no ref: pixels only)
             ]
             for tool, args, needle in cases:
                 result = await c.call_tool(tool, {"computer_id": cid, **args})

@@ -1,9 +1,9 @@
 """The MCP tool set: every tool takes ``computer_id`` and runs through the services as REST does.
 
 One tool set for both protocol eras: the 2026-07-28 protocol has no sessions, so nothing here is
-kept per MCP session. The action tools take the arguments of the shared action schema (the same
-dicts ``opencone.gym`` steps with) and become canonical actions (core/actions.py) run by
-``ComputerService.perform``: the computer's lock, its idle timer, its events and the live view see
+kept per MCP session. The action tools take the arguments of the shared action schema and are
+translated by it (api/wire/step.py, what ``POST /computers/{id}/step`` and ``opencone.gym`` take)
+into canonical actions (core/actions.py), run by ``ComputerService.perform``: the computer's lock, its idle timer, its events and the live view see
 an MCP click as they see a REST one. Every failure is a ``ToolError``, which the model reads as
 the tool's result ("ref e41 ... is stale ... take a new snapshot"), never a protocol error.
 """
@@ -22,8 +22,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, TypeAdapter, ValidationError
 
-from opencone.agent.adapters.keys import chord
 from opencone.api.wire.computers import ComputerCreate, DisplayIn
+from opencone.api.wire.step import ToolAction
 from opencone.core import actions as a
 from opencone.core.clock import iso
 from opencone.core.computers import ActionReport, ComputerView, Step
@@ -33,6 +33,7 @@ from opencone.drivers.base import Display
 from opencone.mcp import images
 
 _ACTION: TypeAdapter[a.Action] = TypeAdapter(a.Action)
+_SCHEMA: TypeAdapter[ToolAction] = TypeAdapter(ToolAction)  # the shared gym/MCP action schema
 
 ComputerId = Annotated[str, Field(min_length=1, max_length=64, description="The computer's id (computer_create).")]
 Ref = Annotated[str | None, Field(default=None, max_length=24,
@@ -106,28 +107,6 @@ class Tools:
         if not report.ok:
             raise _fail(report.error_message or "the action failed")
         return report
-
-    async def _point(self, computer_id: str, x: float | None, y: float | None) -> dict[str, float] | None:
-        """Image pixels (the screenshot a model saw) as screen pixels; None when neither is given."""
-        if x is None and y is None:
-            return None
-        if x is None or y is None:
-            raise _fail("give both x and y (pixels of the screenshot image), or a ref")
-        scale = self._scale(await self._display(computer_id))
-        return {"x": images.to_screen(x, scale), "y": images.to_screen(y, scale)}
-
-    async def _target(self, computer_id: str, ref: str | None, snapshot_id: str | None, x: float | None,
-                      y: float | None, required: bool) -> dict[str, Any]:
-        if ref is not None and (x is not None or y is not None):
-            raise _fail("give either a ref (from a snapshot) or x,y (screenshot pixels), not both")
-        if ref is not None:
-            return {"element": {"ref": ref, "snapshot_id": snapshot_id}}
-        if snapshot_id is not None:
-            raise _fail("snapshot_id goes with ref")
-        at = await self._point(computer_id, x, y)
-        if at is None and required:
-            raise _fail("give a ref (from snapshot) or x and y (pixels of the last screenshot image)")
-        return {"at": at} if at is not None else {}
 
     def _view(self, v: ComputerView) -> dict[str, Any]:
         d = v.display
@@ -259,96 +238,88 @@ class Tools:
         r = report.outcome.result
         return f"# {r.get('title', '')} ({r.get('url', '')})\n\n{r.get('markdown', '')}"
 
-    # -- pointer ----------------------------------------------------------------------------
+    # -- the shared action schema (api/wire/step.py: what gym steps take) ------------------
+    async def _act(self, computer_id: str, name: str, **args: Any) -> ActionReport:
+        """The action ``{"action": name, **args}`` of the shared schema, its x,y mapped from the
+        screenshot image's pixels to the screen's, translated by that schema and run."""
+        given = {k: v for k, v in args.items() if v is not None}
+        pixels = [k for k in ("x", "y", "to_x", "to_y") if k in given]
+        if pixels:
+            scale = self._scale(await self._display(computer_id))
+            given.update({k: images.to_screen(given[k], scale) for k in pixels})
+        try:
+            actions = _SCHEMA.validate_python({"action": name, **given}).canonical()
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        except ServiceError as exc:  # (InvalidInput: what the schema refused, and why)
+            raise _fail(exc.message) from None
+        return await self._run(computer_id, actions)
+
     async def click(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
                     button: ButtonArg = "left",
                     count: Annotated[Literal[1, 2, 3], Field(description="2: double click.")] = 1,
                     snapshot_id: SnapshotId = None) -> str:
         """Click an element (ref) or a point (x,y of the screenshot image)."""
-        target = await self._target(computer_id, ref, snapshot_id, x, y, required=True)
-        report = await self._run(computer_id, [_build({"kind": "click", "button": button, "count": count, **target})])
+        report = await self._act(computer_id, "click", ref=ref, x=x, y=y, button=button, count=count,
+                                 snapshot_id=snapshot_id)
         return self._done("click", report)
 
     async def move(self, computer_id: ComputerId, x: Coord = None, y: Coord = None) -> str:
         """Move the mouse to x,y of the screenshot image."""
-        target = await self._target(computer_id, None, None, x, y, required=True)
-        return self._done("move", await self._run(computer_id, [_build({"kind": "move", **target})]))
+        return self._done("move", await self._act(computer_id, "move", x=x, y=y))
 
     async def mouse_down(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
                          button: ButtonArg = "left") -> str:
         """Press a mouse button (at x,y of the screenshot image, else where the mouse is)."""
-        target = await self._target(computer_id, None, None, x, y, required=False)
-        report = await self._run(computer_id, [_build({"kind": "mouse_down", "button": button, **target})])
-        return self._done("mouse_down", report)
+        return self._done("mouse_down", await self._act(computer_id, "mouse_down", x=x, y=y, button=button))
 
     async def mouse_up(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
                        button: ButtonArg = "left") -> str:
         """Release a mouse button (at x,y of the screenshot image, else where the mouse is)."""
-        target = await self._target(computer_id, None, None, x, y, required=False)
-        report = await self._run(computer_id, [_build({"kind": "mouse_up", "button": button, **target})])
-        return self._done("mouse_up", report)
+        return self._done("mouse_up", await self._act(computer_id, "mouse_up", x=x, y=y, button=button))
 
     async def drag(self, computer_id: ComputerId, ref: Ref = None, to_ref: Ref = None, x: Coord = None,
                    y: Coord = None, to_x: Coord = None, to_y: Coord = None, snapshot_id: SnapshotId = None) -> str:
         """Drag from ref to to_ref, or from x,y to to_x,to_y (pixels of the screenshot image)."""
-        if ref is not None or to_ref is not None:
-            if ref is None or to_ref is None or any(v is not None for v in (x, y, to_x, to_y)):
-                raise _fail("a drag by element takes both ref and to_ref and no x,y")
-            fields = {"kind": "drag", "element": {"ref": ref, "snapshot_id": snapshot_id},
-                      "to_element": {"ref": to_ref, "snapshot_id": snapshot_id}}
-        else:
-            start, end = await self._point(computer_id, x, y), await self._point(computer_id, to_x, to_y)
-            if start is None or end is None:
-                raise _fail("a drag takes x,y and to_x,to_y (pixels of the screenshot image), or ref and to_ref")
-            fields = {"kind": "drag", "path": [start, end]}
-        return self._done("drag", await self._run(computer_id, [_build(fields)]))
+        report = await self._act(computer_id, "drag", ref=ref, to_ref=to_ref, x=x, y=y, to_x=to_x, to_y=to_y,
+                                 snapshot_id=snapshot_id)
+        return self._done("drag", report)
 
     async def scroll(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
                      dx: Annotated[float, Field(description="Pixels to scroll right (negative: left).")] = 0,
                      dy: Annotated[float, Field(description="Pixels to scroll down (negative: up).")] = 0,
                      snapshot_id: SnapshotId = None) -> str:
         """Scroll over an element (ref), a point (x,y), or the middle of the screen."""
-        target = await self._target(computer_id, ref, snapshot_id, x, y, required=False)
-        report = await self._run(computer_id, [_build({"kind": "scroll", "dx": dx, "dy": dy, **target})])
+        report = await self._act(computer_id, "scroll", ref=ref, x=x, y=y, dx=dx, dy=dy, snapshot_id=snapshot_id)
         return self._done("scroll", report)
 
-    # -- keyboard ---------------------------------------------------------------------------
     async def type(self, computer_id: ComputerId,
-                   text: Annotated[str, Field(max_length=a.MAX_TEXT, description="Text to type.")],
-                   ref: Ref = None, snapshot_id: SnapshotId = None) -> str:
-        """Type text where the focus is, or into the element ref (clicked first)."""
-        target = await self._target(computer_id, ref, snapshot_id, None, None, required=False)
-        report = await self._run(computer_id, [_build({"kind": "type", "text": text, **target})])
-        return self._done("type", report)
+                   text: Annotated[str, Field(max_length=a.MAX_TEXT, description="Text to type.")]) -> str:
+        """Type text where the focus is (click or fill a field first)."""
+        return self._done("type", await self._act(computer_id, "type", text=text))
 
     async def key(self, computer_id: ComputerId,
                   keys: Annotated[str, Field(min_length=1, max_length=200,
                                              description="A key or chord: 'Enter', 'ctrl+a', 'shift+Tab'.")]) -> str:
         """Press a key or a chord (all down in order, then up)."""
-        try:
-            names = chord(keys)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        return self._done("key", await self._run(computer_id, [_build({"kind": "press_keys", "keys": names})]))
+        return self._done("key", await self._act(computer_id, "key", keys=keys))
 
     async def key_down(self, computer_id: ComputerId,
                        key: Annotated[str, Field(min_length=1, max_length=40, description="One key: 'Shift'.")]) -> str:
         """Hold a key down (until key_up)."""
-        return self._done("key_down", await self._run(computer_id, [_build({"kind": "key_down", "key": key})]))
+        return self._done("key_down", await self._act(computer_id, "key_down", key=key))
 
     async def key_up(self, computer_id: ComputerId,
                      key: Annotated[str, Field(min_length=1, max_length=40, description="One key: 'Shift'.")]) -> str:
         """Release a key held by key_down."""
-        return self._done("key_up", await self._run(computer_id, [_build({"kind": "key_up", "key": key})]))
+        return self._done("key_up", await self._act(computer_id, "key_up", key=key))
 
-    # -- elements ---------------------------------------------------------------------------
     async def fill(self, computer_id: ComputerId,
                    ref: Annotated[str, Field(max_length=24, description="The field's ref from the snapshot.")],
                    text: Annotated[str, Field(max_length=a.MAX_TEXT, description="Its new value.")],
                    snapshot_id: SnapshotId = None) -> str:
         """Replace a text field's value."""
-        fields = {"kind": "fill", "element": {"ref": ref, "snapshot_id": snapshot_id}, "text": text}
-        return self._done("fill", await self._run(computer_id, [_build(fields)]))
+        return self._done("fill", await self._act(computer_id, "fill", ref=ref, text=text, snapshot_id=snapshot_id))
 
     async def select_option(self, computer_id: ComputerId,
                             ref: Annotated[str, Field(max_length=24, description="The <select>'s ref.")],
@@ -356,20 +327,16 @@ class Tools:
                                                                description="Option values or labels.")],
                             snapshot_id: SnapshotId = None) -> str:
         """Choose options of a <select> by value or label."""
-        fields = {"kind": "select_option", "element": {"ref": ref, "snapshot_id": snapshot_id}, "values": values}
-        return self._done("select_option", await self._run(computer_id, [_build(fields)]))
+        report = await self._act(computer_id, "select_option", ref=ref, values=values, snapshot_id=snapshot_id)
+        return self._done("select_option", report)
 
-    # -- pages and tabs ---------------------------------------------------------------------
     async def navigate(self, computer_id: ComputerId,
                        url: Annotated[str | None, Field(default=None, max_length=8192, description="http(s) URL.")]
                        = None,
                        direction: Annotated[Literal["back", "forward", "reload"] | None, Field(default=None)] = None,
                        ) -> str:
         """Open a URL, or go back, forward, or reload."""
-        if (url is None) == (direction is None):
-            raise _fail("give url or direction (back, forward, reload), one of them")
-        fields = {"kind": "navigate", "url": url} if url is not None else {"kind": "history", "op": direction}
-        return self._done("navigate", await self._run(computer_id, [_build(fields)]))
+        return self._done("navigate", await self._act(computer_id, "navigate", url=url, direction=direction))
 
     async def tabs(self, computer_id: ComputerId,
                    op: Annotated[Literal["list", "new", "switch", "close"], Field(description="What to do.")]
@@ -379,19 +346,13 @@ class Tools:
                    url: Annotated[str | None, Field(default=None, max_length=8192, description="For new.")] = None,
                    ) -> str:
         """List the browser's tabs, open one, switch to one or close one."""
-        if op in ("switch", "close") and not tab_id:
-            raise _fail(f"tabs {op} needs a tab_id (from tabs list)")
-        fields: dict[str, Any] = {
-            "list": {"kind": "list_tabs"}, "new": {"kind": "new_tab", "url": url},
-            "switch": {"kind": "switch_tab", "tab_id": tab_id}, "close": {"kind": "close_tab", "tab_id": tab_id},
-        }[op]
-        report = await self._run(computer_id, [_build(fields)])
+        report = await self._act(computer_id, "tabs", op=op, tab_id=tab_id, url=url)
         return json.dumps(report.outcome.result)
 
     async def wait(self, computer_id: ComputerId,
                    ms: Annotated[int, Field(ge=0, le=a.MAX_WAIT_MS, description="Milliseconds.")]) -> str:
         """Wait, holding the computer (its idle timer is reset)."""
-        return self._done("wait", await self._run(computer_id, [_build({"kind": "wait", "ms": ms})]))
+        return self._done("wait", await self._act(computer_id, "wait", ms=ms))
 
     # -- opt-in groups ----------------------------------------------------------------------
     async def exec(self, computer_id: ComputerId,
