@@ -166,6 +166,11 @@ def _run_operation(server: Server, operation: Any, label: str, mode: Any, params
             created = response.json().get("id")
             if created:
                 httpx.delete(f"{server.base_url}/computers/{created}", headers=headers, timeout=timeout)
+        if label == "POST /openenv/reset" and status == 200:  # an OpenEnv episode is a computer too
+            episode = response.json().get("observation", {}).get("episode_id")
+            if episode:
+                httpx.post(f"{server.base_url}/openenv/close", json={"episode_id": episode}, headers=headers,
+                           timeout=timeout)
         if label in _NOTTE_MAKERS and status == 200:  # a Notte session is a computer too (api/notte_sessions.py)
             body = response.json()
             made = body.get("session_id") or (body.get("session") or {}).get("session_id")

@@ -10,6 +10,7 @@ element snapshot. A failed action is not an HTTP error: its message comes back a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from opencone.core.ids import new_id
 from opencone.core.runtime import Runtime
 
 router = APIRouter(tags=["actions"])
+SNAPSHOT_RETRY_SECONDS = 0.2
 
 
 async def run_step(rt: Runtime, org: str, computer_id: str, action: ToolAction | None,
@@ -55,15 +57,15 @@ async def run_step(rt: Runtime, org: str, computer_id: str, action: ToolAction |
         steps.append(("tabs", Step([a.ListTabs()], tab_id, include_context="url" in observe)))
     if "screenshot" in observe:
         steps.append(("screenshot", Step([a.Screenshot()], tab_id)))
-    if "snapshot" in observe:  # last: a desktop without a browser has none, and perform stops at a failure
+    if "snapshot" in observe:
         steps.append(("snapshot", Step([w.build("observe", {
             "kind": "snapshot", "interactive_only": interactive_only, "max_chars": snapshot_max_chars})], tab_id)))
-    if steps:
-        reports = await rt.computers.perform(org, computer_id, [s for _n, s in steps], request_id=request_id)
-        for (name, _step), report in zip(steps, reports, strict=False):
-            _observed(out, name, report, observe)
-        if len(reports) < len(steps) and any(n == "snapshot" for n, _s in steps[len(reports):]):
-            out["snapshot_error"] = "not taken: an observation before it failed"
+    for name, obs_step in steps:  # each on its own: one failing (a desktop has no snapshot) spares the others
+        report = (await rt.computers.perform(org, computer_id, [obs_step], request_id=request_id))[0]
+        if name == "snapshot" and not report.ok:  # once more: a page the action set navigating may be settling
+            await asyncio.sleep(SNAPSHOT_RETRY_SECONDS)
+            report = (await rt.computers.perform(org, computer_id, [obs_step], request_id=request_id))[0]
+        _observed(out, name, report, observe)
     out["observe_ms"] = round((time.perf_counter() - t1) * 1000, 3)
     comp = await rt.computers.require_live(org, computer_id)
     if out.get("screenshot") is not None:
@@ -86,7 +88,7 @@ def _observed(out: dict[str, Any], name: str, report: Any, observe: Any) -> None
         if report.ok:
             out["snapshot"], out["snapshot_id"] = result.get("snapshot"), result.get("snapshot_id")
         else:
-            out["snapshot_error"] = report.error_message
+            out["snapshot"], out["snapshot_error"] = "", report.error_message
 
 
 @router.post("/computers/{computer_id}/step",
