@@ -225,6 +225,20 @@ async def test_scaled_screenshot_pixels_and_opt_in_groups(small_server: Server, 
             await c.call_tool("computer_close", {"computer_id": cid})
 
 
+async def test_desktop_screenshot_scaled(small_server: Server) -> None:
+    async with mcp_client(small_server) as c:
+        made = json.loads(text(await ok(c, "computer_create", kind="desktop")))
+        cid = made["computer_id"]
+        try:
+            assert made["kind"] == "desktop" and made["screenshot_size"] == {"width": 512, "height": 288,
+                                                                              "scale": 0.4}
+            image, note = await shot(c, cid)
+            assert image.shape == (288, 512, 3) and "scale 0.4 of the 1280x720 screen" in note
+            await ok(c, "click", computer_id=cid, x=511, y=287)  # the image's last pixel: on the screen
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
 def test_without_the_extra_mcp_answers_json(tmp_path: Path) -> None:
     # the SDK made unimportable for this server only: a package named mcp first on its path that
     # fails as a missing one does
