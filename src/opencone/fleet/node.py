@@ -128,8 +128,9 @@ def main() -> None:
                                 float(env.get("OPENCONE_NODE_HEARTBEAT_SECONDS") or 2.0))
                 node.incarnation = await link.start()
             if ready_file:  # the agent waits for this: where we answer, and as which incarnation
-                Path(ready_file).write_text(json.dumps({"url": url, "pid": os.getpid(),
-                                                        "incarnation": node.incarnation}))
+                tmp = Path(ready_file + ".tmp")  # written whole, then renamed: never read half-written
+                tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "incarnation": node.incarnation}))
+                tmp.replace(ready_file)
             try:
                 yield inner
             finally:

@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 import websockets
@@ -65,6 +66,18 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
                "content-length", "authorization", "proxy-authorization", "accept-encoding"}
 TERMINATED = "terminated"
 STREAM_ROUTES = {"events", "screencast", "cdp", "ws"}
+COMPUTER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def agent_path(computer_id: str, rest: str) -> str:
+    """The agent's path for a request about ``computer_id``, percent-encoded. A path that could lead
+    the agent elsewhere (``..`` segments, another computer's id) is a 404 here: the agent trusts the
+    token, so the replica alone keeps one organisation's requests on its own computers."""
+    segments = rest.split("/") if rest else []
+    if not COMPUTER_ID.match(computer_id) or any(seg in (".", "..") for seg in segments):
+        raise NotFound(f"no computer {computer_id!r}" if not COMPUTER_ID.match(computer_id)
+                       else "no such endpoint; see /docs for the API")
+    return quote(f"/computers/{computer_id}" + (f"/{rest}" if rest else ""), safe="/@!$&'()*+,;=:~")
 
 
 class NodeUnreachable(ServiceError):
@@ -125,6 +138,10 @@ class Fleet:
         self._routes: dict[str, Route] = {}
         self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
         self.first_key: str | None = None
+        self.placing: dict[str, Any] = {  # placement's knobs, from the settings
+            "k": settings.fleet_placement_k, "heartbeat_ttl": timedelta(seconds=settings.fleet_heartbeat_ttl_seconds),
+            "memory_reserve_mb": {"browser": settings.fleet_browser_memory_mb,
+                                  "desktop": settings.fleet_desktop_memory_mb}}
 
     async def start(self) -> None:
         await migrate(self.engine)
@@ -322,6 +339,9 @@ async def _node_gone(request: Request, route: Route, path: str, org: str, exc: E
     fresh = await fleet.route(org, route.row.id, fresh=True)
     if fresh.row.status == TERMINATED:
         return _ended_answer(request, fresh.row, path)
+    cid = route.row.id
+    if request.method == "GET" and path in (f"/computers/{cid}", f"/computers/{cid}/status"):
+        return _ended_answer(request, fresh.row, path)  # the record as it stands until the verdict
     if path.endswith("/events"):  # the verdict comes within seconds when the node is really gone
         row = await fleet.wait_terminated(route.row.id, TERMINAL_WAIT_SECONDS)
         if row is not None:
@@ -332,7 +352,7 @@ async def _node_gone(request: Request, route: Route, path: str, org: str, exc: E
 
 
 def _ended_answer(request: Request, row: ComputerRecord, path: str) -> Response:
-    """What a single server answers for an ended computer it no longer runs."""
+    """What a single server answers for an ended computer it no longer runs (a retrieve: the record)."""
     cid = row.id
     view = _view_of(row)
     if path == f"/computers/{cid}" and request.method == "GET":
@@ -380,8 +400,7 @@ async def _create(request: Request, org: str) -> Response:
     refusals: list[str] = []
     for _ in range(PLACE_ATTEMPTS):
         async with fleet.sessions() as s:
-            node = await placement.place(s, kind, hint=hint, exclude=frozenset(exclude),
-                                         k=fleet.settings.fleet_placement_k)
+            node = await placement.place(s, kind, hint=hint, exclude=frozenset(exclude), **fleet.placing)
         if node is None:
             break
         try:
@@ -529,8 +548,8 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
         # ?token= only where a local server takes it (streams, CDP): everything else needs the header
         streams = request.method == "GET" and rest.split("/", 1)[0] in STREAM_ROUTES
         org = await (current_org_or_token(request) if streams else current_org(request))
+        path = agent_path(computer_id, rest)
         route = await fleet.route(org, computer_id)
-        path = f"/computers/{computer_id}" + (f"/{rest}" if rest else "")
         if route.row.status == TERMINATED or route.url is None:
             return _ended_answer(request, route.row, path)
         answer = await _forward(request, route, path, org)
@@ -549,7 +568,8 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("range", "if-range", "accept")}
         headers["authorization"] = f"Bearer {fleet.token}"
         try:
-            resp = await fleet.http.send(fleet.http.build_request("GET", f"{url}/files/{inner}", headers=headers),
+            resp = await fleet.http.send(fleet.http.build_request("GET", f"{url}/files/{quote(inner, safe='')}",
+                                                                  headers=headers),
                                          stream=True)
         except httpx.TransportError as exc:
             raise NodeUnreachable("the node holding this file does not answer") from exc
@@ -578,6 +598,7 @@ async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
         if org is None:
             await _deny(ws, 401, "missing or invalid API key; send 'Authorization: Bearer <key>' or ?token=<key>")
             return
+        path = agent_path(computer_id, rest)
         route = await fleet.route(org, computer_id)
     except ServiceError as exc:
         await _deny(ws, exc.status, exc.message)
@@ -585,7 +606,7 @@ async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
     if route.row.status == TERMINATED or route.url is None:
         await _deny(ws, 409, f"computer {computer_id} is terminated ({route.row.termination_reason})")
         return
-    url = "ws" + route.url[4:] + f"/computers/{computer_id}/{rest}" + _forward_query(ws, fleet.token)
+    url = "ws" + route.url[4:] + path + _forward_query(ws, fleet.token)
     try:
         upstream = await websockets.connect(url, additional_headers={"authorization": f"Bearer {fleet.token}"},
                                             max_size=128 * 2**20, compression=None, ping_interval=None,

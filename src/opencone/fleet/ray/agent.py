@@ -65,8 +65,9 @@ class NodeAgent:
                "OPENCONE_NODE_ID": self.node_id, "OPENCONE_NODE_RAY_ID": config.get("ray_node_id") or "",
                "OPENCONE_NODE_DIR": str(self.dir), "OPENCONE_NODE_READY_FILE": str(ready),
                "OPENCONE_NODE_PARENT_PID": str(os.getpid()),
-               "OPENCONE_NODE_ADDRESS": config.get("address") or "127.0.0.1",
-               "OPENCONE_NODE_PORT": str(config.get("port") or 0),
+               # the node's own settings (the environment of its `ray start`) first, else its Ray address
+               "OPENCONE_NODE_ADDRESS": os.environ.get("OPENCONE_NODE_ADDRESS") or config.get("address") or "127.0.0.1",
+               "OPENCONE_NODE_PORT": os.environ.get("OPENCONE_NODE_PORT") or str(config.get("port") or 0),
                "OPENCONE_NODE_BROWSER_SLOTS": str(int(config.get("browser_slots", 0))),
                "OPENCONE_NODE_DESKTOP_SLOTS": str(int(config.get("desktop_slots", 0))),
                "OPENCONE_NODE_REGISTRY_URL": config.get("database_url") or "",
@@ -83,7 +84,7 @@ class NodeAgent:
                 self.proc.kill()
                 raise RuntimeError(f"the node server of {self.node_id} did not start; see {self.dir}/agent-server.log")
             time.sleep(0.05)
-        self.ready: dict[str, Any] = json.loads(ready.read_text())
+        self.ready: dict[str, Any] = json.loads(ready.read_text())  # (renamed into place whole)
         threading.Thread(target=self._supervise, daemon=True, name="supervise-node-server").start()
 
     def _supervise(self) -> None:

@@ -59,6 +59,7 @@ class Controller:
         self.config = config
         self.poll = float(config.get("poll_seconds", 0.5))
         self.agents: dict[str, Any] = {}  # ray node id -> actor handle
+        self._probes: dict[str, Any] = {}  # ray node id -> a pending info() call
         self.lost: dict[str, list[str]] = {}  # fleet node id -> computers ended as node_lost
         self.errors: list[str] = []
         self._rounds = 0
@@ -69,6 +70,26 @@ class Controller:
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         asyncio.run(_watch(self))
+
+    def _forget_dead_agents(self) -> None:
+        """An agent Ray will not restart (its start-up raised) is forgotten, so that the next round makes
+        a new one. Probes never block the loop: each is read at a later round, once it has answered."""
+        for ray_id, handle in list(self.agents.items()):
+            probe = self._probes.get(ray_id)
+            if probe is not None:
+                done, _ = ray.wait([probe], timeout=0)
+                if not done:
+                    continue
+                try:
+                    ray.get(probe)
+                except ray.exceptions.ActorDiedError:
+                    log.warning("the node agent of %s is dead for good; starting a new one", ray_id)
+                    self.agents.pop(ray_id, None)
+                    self._probes.pop(ray_id, None)
+                    continue
+                except Exception:
+                    pass
+            self._probes[ray_id] = handle.info.remote()
 
     def _reconcile(self, nodes: list[dict[str, Any]]) -> None:
         """One agent per alive node with slots (a detached actor: ``get_if_exists`` finds one a previous
@@ -140,6 +161,8 @@ async def _watch(self: Controller) -> None:
             self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
             log.warning("fleet controller round failed: %s", exc)
         self._rounds += 1
+        if self._rounds % 10 == 0:
+            await asyncio.to_thread(self._forget_dead_agents)
         await asyncio.sleep(self.poll)
     await engine.dispose()
 
