@@ -4,8 +4,9 @@ One tool set for both protocol eras: the 2026-07-28 protocol has no sessions, so
 kept per MCP session. The action tools take the arguments of the shared action schema and are
 translated by it (api/wire/step.py, what ``POST /computers/{id}/step`` and ``opencone.gym`` take)
 into canonical actions (core/actions.py), run by ``ComputerService.perform``: the computer's
-lock, its idle timer, its events and the live view see an MCP click as they see a REST one. Every failure is a ``ToolError``, which the model reads as
-the tool's result ("ref e41 ... is stale ... take a new snapshot"), never a protocol error.
+lock, its idle timer, its events and the live view see an MCP click as they see a REST one.
+Every failure is a ``ToolError``, which the model reads as the tool's result ("ref e41 ... is
+stale ... take a new snapshot"), never a protocol error.
 """
 
 from __future__ import annotations
