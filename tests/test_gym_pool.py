@@ -86,6 +86,30 @@ def test_reset_from_a_saved_browser_takes_a_restored_computer_from_the_pool(save
         other.close()
 
 
+def test_a_saved_again_environment_is_restored_anew(saved: tuple[Server, str, str], site: str) -> None:
+    server, browser, _desktop = saved
+    assert wait_until(lambda: metric(server, "opencone_environment_pool_ready", environment=browser) >= 1, 60)
+    with server.http() as h:  # a persistent computer of the environment saves over it when it ends
+        cid = h.post("/computers", json={"environment_id": browser, "persistent": True}).json()["id"]
+        r = h.post(f"/computers/{cid}/step", json={
+            "action": {"action": "navigate", "url": f"{site}/gym_cookie.html?set=red7"}, "observe": ["snapshot"]})
+        assert "cookie=red7" in r.json()["snapshot"]
+        assert h.delete(f"/computers/{cid}").status_code in (200, 204)
+    env = ComputerEnv(server.base_url, server.api_key, environment_id=browser, viewport=(800, 600),
+                      start_url=f"{site}/gym_cookie.html", observe=("snapshot",))
+    try:
+        hits = metric(server, "opencone_environment_pool_hits_total")
+        obs, _info = env.reset()  # the pool's computers hold blue42: not handed out
+        assert "cookie=red7 storage=red7" in obs["snapshot"]
+        assert metric(server, "opencone_environment_pool_hits_total") == hits
+        assert wait_until(lambda: metric(server, "opencone_environment_pool_ready", environment=browser) >= 1, 60)
+        obs, _info = env.reset()  # the new pool restored the new state
+        assert "cookie=red7 storage=red7" in obs["snapshot"]
+        assert metric(server, "opencone_environment_pool_hits_total") == hits + 1
+    finally:
+        env.close()
+
+
 class ReadNote(Task):
     """A task whose goal is a file of the saved /workspace: read in setup, through exec."""
 

@@ -105,7 +105,7 @@ class OpenEnvSessions:
         return ep
 
     async def http_reset(self, org: str, params: ResetParams) -> dict[str, Any]:
-        self._prune(org)
+        self._prune()
         ep = self._http.get((org, params.episode_id)) if params.episode_id else None
         if ep is None:
             ep = Episode(params.episode_id or new_id("ep"), org, params)
@@ -117,11 +117,11 @@ class OpenEnvSessions:
         self._http.pop((org, ep.id), None)
         await self.release(ep)
 
-    def _prune(self, org: str) -> None:
+    def _prune(self) -> None:
         """Episodes whose computer has ended (its lifetime, a DELETE) are forgotten."""
         live = {c.id for c in self.rt.computers.live_computers() if not c.ending}
         for key, ep in list(self._http.items()):
-            if key[0] == org and ep.computer_id is not None and ep.computer_id not in live and not ep.lock.locked():
+            if ep.computer_id is not None and ep.computer_id not in live and not ep.lock.locked():
                 del self._http[key]
 
     # -- any episode --------------------------------------------------------------------------

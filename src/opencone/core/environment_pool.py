@@ -8,9 +8,9 @@ shutdown) whose launch is the environment's own restore: a browser on a fresh co
 saved profile, or a desktop with its home, ``/workspace`` and browser profile put back.
 
 A pooled computer is only handed out for the create it matches: the environment's kind, the
-pool's display, no stealth or proxy options (those shape the launch itself). One restored
-from an archive that was saved again since (a persistent computer of that environment ended)
-is not healthy any more: it is disposed of and the create restores the new state cold.
+pool's display, no stealth or proxy options (those shape the launch itself). When the
+environment is saved again (a persistent computer of it ended), the pool's computers show the
+old state: the next create from it restores the new state cold, and the pool is made anew.
 An environment named before it exists is looked for again every few seconds.
 """
 
@@ -93,8 +93,11 @@ class EnvironmentPool:
         self.pools: dict[str, WarmPool[Pooled]] = {}
         self.kinds: dict[str, str] = {}
         self.displays: dict[str, Display] = {}
+        self.saved_at: dict[str, int] = {}  # the archive's mtime each pool restores from
+        self._counts: dict[str, int] = {}
         self.hits = 0
         self._lookers: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # pools of a state saved over, being emptied
         self._closed = False
 
     async def start(self) -> None:
@@ -119,21 +122,35 @@ class EnvironmentPool:
             row = await s.get(EnvironmentRecord, env_id)
         if row is None or row.size_bytes <= 0 or not self._environments.path(env_id).is_file() or self._closed:
             return False
-        kind = row.kind
-        w, h = size or self.settings.default_display(kind)
-        display = Display(w, h)
+        w, h = size or self.settings.default_display(row.kind)
+        self.kinds[env_id], self.displays[env_id], self._counts[env_id] = row.kind, Display(w, h), n
+        self._new_pool(env_id)
+        log.info("environment pool: keeping %d %s computer(s) of environment %s ready", n, row.kind, env_id)
+        return True
+
+    def _new_pool(self, env_id: str) -> None:
+        """A pool of ``env_id`` as it is saved now."""
+        kind, n = self.kinds[env_id], self._counts[env_id]
         policy = PoolPolicy(floor=n, max=n, parallel=self.settings.pool_launch_parallel,
                             memory_reserve_bytes=self.settings.pool_memory_reserve_mb * 1024 * 1024,
                             idle_seconds=self.settings.pool_idle_seconds,
                             item_bytes_guess=(450 if kind == "desktop" else 200) * 1024 * 1024)
-        spec = _Spec(kind, display, env_id)
+        spec = _Spec(kind, self.displays[env_id], env_id)
         pool: WarmPool[Pooled] = WarmPool(
             f"env-{env_id}", policy, lambda: self._launch(spec), self._dispose,
             healthy=lambda item: self._healthy(env_id, item))
-        self.pools[env_id], self.kinds[env_id], self.displays[env_id] = pool, kind, display
+        self.pools[env_id], self.saved_at[env_id] = pool, self._mtime(env_id)
         pool.start()
-        log.info("environment pool: keeping %d %s computer(s) of environment %s ready", n, kind, env_id)
-        return True
+
+    def _renew(self, env_id: str) -> None:
+        """The environment was saved again: its restored computers show the old state. They go (in
+        the background) and a new pool restores the new state."""
+        old = self.pools[env_id]
+        self._new_pool(env_id)
+        task = asyncio.get_running_loop().create_task(old.close(), name=f"env-pool-renew-{env_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("environment pool: environment %s was saved again; restoring it anew", env_id)
 
     def _mtime(self, env_id: str) -> int:
         try:
@@ -167,7 +184,12 @@ class EnvironmentPool:
         ready: the create restores cold). Decided with no await, so a burst counts exactly."""
         env_id = spec.environment_id
         pool = self.pools.get(env_id) if env_id else None
-        if pool is None or pool.ready_count == 0 or self.kinds[env_id] != spec.kind:
+        if pool is None or self.kinds[env_id] != spec.kind:
+            return None
+        if self._mtime(env_id) != self.saved_at[env_id]:
+            self._renew(env_id)
+            return None
+        if pool.ready_count == 0:
             return None
         if spec.display != self.displays[env_id] or spec.options.get("stealth") or spec.options.get(
                 "use_advanced_proxy"):
@@ -194,4 +216,4 @@ class EnvironmentPool:
         for task in list(self._lookers):
             task.cancel()
         await asyncio.gather(*self._lookers, return_exceptions=True)
-        await asyncio.gather(*(p.close() for p in self.pools.values()), return_exceptions=True)
+        await asyncio.gather(*(p.close() for p in self.pools.values()), *self._closing, return_exceptions=True)
