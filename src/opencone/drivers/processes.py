@@ -1,7 +1,7 @@
 """Process groups owned by a computer, and the clean-up after a crash.
 
 Every process a computer starts runs in its own session (and so its own process
-group), with a parent-death signal so it dies with the server. Each carries a
+group), with a parent-death signal so it dies with the server (drivers/spawn.py). Each carries a
 marker path under the server's run directory on its command line, which lets
 the next start find and kill leftovers of a server that was killed; a process
 that cannot carry one (Xvfb) is listed in a ``*.pids`` file in that directory.
@@ -10,39 +10,13 @@ that cannot carry one (Xvfb) is listed in a ``*.pids`` file in that directory.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the server process goes away."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def child_setup(ids: tuple[int, int] | None) -> Callable[[], None]:
-    """preexec_fn: become ``ids`` (uid, gid, no other group) when given, then ``die_with_parent``
-    (after the switch: a change of uid clears the parent-death signal). The event loop's
-    subprocess support (uvloop) takes no user or group of its own."""
-    if ids is None:
-        return die_with_parent
-    uid, gid = ids
-
-    def setup() -> None:
-        os.setgroups([])
-        os.setresgid(gid, gid, gid)
-        os.setresuid(uid, uid, uid)
-        die_with_parent()
-    return setup
 
 
 def _group_alive(pgid: int) -> bool:

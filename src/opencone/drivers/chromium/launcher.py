@@ -21,7 +21,8 @@ import psutil
 
 from opencone.drivers.chromium.devtools import DevTools
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.processes import cmdline, descendants, die_with_parent, kill_group
+from opencone.drivers.processes import cmdline, descendants, kill_group
+from opencone.drivers.spawn import Spawned, spawn
 
 # Playwright's own disabled-feature list (it is not in charge of the launch here)
 # merged with the lean set: one --disable-features flag, never two.
@@ -94,7 +95,7 @@ class LaunchError(RuntimeError):
 
 @dataclass(slots=True)
 class ChromiumProcess:
-    process: asyncio.subprocess.Process
+    process: Spawned
     devtools: DevTools
     user_data_dir: Path
     keep_profile: bool = False  # a desktop's browser: its profile outlives one Chromium (a closed window)
@@ -229,17 +230,6 @@ async def chromium_major_version(executable: str) -> str | None:
     return match.group(1).decode() if match else None
 
 
-def _entering(netns: NetNamespace | None) -> Callable[[], None]:
-    """The child's last steps before exec: into ``netns`` (when given), and death with the server."""
-    if netns is None:
-        return die_with_parent
-
-    def enter() -> None:
-        netns.enter()
-        die_with_parent()
-    return enter
-
-
 async def _drain(stream: asyncio.StreamReader) -> None:
     # Chromium logs a lot (D-Bus noise); the pipe must never fill up.
     with contextlib.suppress(Exception):
@@ -275,15 +265,7 @@ async def launch_chromium(
     if wrap is not None:
         cmd = wrap([a for a in cmd if a != "--no-sandbox"])
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_entering(netns),
-            env=env,
-        )
+        proc = await spawn(cmd, stderr_pipe=True, env=env, netns=netns)
     except OSError as exc:
         raise LaunchError(f"cannot start Chromium at {executable!r}: {exc}") from exc
     assert proc.stderr is not None

@@ -19,17 +19,16 @@ holds Alt, so XInput waits for openbox after a chord only when it holds Alt
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
 from pathlib import Path
 
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.processes import child_setup
 from opencone.drivers.sandbox import Sandbox, display_number
 from opencone.drivers.sandbox.bwrap import BASE_ENV, HOME_DIR, environment
 from opencone.drivers.sandbox.workspaces import sandbox_ids
+from opencone.drivers.spawn import Spawned, spawn
 
 OPENBOX_RC = """<?xml version="1.0" encoding="UTF-8"?>
 <openbox_config xmlns="http://openbox.org/3.4/rc">
@@ -113,15 +112,11 @@ def x_env(display: str, home: Path | None = None) -> dict[str, str]:
 
 
 async def _spawn(cmd: list[str], env: dict[str, str], cwd: Path | None = None, *, pass_fds: tuple[int, ...] = (),
-                 ids: tuple[int, int] | None = None) -> asyncio.subprocess.Process:
+                 ids: tuple[int, int] | None = None) -> Spawned:
     """``cmd`` in a session of its own that dies with the server; as ``ids`` (uid, gid, and no
     other group) when given."""
     try:
-        return await asyncio.create_subprocess_exec(
-            *cmd, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True, preexec_fn=child_setup(ids),
-            pass_fds=pass_fds,
-        )
+        return await spawn(cmd, env=env, cwd=cwd, pass_fds=pass_fds, ids=ids)
     except OSError as exc:
         raise AppError(f"cannot start {cmd[0]}: {exc}") from exc
 
@@ -133,7 +128,7 @@ def _which(name: str, package: str) -> str:
     return exe
 
 
-async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_openbox(display: str, workdir: Path) -> tuple[Spawned, str]:
     """openbox on ``display``, unprivileged; ``workdir`` (the desktop's run dir) is its home only
     when it runs as the server's own user (a server that is not root)."""
     exe = _which("openbox", "openbox")
@@ -151,7 +146,7 @@ async def start_openbox(display: str, workdir: Path) -> tuple[asyncio.subprocess
 
 
 async def start_terminal(sandbox: Sandbox, sandbox_id: str, display: str, env: dict[str, str] | None = None,
-                         netns: NetNamespace | None = None) -> tuple[asyncio.subprocess.Process, str]:
+                         netns: NetNamespace | None = None) -> tuple[Spawned, str]:
     """A terminal on the desktop, inside the computer's sandbox (drivers/sandbox): its shell and
     everything started from it see and may do exactly what an exec command may (the same
     ``/workspace``, caps and network), plus the desktop's home at ``/home/user``. A terminal on

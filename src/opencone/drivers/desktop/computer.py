@@ -59,6 +59,7 @@ from opencone.drivers.proxy.forwarder import ForwardingProxy
 from opencone.drivers.sandbox import Sandbox, display_number
 from opencone.drivers.sandbox.bwrap import HOME_DIR, environment
 from opencone.drivers.sandbox.workspaces import sandbox_ids
+from opencone.drivers.spawn import Spawned
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class DesktopComputer(RoutedThroughProxy):
         self._xt = XThread(f"x{xserver.name}")
         self._x: _XConnection | None = None
         self._ready = ReadyShot(self._look)  # the screen encoded ahead of the next screenshot
-        self._apps: dict[str, tuple[asyncio.subprocess.Process, str]] = {}
+        self._apps: dict[str, tuple[Spawned, str]] = {}
         self._browser_lock = asyncio.Lock()
         # one profile for every browser this desktop starts, as on a real desktop: a user who
         # closes the window and navigates again finds their cookies (removed with the desktop)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from Xlib.display import Display as XDisplay
 
-from opencone.drivers.processes import child_setup, kill_group
+from opencone.drivers.processes import kill_group
 from opencone.drivers.sandbox.bwrap import BASE_ENV
 from opencone.drivers.sandbox.workspaces import sandbox_ids
+from opencone.drivers.spawn import Spawned, spawn
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class XServerError(RuntimeError):
 
 
 class XServer:
-    def __init__(self, process: asyncio.subprocess.Process, number: int, executable: str) -> None:
+    def __init__(self, process: Spawned, number: int, executable: str) -> None:
         self.process = process
         self.number = number
         self.executable = executable
@@ -97,12 +98,10 @@ def _socket_dir() -> None:
 async def _start_once(executable: str, width: int, height: int, timeout: float) -> XServer:
     read_fd, write_fd = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            executable, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24",
-            "-nolisten", "tcp", "-noreset",  # -noreset: no server reset when the last client leaves
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, pass_fds=(write_fd,), env={"PATH": BASE_ENV["PATH"]},
-            start_new_session=True, preexec_fn=child_setup(sandbox_ids()),
+        proc = await spawn(
+            [executable, "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24",
+             "-nolisten", "tcp", "-noreset"],  # -noreset: no server reset when the last client leaves
+            pass_fds=(write_fd,), env={"PATH": BASE_ENV["PATH"]}, ids=sandbox_ids(),
         )
     except OSError as exc:
         os.close(read_fd)
