@@ -138,6 +138,10 @@ async def test_bad_arguments_are_tool_errors(server: Server, site: str) -> None:
             assert bad.is_error and "browser" in text(bad)
             refused = await c.call_tool("computer_create", {"start_url": "javascript:alert(1)"})
             assert refused.is_error and "URL scheme" in text(refused)
+            too_long = await c.call_tool("computer_create", {"max_lifetime_seconds": 10**9})
+            assert too_long.is_error and "max_lifetime_seconds" in text(too_long), text(too_long)
+            gone_env = await c.call_tool("computer_create", {"environment_id": "env_nope"})
+            assert gone_env.is_error and "env_nope" in text(gone_env), text(gone_env)
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 

@@ -158,10 +158,13 @@ class Tools:
             start = _build({"kind": "navigate", "url": start_url})  # refused before anything starts
         if proxy is not None:
             change = _build({"kind": "change_proxy", "proxy_url": proxy})
-        display = DisplayIn(width=width, height=height) if width or height else None
-        body = ComputerCreate(kind=kind, environment_id=environment_id, persistent=persistent, display=display,
-                              max_lifetime_seconds=max_lifetime_seconds,
-                              inactivity_timeout_seconds=inactivity_timeout_seconds)
+        try:  # the REST create body's own checks
+            display = DisplayIn(width=width, height=height) if width or height else None
+            body = ComputerCreate(kind=kind, environment_id=environment_id, persistent=persistent, display=display,
+                                  max_lifetime_seconds=max_lifetime_seconds,
+                                  inactivity_timeout_seconds=inactivity_timeout_seconds)
+        except ValidationError as exc:
+            raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
         view = await self._guard(rt.computers.create(org, body.to_spec(rt.settings)))
         try:
             if proxy is not None:
