@@ -1,0 +1,54 @@
+"""The fleet on Ray, run where Ray may run: inside a private network namespace.
+
+Ray probes cloud-metadata addresses when a head starts, whatever its settings say, and no test may send
+traffic anywhere but 127.0.0.1: so the fleet's tests (tests/fleet_ray_cases.py) run in a pytest of their
+own under ``unshare -n`` with loopback up and ``RAY_USAGE_STATS_ENABLED=0`` (CI runs as root), and this
+test passes when every one of them passed there. Skipped, saying why, without Ray, ``unshare``, root or
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+CASES = TESTS / "fleet_ray_cases.py"
+
+
+def _skip_reason() -> str | None:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "Ray is not installed (pip install 'opencone[ray]')"
+    if shutil.which("unshare") is None:
+        return "`unshare` (util-linux) is missing: the Ray tests run in a private network namespace"
+    if os.geteuid() != 0:
+        return "not root: `unshare -n` needs CAP_SYS_ADMIN (CI runs as root)"
+    from postgres import missing_reason
+
+    return missing_reason()
+
+
+@pytest.mark.timeout(600)
+def test_fleet_in_a_private_network_namespace() -> None:
+    reason = _skip_reason()
+    if reason:
+        print(f"skipping the Ray fleet tests: {reason}")
+        pytest.skip(reason)
+    env = {**os.environ, "OPENCONE_TEST_NETNS": "1", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(["unshare", "-n", sys.executable, "-m", "pytest", str(CASES), "-q", "-x", "-s",
+                           "-p", "no:cacheprovider", "-o", "addopts="],
+                          cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=560)
+    out = done.stdout
+    report = out[out.find("= FAILURES ="):] if "= FAILURES =" in out else out[-4000:]
+    print("\n".join(line for line in out.splitlines() if "node_lost in" in line or "creates through" in line))
+    assert done.returncode == 0, \
+        f"the fleet tests failed in their network namespace:\n{report[-8000:]}\n{done.stderr[-2000:]}"
+    summary = out.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, summary
