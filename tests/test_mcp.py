@@ -304,3 +304,8 @@ async def test_mcp_actions_go_through_the_services_as_rest(server: Server, site:
         finally:
             reader.cancel()
             await c.call_tool("computer_close", {"computer_id": cid})
+
+
+def test_unknown_tool_group_stops_the_start(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="unknown MCP tool group"):
+        start_server(tmp_path, env={"OPENCONE_MCP_GROUPS": "exec,shell"})

@@ -115,6 +115,9 @@ def install(app: FastAPI, settings: Settings) -> Mounted:
     # default (localhost Host headers only) would refuse a server reached by its real name with a 421
     asgi = server.streamable_http_app(
         streamable_http_path=PATH, json_response=True,
+        # handshake-era sessions are held in memory until the client ends them or they idle out:
+        # bounded, so a key cannot pile them up (the sessionless era keeps none)
+        session_idle_timeout=900, max_sessions=1000,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     # the SDK's app (its auth middleware around its route) answers /mcp
     for route in asgi.routes:
