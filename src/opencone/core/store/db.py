@@ -69,8 +69,12 @@ def _unavailable_is_503(engine: AsyncEngine) -> None:
         return None
 
 
+PG_CONNECT_TIMEOUT = 10.0  # asyncpg waits 60 s for a server that does not answer: a create would hang that long
+
+
 def make_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    extra = {"connect_args": {"timeout": PG_CONNECT_TIMEOUT}} if url.startswith("postgresql+asyncpg") else {}
+    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"), **extra)
     if not url.startswith("sqlite"):
         _unavailable_is_503(engine)
     if url.startswith("sqlite"):
