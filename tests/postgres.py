@@ -62,9 +62,9 @@ class PostgresServer:
             raise RuntimeError(reason)
         self.bindir = find_bindir()
         assert self.bindir is not None
-        # /tmp (not pytest's tmp_path): the cluster's owner must reach it, and a Unix socket path is
-        # limited to 107 bytes
-        self.root = Path(tempfile.mkdtemp(prefix="opencone-pg-"))
+        # /tmp itself (not pytest's tmp_path, nor $TMPDIR): the cluster's owner must reach it, and a Unix
+        # socket path is limited to 107 bytes
+        self.root = Path(tempfile.mkdtemp(prefix="opencone-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
         self.data = self.root / "data"
         self.socket_dir = self.root  # the socket is <root>/.s.PGSQL.5432
         self.log_path = self.root / "server.log"
