@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncpg
@@ -97,23 +98,26 @@ def server(tmp_path_factory: pytest.TempPathFactory, databases: dict[Path, str])
 
 
 def test_the_records_are_in_postgresql(server: Server, databases: dict[Path, str]) -> None:
-    """Not a SQLite file beside a PostgreSQL URL: the computer's record is a row of this server's database."""
+    """Not a SQLite file beside a PostgreSQL URL: the computers' records are rows of this server's database,
+    three created at once (their inserts batched into one transaction) and ended."""
     client = server.client()
-    comp = client.computers.create()
-    client.computers.delete(comp.id)
+    with ThreadPoolExecutor(3) as pool:
+        ids = sorted(pool.map(lambda _: client.computers.create().id, range(3)))
+    for cid in ids:
+        client.computers.delete(cid)
     assert not (server.data_dir / "opencone.db").exists()
 
-    async def read() -> tuple[str, int]:
+    async def read() -> tuple[list[str], int]:
         conn = await asyncpg.connect(databases[server.data_dir.resolve()].replace("postgresql+asyncpg", "postgresql"))
         try:
-            status = await conn.fetchval("SELECT status FROM computers WHERE id = $1", comp.id)
+            rows = await conn.fetch("SELECT status FROM computers WHERE id = ANY($1::text[]) ORDER BY id", ids)
             keys = await conn.fetchval("SELECT count(*) FROM api_keys WHERE revoked_at IS NULL")
-            return str(status), int(keys)
+            return [r["status"] for r in rows], int(keys)
         finally:
             await conn.close()
 
     # (a delete's teardown finishes in the background, then the row is written)
-    assert wait_until(lambda: asyncio.run(read())[0] == "terminated", timeout=30), asyncio.run(read())
+    assert wait_until(lambda: asyncio.run(read())[0] == ["terminated"] * 3, timeout=30), asyncio.run(read())
     assert asyncio.run(read())[1] >= 1  # the bootstrap key
 
 
