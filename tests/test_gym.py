@@ -69,6 +69,8 @@ def test_episode_reaches_the_tasks_reward_and_reset_releases_the_computer(server
             assert h.get(f"/computers/{first}").json()["status"] == "terminated"
     finally:
         env.close()
+    with server.http() as h:  # close releases the last one
+        assert h.get(f"/computers/{info['computer_id']}").json()["status"] == "terminated"
 
 
 def test_a_failed_action_is_an_observation(server: Server, site: str) -> None:

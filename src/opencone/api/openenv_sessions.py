@@ -121,7 +121,7 @@ class OpenEnvSessions:
         """Episodes whose computer has ended (its lifetime, a DELETE) are forgotten."""
         live = {c.id for c in self.rt.computers.live_computers() if not c.ending}
         for key, ep in list(self._http.items()):
-            if ep.computer_id is not None and ep.computer_id not in live and not ep.lock.locked():
+            if ep.computer_id not in live and not ep.lock.locked():  # (None: a reset that failed)
                 del self._http[key]
 
     # -- any episode --------------------------------------------------------------------------
