@@ -54,8 +54,8 @@ def test_websocket_episode_with_openenvs_client(server: Server, site: str) -> No
             assert state["step_count"] == 4 and state["done"] is True
             with pytest.raises(RuntimeError, match="is done; reset it"):
                 await env.step({"action": "wait", "ms": 0})
-            again = await env.reset(start_url=f"{site}/gym_counter.html", observe=["snapshot"])
-            assert '"Count: 0"' in again.observation["snapshot"]
+            again = await env.reset(start_url=f"{site}/gym_counter.html", observe=["snapshot"], episode_id="run-2")
+            assert '"Count: 0"' in again.observation["snapshot"] and again.observation["episode_id"] == "run-2"
             assert again.observation["computer_id"] != obs["computer_id"]
             assert wait_until(lambda: status(server, obs["computer_id"]) == "terminated", 10)
             return rewards, again.observation["computer_id"]

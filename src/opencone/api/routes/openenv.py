@@ -208,7 +208,9 @@ async def _answer(s: OpenEnvSessions, ep: Any, raw: str) -> dict[str, Any] | Non
     try:
         match kind:
             case "reset":
-                return {"type": "observation", "data": await s.reset(ep, ResetParams.model_validate(data or {}))}
+                params = ResetParams.model_validate(data or {})
+                ep.id = params.episode_id or ep.id  # the socket's own episode, named as the client likes
+                return {"type": "observation", "data": await s.reset(ep, params)}
             case "step":
                 if not isinstance(data, dict):
                     return _error("step data is the action, a JSON object", "VALIDATION_ERROR")
