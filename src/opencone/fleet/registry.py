@@ -110,7 +110,7 @@ async def upsert_node(session: AsyncSession, node: NodeInfo, *, now: datetime | 
     Reservations in flight are kept (their replicas release them); the heartbeat is now."""
     at = _now(now)
     async with guarded(session):
-        row = await session.get(NodeRecord, node.id, with_for_update=True)
+        row = await session.get(NodeRecord, node.id, with_for_update=True, populate_existing=True)
         values = {name: getattr(node, name) for name in _FIELDS if name not in ("id", "created_at")}
         values["heartbeat_at"] = at
         if row is None:
