@@ -243,6 +243,40 @@ async def test_desktop_screenshot_scaled(small_server: Server) -> None:
             await c.call_tool("computer_close", {"computer_id": cid})
 
 
+async def test_persistent_computer_restored_from_its_environment(small_server: Server, site: str) -> None:
+    async with mcp_client(small_server) as c:
+        made = json.loads(text(await ok(c, "computer_create", persistent=True, start_url=f"{site}/mcp.html")))
+        cid = made["computer_id"]
+        assert made["persistent"] is True
+        await ok(c, "evaluate", computer_id=cid, expression="document.cookie = 'mcp=42; max-age=3600'")
+        await ok(c, "computer_close", computer_id=cid)  # saved as the environment named by its id
+        for _ in range(600):
+            saved = [e for e in json.loads(text(await ok(c, "environment_list"))) if e["environment_id"] == cid]
+            if saved and saved[0]["status"] == "saved":
+                break
+            await asyncio.sleep(0.1)
+        assert saved and saved[0]["status"] == "saved" and saved[0]["kind"] == "browser", saved
+        back = json.loads(text(await ok(c, "computer_create", environment_id=cid, start_url=f"{site}/mcp.html")))
+        try:
+            assert back["environment_id"] == cid and back["computer_id"] != cid
+            cookie = text(await ok(c, "evaluate", computer_id=back["computer_id"], expression="document.cookie"))
+            assert "mcp=42" in cookie
+        finally:
+            await c.call_tool("computer_close", {"computer_id": back["computer_id"]})
+
+
+async def test_proxy_at_create(small_server: Server, site: str) -> None:
+    async with mcp_client(small_server) as c:
+        before = {v["computer_id"] for v in json.loads(text(await ok(c, "computer_list")))}
+        bad = await c.call_tool("computer_create", {"proxy": "ftp://127.0.0.1:21"})
+        assert bad.is_error and "ftp" in text(bad), text(bad)
+        # a proxy that is not there: the start URL cannot load through it, and the computer is closed again
+        dead = await c.call_tool("computer_create", {"proxy": "http://127.0.0.1:9", "start_url": f"{site}/mcp.html"})
+        assert dead.is_error and "the computer was closed again" in text(dead), text(dead)
+        after = {v["computer_id"] for v in json.loads(text(await ok(c, "computer_list")))}
+        assert after == before
+
+
 def test_without_the_extra_mcp_answers_json(tmp_path: Path) -> None:
     # the SDK made unimportable for this server only: a package named mcp first on its path that
     # fails as a missing one does
