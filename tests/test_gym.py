@@ -88,6 +88,14 @@ def test_a_failed_action_is_an_observation(server: Server, site: str) -> None:
         assert _rest[2] is True  # truncated: max_steps reached
         obs, *_rest, info = env.step("click('e3'")  # a BrowserGym string that does not parse
         assert "not a BrowserGym action" in obs["last_action_error"]
+        obs, *_rest, info = env.step("__import__('os').system('true')")  # parsed, never evaluated
+        assert "one function call a line" in obs["last_action_error"]
+        obs, *_rest, info = env.step("exec('x = 1')")
+        assert "BrowserGym has no action exec()" in obs["last_action_error"]
+        obs, *_rest, info = env.step("click(open('/etc/passwd').read())")
+        assert "must be literals" in obs["last_action_error"]
+        obs, *_rest, info = env.step("hover('e3')")
+        assert "mouse_move(x, y)" in obs["last_action_error"]
     finally:
         env.close()
 

@@ -113,9 +113,17 @@ class BrowserGymAdapter:
     def __init__(self, tabs: Callable[[], tuple[list[str], str | None]] = lambda: ([], None)) -> None:
         self._tabs = tabs  # (tab ids in order, the active one) of the env's last observation
 
+    # BrowserGym has these, this adapter cannot do them: said as such, not as an unknown name
+    UNSUPPORTED = {"hover": "hover(bid) is not available here (a pointer cannot move onto a ref); use "
+                            "mouse_move(x, y) with the element's pixels",
+                   "upload_file": "upload_file() is not available through the gym adapter; put the file with "
+                                  "PUT /computers/{id}/files/... and use POST /computers/{id}/upload-file"}
+
     def translate(self, code: str) -> Translated:
         out = Translated()
         for name, args, kwargs in _calls(code):
+            if name in self.UNSUPPORTED:
+                raise AdapterError(self.UNSUPPORTED[name])
             if name not in self.SIGNATURES:
                 raise AdapterError(f"BrowserGym has no action {name}(); these are: {', '.join(self.SIGNATURES)}")
             params, defaults = self.SIGNATURES[name]
