@@ -100,9 +100,12 @@ async def test_two_computers_in_one_session(server: Server, site: str) -> None:
                     await ok(c, "click", computer_id=cid, ref=refs[cid])
                     await ok(c, "key", computer_id=cid, keys="End")
                     await ok(c, "type", computer_id=cid, text=f"{word}{i}")
+            # and at once: calls on two computers in flight together on the one session
+            await asyncio.gather(*(ok(c, "type", computer_id=cid, text=word)
+                                   for cid, word in ((a, "-L"), (b, "-R"), (a, "!"), (b, "?"))))
             snap_a, snap_b = [text(await ok(c, "snapshot", computer_id=cid)) for cid in (a, b)]
-            assert "left0left1left2" in snap_a and "right" not in snap_a
-            assert "right0right1right2" in snap_b and "left" not in snap_b
+            assert "left0left1left2-L!" in snap_a and "right" not in snap_a and "-R" not in snap_a
+            assert "right0right1right2-R?" in snap_b and "left" not in snap_b and "-L" not in snap_b
         finally:
             for cid in (a, b):
                 await c.call_tool("computer_close", {"computer_id": cid})
@@ -239,6 +242,21 @@ async def test_desktop_screenshot_scaled(small_server: Server) -> None:
             image, note = await shot(c, cid)
             assert image.shape == (288, 512, 3) and "scale 0.4 of the 1280x720 screen" in note
             await ok(c, "click", computer_id=cid, x=511, y=287)  # the image's last pixel: on the screen
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_large_screen_scaled_to_the_default_side(server: Server, site: str) -> None:
+    async with mcp_client(server) as c:
+        made = json.loads(text(await ok(c, "computer_create", width=1920, height=1080, start_url=f"{site}/mcp.html")))
+        cid = made["computer_id"]
+        try:
+            assert made["display"] == {"width": 1920, "height": 1080}
+            image, note = await shot(c, cid)
+            assert image.shape == (720, 1280, 3) and "(scale 0.6667 of the 1920x1080 screen)" in note
+            # #far (600..800 x 500..600 on the screen) is at 400..533 x 333..400 in this image
+            await ok(c, "click", computer_id=cid, x=466, y=366)
+            assert '"far"' in text(await ok(c, "read_page", computer_id=cid))
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 
