@@ -87,8 +87,12 @@ def main() -> None:
     if env.get("OPENCONE_FLEET_TEST_FACTORY"):
         _install_test_factory(env["OPENCONE_FLEET_TEST_FACTORY"])
 
-    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    # proto IPPROTO_TCP, not 0: the event loop sets TCP_NODELAY on accepted connections only for a TCP
+    # socket it can tell is one; without it every keep-alive answer waited ~40 ms for a delayed ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((address, int(env.get("OPENCONE_NODE_PORT") or 0)))
     port = sock.getsockname()[1]
     host = f"[{address}]" if ":" in address else address
