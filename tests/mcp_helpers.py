@@ -67,12 +67,12 @@ async def round_trip(c: Client, site: str) -> None:
     await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'button "Go"'))
     await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'textbox "Words"'))
     await ok(c, "type", computer_id=cid, text="MCP42")
-    typed, note = await shot(c, cid)
-    assert "scale 1 of the 1024x768 screen" in note and typed.shape == (768, 1024, 3)
     # the page saw the click and the typing (its own log, read as markdown through the same tools)
     page = text(await ok(c, "read_page", computer_id=cid))
     assert '"go"' in page
     assert "MCP42" in text(await ok(c, "snapshot", computer_id=cid))
+    typed, note = await shot(c, cid)
+    assert "scale 1 of the 1024x768 screen" in note and typed.shape == (768, 1024, 3)
     # the pixels: #out as typed matches #out of the page filled with the same text from its URL,
     # and not a page filled with other text of the same length (nor the empty one)
     await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=MCP42")
