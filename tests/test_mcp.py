@@ -7,6 +7,7 @@ tests/pages/mcp.html, whose #out mirrors the text field so a screenshot shows wh
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server
+from conftest import Server, jpeg_pixels, start_server
 from mcp_helpers import MODES, create, mcp_client, ok, ref_of, round_trip, shot, text
 
 
@@ -257,6 +258,29 @@ async def test_large_screen_scaled_to_the_default_side(server: Server, site: str
             # #far (600..800 x 500..600 on the screen) is at 400..533 x 333..400 in this image
             await ok(c, "click", computer_id=cid, x=466, y=366)
             assert '"far"' in text(await ok(c, "read_page", computer_id=cid))
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+NOISE = ("data:text/html,<body style='margin:0'><canvas id=c width=1280 height=1000></canvas><script>"
+         "const x=document.getElementById('c').getContext('2d'),d=x.createImageData(1280,1000);"
+         "for(let i=0;i<d.data.length;i++)d.data[i]=Math.random()*256|0;x.putImageData(d,0,0)</script>")
+
+
+async def test_screenshot_kept_within_client_limits(server: Server) -> None:
+    """A screen of noise is the worst case for JPEG: the image still fits Claude Desktop's 1 MiB per result."""
+    async with mcp_client(server) as c:
+        made = json.loads(text(await ok(c, "computer_create", width=1280, height=1000, start_url=NOISE)))
+        cid = made["computer_id"]
+        try:
+            with server.http() as h:  # the REST screenshot of the same screen, at the server's quality
+                full = h.post(f"/computers/{cid}/screenshot", json={"base64": True}).json()["result"]
+            raw = base64.b64decode(full["screenshot_url"].split(",", 1)[1])
+            result = await ok(c, "screenshot", computer_id=cid)
+            image = next(x for x in result.content if x.type == "image")
+            assert len(raw) > 700 * 1024  # (else this page tests nothing)
+            assert len(image.data) < 1024 * 1024 and len(base64.b64decode(image.data)) <= 700 * 1024
+            assert jpeg_pixels(base64.b64decode(image.data)).shape == (1000, 1280, 3)
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 
