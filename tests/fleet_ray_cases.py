@@ -297,7 +297,7 @@ def test_agent_restart_ends_its_old_computers(fleet: Fleet, computers: dict[str,
 
 
 def test_placement_hint_and_bad_input(fleet: Fleet, computers: dict[str, list[str]]) -> None:
-    mine, other = computers["browser"][:2]
+    mine, other = computers["browser"][0], "comp_0123456789abcdef"
     with fleet.a.http() as h:
         # the agents trust the token: a path that would lead one to another computer never leaves the replica
         r = h.post(f"/computers/{mine}/%2e%2e/{other}/click", json={"x": 1, "y": 1})
@@ -318,6 +318,15 @@ def test_placement_hint_and_bad_input(fleet: Fleet, computers: dict[str, list[st
     assert httpx.get(url.replace("/internal/v1", "/computers")).status_code == 404
     info = httpx.get(url + "/node", headers={"authorization": f"Bearer {fleet.token}"}).json()
     assert info["protocol"] == 1 and info["capacity"] == {"browser": BROWSER_SLOTS, "desktop": DESKTOP_SLOTS}
+    # GET /nodes is the operator's: a key of another organisation gets a 403
+    env = {**os.environ, "OPENCONE_DATABASE_URL": fleet.url}
+    other = subprocess.run([sys.executable, "-m", "opencone", "keys", "create", "--new-org", "tenant"],
+                           env=env, capture_output=True, text=True, timeout=60, cwd=fleet.a.log_path.parent)
+    assert other.returncode == 0, other.stderr
+    with fleet.b.http(other.stdout.strip()) as h:
+        assert h.get("/nodes").status_code == 403
+        assert h.get(f"/computers/{mine}").status_code == 404  # another organisation's computer
+    assert httpx.get(f"{fleet.b.base_url}/live").status_code == 200  # the live view's page, from any replica
 
 
 def test_database_down_creates_503_live_computers_work(fleet: Fleet, computers: dict[str, list[str]]) -> None:
@@ -354,6 +363,10 @@ def test_a_thousand_creates_on_fake_capacity_nodes(fleet: Fleet, computers: dict
     assert wait_until(lambda: fake_ids <= {n["id"] for n in _ready_nodes(fleet.a, fleet.key)}, 30)
     keys = {"authorization": f"Bearer {fleet.key}"}
     clients = [httpx.Client(base_url=s.base_url, headers=keys, timeout=60) for s in (fleet.a, fleet.b)]
+    # a computer that ends on its node by itself (its lifetime) ends in the fleet's records too
+    short = clients[0].post("/computers", json={"max_lifetime_seconds": 1}).json()["id"]
+    assert wait_until(lambda: fleet.sql(f"SELECT status, termination_reason FROM computers WHERE id = '{short}'")
+                      == [["terminated", "max_lifetime_reached"]], 15, 0.2)
 
     def create(i: int) -> int:
         return clients[i % 2].post("/computers", json={}).status_code

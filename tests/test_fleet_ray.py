@@ -30,6 +30,9 @@ def _skip_reason() -> str | None:
         return "`unshare` (util-linux) is missing: the Ray tests run in a private network namespace"
     if os.geteuid() != 0:
         return "not root: `unshare -n` needs CAP_SYS_ADMIN (CI runs as root)"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"`unshare -n` is not permitted here: {probe.stderr.strip()[:200]}"
     from postgres import missing_reason
 
     return missing_reason()

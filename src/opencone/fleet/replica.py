@@ -459,9 +459,7 @@ async def _record(fleet: Fleet, org: str, node_id: str, kind: str, out: dict[str
         environment_id=None, context_id=out.get("context_id"), options={}, node_id=node_id)
     async with fleet.sessions() as s, registry.guarded(s):
         s.add(row)
-        await s.commit()
-    async with fleet.sessions() as s:
-        await placement.confirm(s, node_id, kind)
+        await placement.confirm(s, node_id, kind)  # one transaction: confirm's commit writes the row too
 
 
 # -- list --------------------------------------------------------------------------------------
