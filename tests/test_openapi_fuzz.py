@@ -9,7 +9,6 @@ document declares. bench/fuzz_openapi.py runs the same for longer.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,12 +33,12 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_every_answer_is_what_the_document_says(fuzz_server: Server) -> None:
     cid = fuzz_server.client().computers.create().id
-    t0 = time.monotonic()
     report = fuzz.run(fuzz_server, cid, examples=EXAMPLES, seed=SEED)
     print(report.summary())
     assert not report.findings, report.summary()
     assert not [s for s in report.statuses if s >= 500]
-    assert 200 <= report.cases <= 900 and time.monotonic() - t0 < 110, report.summary()
+    # a bound on the run's size (the suite's budget), never on its wall clock: a loaded CI is slow
+    assert 200 <= report.cases <= 1500, report.summary()
     # it reached the live computer and the validation alike
     assert report.statuses.get(200, 0) > 50 and report.statuses.get(422, 0) > 50, report.summary()
     assert fuzz_server.client().computers.retrieve(cid).status != "terminated"
