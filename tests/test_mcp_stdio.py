@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Server, wait_until
+from conftest import Server, start_server, wait_until
 from mcp import Client, StdioServerParameters
 from mcp_helpers import create, ok, round_trip, text
 
@@ -71,3 +71,16 @@ def test_unreachable_server_said_on_stderr(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "opencone", "mcp", *args, "--key", "k"], input="",
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot reach the opencone server" in proc.stderr
+
+
+async def test_server_gone_is_a_tool_error(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    try:
+        async with Client(command("--url", srv.base_url, "--key", srv.api_key)) as c:
+            await ok(c, "computer_list")
+            srv.stop()
+            for _ in range(2):  # and the bridge stays up, answering
+                gone = await c.call_tool("computer_list", {})
+                assert gone.is_error and f"the opencone server at {srv.base_url} did not answer" in text(gone)
+    finally:
+        srv.stop()

@@ -1,7 +1,9 @@
 """``opencone mcp``: the tools over stdio, for desktop clients that start a command.
 
 The process is a thin bridge: an MCP server on stdin/stdout (the SDK's low-level ``Server``) whose
-``tools/list`` and ``tools/call`` go to a server's ``/mcp`` over Streamable HTTP with an API key.
+``tools/list`` and ``tools/call`` go to a server's ``/mcp`` over Streamable HTTP with an API key,
+in the sessionless 2026-07-28 era (nothing to go stale: when the server goes away a call says so
+as a tool error, and the next one connects again).
 So there is one tool set, served and checked in one place, and the running server's locks, idle
 timers, events and live view see these calls as they see any other. Without ``--url`` the bridge
 first starts its own server (``opencone serve`` as a child process on a free loopback port, its
@@ -56,29 +58,80 @@ def _check(remote: Remote) -> None:
 
 
 async def _serve(remote: Remote) -> None:
+    import anyio
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
     from mcp.server import Server
     from mcp.server.stdio import stdio_server
-    from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams
+    from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams, TextContent
+    from mcp_types.version import LATEST_MODERN_VERSION
+
+    class Upstream:
+        """One upstream client, kept open in a task of its own: when the server goes away the SDK
+        client's task group fails there (not in a request's task, nor in the bridge's), the calls in
+        flight fail with it, and the next call opens a new client."""
+
+        def __init__(self, http: httpx2.AsyncClient, tg: Any) -> None:
+            self.http, self.tg = http, tg
+            self.client: Client | None = None
+            self.failure = "no connection"
+            self.lock = anyio.Lock()
+
+        async def get(self) -> Client:
+            async with self.lock:
+                if self.client is None:
+                    ready = anyio.Event()
+                    self.tg.start_soon(self._hold, ready)
+                    await ready.wait()
+                if self.client is None:
+                    raise ConnectionError(self.failure)
+                return self.client
+
+        async def _hold(self, ready: anyio.Event) -> None:
+            self.failure = "no connection"
+            try:
+                async with Client(streamable_http_client(f"{remote.url}/mcp", http_client=self.http),
+                                  mode=LATEST_MODERN_VERSION) as client:
+                    self.client = client
+                    ready.set()
+                    await anyio.sleep_forever()
+            except Exception as exc:
+                self.failure = describe(exc)
+            finally:
+                self.client = None
+                ready.set()
+
+    def describe(exc: BaseException) -> str:
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        return f"{type(leaf).__name__}: {leaf}"
+
+    def unreachable(exc: BaseException) -> str:
+        return f"the opencone server at {remote.url} did not answer ({describe(exc)}); is it running?"
 
     @contextlib.asynccontextmanager
-    async def upstream(_: Any) -> AsyncIterator[Client]:
-        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {remote.key}"},
-                                  timeout=httpx2.Timeout(60, read=600))
-        async with http, Client(streamable_http_client(f"{remote.url}/mcp", http_client=http)) as client:
-            yield client
+    async def lifespan(_: Any) -> AsyncIterator[Upstream]:
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {remote.key}"},
+                                      timeout=httpx2.Timeout(60, read=3700)) as http, \
+                anyio.create_task_group() as tg:  # (exec may take an hour)
+            yield Upstream(http, tg)
+            tg.cancel_scope.cancel()
 
     async def list_tools(ctx: Any, params: PaginatedRequestParams | None) -> ListToolsResult:
-        return await ctx.lifespan_context.list_tools()  # type: ignore[no-any-return]
+        return await (await ctx.lifespan_context.get()).list_tools()  # type: ignore[no-any-return]
 
     async def call_tool(ctx: Any, params: CallToolRequestParams) -> CallToolResult:
-        result: CallToolResult = await ctx.lifespan_context.call_tool(params.name, params.arguments or {})
+        try:
+            client = await ctx.lifespan_context.get()
+            result = await client.call_tool(params.name, params.arguments or {})
+        except Exception as exc:  # the server is gone or restarting: said to the model, not a protocol error
+            return CallToolResult(is_error=True, content=[TextContent(type="text", text=unreachable(exc))])
         return CallToolResult(content=result.content, structured_content=result.structured_content,
                               is_error=result.is_error)
 
-    server: Server[Any] = Server("opencone", version=__version__, instructions=INSTRUCTIONS, lifespan=upstream,
+    server: Server[Any] = Server("opencone", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
                                  on_list_tools=list_tools, on_call_tool=call_tool)
     async with stdio_server() as (read, write):
         await server.run(read, write, server.create_initialization_options())
