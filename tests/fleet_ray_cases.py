@@ -276,6 +276,16 @@ def test_agent_restart_ends_its_old_computers(fleet: Fleet, computers: dict[str,
     if not mine:
         mine = [client.computers.create(kind="browser", extra_body={"node_hint": ray_id}).id]
     before = fleet.agent_info(ray_id)
+    ended: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{fleet.b.base_url}/computers/{mine[0]}/events",
+                          headers={"authorization": f"Bearer {fleet.key}"}, timeout=90) as r:
+            ended.extend(data for _, data in _sse(r.iter_lines()) if data["type"] == "terminated")
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    time.sleep(0.5)
     os.kill(before["agent_pid"], signal.SIGKILL)  # the agent only: its node lives on
     after: dict[str, Any] = {}
 
@@ -287,6 +297,8 @@ def test_agent_restart_ends_its_old_computers(fleet: Fleet, computers: dict[str,
     for cid in mine:
         body = fleet.b.client().computers.retrieve(cid).to_dict()
         assert (body["status"], body["termination_reason"]) == ("terminated", "node_agent_restarted"), body
+    reader.join(40)
+    assert [e["reason"] for e in ended] == ["node_agent_restarted"], ended  # not the node's server_shutdown
     assert not psutil.pid_exists(before["server_pid"]) or psutil.Process(before["server_pid"]).status() == "zombie"
     assert wait_until(lambda: node_id in {n["id"] for n in _ready_nodes(fleet.a, fleet.key)}, 20)
     new = client.computers.create(kind="browser", extra_body={"node_hint": node_id})

@@ -120,26 +120,26 @@ def main() -> None:
 
     @asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
-        async with app_lifespan(a) as inner:
-            rt = a.state.runtime
-            state["runtime"], state["org"] = rt, await rt.accounts.org_for_key(token)
-            link = None
-            if registry_url:
-                from opencone.fleet.node_link import NodeLink
+        links: list[Any] = []
+        try:
+            async with app_lifespan(a) as inner:
+                rt = a.state.runtime
+                state["runtime"], state["org"] = rt, await rt.accounts.org_for_key(token)
+                if registry_url:
+                    from opencone.fleet.node_link import NodeLink
 
-                link = NodeLink(registry_url, node_id, env.get("OPENCONE_NODE_RAY_ID"), url + PREFIX, capacity,
-                                rt, state["org"], parent_gone,
-                                float(env.get("OPENCONE_NODE_HEARTBEAT_SECONDS") or 2.0))
-                node.incarnation = await link.start()
-            if ready_file:  # the agent waits for this: where we answer, and as which incarnation
-                tmp = Path(ready_file + ".tmp")  # written whole, then renamed: never read half-written
-                tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "incarnation": node.incarnation}))
-                tmp.replace(ready_file)
-            try:
+                    links.append(NodeLink(registry_url, node_id, env.get("OPENCONE_NODE_RAY_ID"), url + PREFIX,
+                                          capacity, rt, state["org"], parent_gone,
+                                          float(env.get("OPENCONE_NODE_HEARTBEAT_SECONDS") or 2.0)))
+                    node.incarnation = await links[0].start()
+                if ready_file:  # the agent waits for this: where we answer, and as which incarnation
+                    tmp = Path(ready_file + ".tmp")  # written whole, then renamed: never read half-written
+                    tmp.write_text(json.dumps({"url": url, "pid": os.getpid(), "incarnation": node.incarnation}))
+                    tmp.replace(ready_file)
                 yield inner
-            finally:
-                if link is not None:
-                    await link.stop()
+        finally:  # after the app's own stop, so that a clean stop writes the ends of the computers it ended
+            for link in links:
+                await link.stop()
 
     app.router.lifespan_context = lifespan
     threading.Thread(target=_watch_parent, args=(parent, parent_gone), daemon=True, name="parent-watch").start()

@@ -319,6 +319,13 @@ async def _relay_events(fleet: Fleet, resp: httpx.Response, route: Route, public
             if cut < 0:
                 continue
             frames, buffer = buffer[:cut + 2], buffer[cut + 2:]
+            if _is_terminated_frame(frames) and b'"server_shutdown"' in frames:
+                # the node's server is stopping: why (node lost, agent restarted, a clean stop) is
+                # the fleet's word, not the node's; the events before it still go out
+                kept = b"".join(f + b"\n\n" for f in frames.split(b"\n\n") if f and not _is_terminated_frame(f))
+                if kept:
+                    yield fleet.rewrite(kept, route.url, route.node_id, public, client_key)
+                break
             ended = ended or _is_terminated_frame(frames)
             yield fleet.rewrite(frames, route.url, route.node_id, public, client_key)
     except httpx.TransportError:
