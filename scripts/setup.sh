@@ -2,14 +2,14 @@
 # Everything opencone needs on a fresh Debian machine: system packages (Chromium
 # from Debian, Xvfb and friends for desktops, bubblewrap and e2fsprogs for exec) and a Python
 # virtual environment in .venv. Safe to run again: it only installs what is missing.
-#   scripts/setup.sh          server dependencies
+#   scripts/setup.sh          server dependencies, with the MCP server (the `mcp` extra)
 #   scripts/setup.sh --test   plus the test tools (pytest, the official tzafon SDK)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(chromium fonts-liberation xvfb x11-utils x11-xserver-utils xdotool openbox xterm bubblewrap e2fsprogs
               ca-certificates curl python3-venv)
-EXTRA=""
+EXTRA="[mcp]"  # /mcp works from the README's first command
 [ "${1:-}" = "--test" ] && EXTRA="[test]"
 # the tests start a throwaway PostgreSQL server (tests/postgres.py) for the store on PostgreSQL and the fleet
 [ "${1:-}" = "--test" ] && APT_PACKAGES+=(postgresql)
