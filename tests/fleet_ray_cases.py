@@ -60,6 +60,7 @@ class Fleet:
         self.cluster, self.nodes, self.pg, self.url, self.token, self.key, self.a, self.b = (
             cluster, nodes, pg, url, token, key, a, b)
         self.db = url.split("@/")[1].split("?")[0]
+        self.replicas: list[Server] = [a, b]
 
     def sql(self, query: str) -> list[list[str]]:
         out = self.pg.psql(query, self.db)
@@ -116,7 +117,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[F
         for name in ("a", "b"):  # one after the other: the first migrates the database
             replicas.append(start_server(tmp / name, api_key=key, env=env))
         assert wait_until(lambda: len(_ready_nodes(replicas[0], key)) == 3, 20)
-        yield Fleet(cluster, nodes, postgres, url, token, key, *replicas)
+        fleet = Fleet(cluster, nodes, postgres, url, token, key, *replicas)
+        fleet.replicas = replicas
+        yield fleet
     finally:
         for server in replicas:
             server.stop()
@@ -354,6 +357,20 @@ def test_database_down_creates_503_live_computers_work(fleet: Fleet, computers: 
         assert client.computers.screenshot(cid).status == "success"
     finally:
         fleet.pg.start()
+
+
+def test_a_replica_that_dies_loses_nothing(fleet: Fleet, computers: dict[str, list[str]],
+                                           tmp_path: Path) -> None:
+    cid = computers["browser"][-1]
+    fleet.a.stop(signal.SIGKILL)
+    env = {"OPENCONE_FLEET": "ray", "OPENCONE_DATABASE_URL": fleet.url, "OPENCONE_FLEET_INTERNAL_TOKEN": fleet.token,
+           "OPENCONE_FLEET_PLACEMENT_K": "3"}
+    fleet.a = start_server(tmp_path / "a2", api_key=fleet.key, env=env)  # a new replica: nothing to recover
+    fleet.replicas.append(fleet.a)  # (stopped with the others)
+    client = fleet.a.client()
+    assert client.computers.retrieve(cid).status in ("ready", "running")
+    assert client.computers.click(cid, x=6, y=6).status == "success"
+    assert cid in {c.id for c in client.computers.list()}
 
 
 # -- a thousand computers on fake-capacity nodes -----------------------------------------------------------
