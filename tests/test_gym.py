@@ -94,8 +94,10 @@ def test_a_failed_action_is_an_observation(server: Server, site: str) -> None:
         assert "BrowserGym has no action exec()" in obs["last_action_error"]
         obs, *_rest, info = env.step("click(open('/etc/passwd').read())")
         assert "must be literals" in obs["last_action_error"]
-        obs, *_rest, info = env.step("hover('e3')")
-        assert "mouse_move(x, y)" in obs["last_action_error"]
+        obs, *_rest, info = env.step("hover('e3')")  # BrowserGym's hover: the pointer onto the element
+        assert info["action_ok"], obs["last_action_error"]
+        obs, *_rest, info = env.step("upload_file('e3', 'a.txt')")
+        assert "PUT /computers" in obs["last_action_error"]
     finally:
         env.close()
 

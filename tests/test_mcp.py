@@ -133,7 +133,8 @@ async def test_bad_arguments_are_tool_errors(server: Server, site: str) -> None:
                 ("drag", {"ref": "e1"}, "ref and to_ref"),
                 ("type", {"text": "x" * 200_000}, "at most"),
                 ("mouse_down", {"y": 3}, "x and y go together"),
-                ("move", {"ref": "e1"}, "x and y are required"),  # (move takes no ref: pixels only)
+                ("move", {}, "target is required"),
+                ("move", {"ref": "e1", "x": 1, "y": 2}, "not both"),
             ]
             for tool, args, needle in cases:
                 result = await c.call_tool(tool, {"computer_id": cid, **args})
@@ -179,6 +180,22 @@ async def test_keys_scroll_tabs_fill_and_history(server: Server, site: str) -> N
             await ok(c, "navigate", computer_id=cid, url=f"{site}/mcp.html?t=two")
             await ok(c, "navigate", computer_id=cid, direction="back")
             assert "?t=two" not in text(await ok(c, "snapshot", computer_id=cid)).splitlines()[0]
+        finally:
+            await c.call_tool("computer_close", {"computer_id": cid})
+
+
+async def test_pointer_by_ref_hovers_presses_and_releases(server: Server, site: str) -> None:
+    """move, mouse_down and mouse_up on a ref: the element's centre, as a hand would."""
+    async with mcp_client(server) as c:
+        cid = await create(c, f"{site}/mcp.html")
+        try:
+            snap = text(await ok(c, "snapshot", computer_id=cid))
+            await ok(c, "move", computer_id=cid, ref=ref_of(snap, 'button "Hover me"'))
+            far = ref_of(snap, 'button "Far button"')
+            await ok(c, "mouse_down", computer_id=cid, ref=far)
+            await ok(c, "mouse_up", computer_id=cid, ref=far)
+            page = text(await ok(c, "read_page", computer_id=cid))
+            assert 'LOG["hover","far down","far up","far"]END' in page.replace("\\", ""), page
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 

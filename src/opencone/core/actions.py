@@ -114,20 +114,44 @@ class Click(_Action):
 
 
 class MoveMouse(_Action):
+    """To a point, or onto an element (its centre, scrolled into view: a hover)."""
+
     kind: Literal["move"] = "move"
-    at: Point
+    at: Point | None = None
+    element: Element | None = _no_element()
+
+    @model_validator(mode="after")
+    def _target(self) -> MoveMouse:
+        _at_most_one_target(self.at, self.element, required=True)
+        return self
 
 
 class MouseDown(_Action):
+    """At a point, on an element's centre, or where the pointer is."""
+
     kind: Literal["mouse_down"] = "mouse_down"
     at: Point | None = None
     button: Button = "left"
+    element: Element | None = _no_element()
+
+    @model_validator(mode="after")
+    def _target(self) -> MouseDown:
+        _at_most_one_target(self.at, self.element, required=False)
+        return self
 
 
 class MouseUp(_Action):
+    """At a point, on an element's centre, or where the pointer is."""
+
     kind: Literal["mouse_up"] = "mouse_up"
     at: Point | None = None
     button: Button = "left"
+    element: Element | None = _no_element()
+
+    @model_validator(mode="after")
+    def _target(self) -> MouseUp:
+        _at_most_one_target(self.at, self.element, required=False)
+        return self
 
 
 class Drag(_Action):

@@ -48,10 +48,8 @@ def _inside(p: a.Point, display: Display) -> None:
 
 def _points(action: a.Action) -> list[a.Point]:
     match action:
-        case a.MoveMouse(at=p):
-            return [p]
-        case (a.Click(at=p) | a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p) | a.Scroll(at=p)
-              | a.UploadFile(at=p)):
+        case (a.Click(at=p) | a.MoveMouse(at=p) | a.MouseDown(at=p) | a.MouseUp(at=p) | a.TypeText(at=p)
+              | a.Scroll(at=p) | a.UploadFile(at=p)):
             return [p] if p else []
         case a.Drag(path=path):
             return list(path)
@@ -74,8 +72,14 @@ async def perform(driver: ComputerDriver, action: a.Action, tab: str | None, lim
             await driver.element_click(await _element(driver, el, tab), button, count, tab)  # type: ignore[attr-defined]
         case a.Click(at=p, button=button, count=count) if p is not None:
             await driver.click(p.x, p.y, button, count, tab)
-        case a.MoveMouse(at=p):
+        case a.MoveMouse(element=el) if el is not None:
+            await driver.element_pointer("move", await _element(driver, el, tab), "left", tab)  # type: ignore[attr-defined]
+        case a.MoveMouse(at=p) if p is not None:
             await driver.move(p.x, p.y, tab)
+        case a.MouseDown(element=el, button=button) if el is not None:
+            await driver.element_pointer("down", await _element(driver, el, tab), button, tab)  # type: ignore[attr-defined]
+        case a.MouseUp(element=el, button=button) if el is not None:
+            await driver.element_pointer("up", await _element(driver, el, tab), button, tab)  # type: ignore[attr-defined]
         case a.MouseDown(at=p, button=button):
             await driver.mouse_down(p.x if p else None, p.y if p else None, button, tab)
         case a.MouseUp(at=p, button=button):

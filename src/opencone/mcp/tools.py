@@ -268,19 +268,24 @@ class Tools:
                                  snapshot_id=snapshot_id)
         return self._done("click", report)
 
-    async def move(self, computer_id: ComputerId, x: Coord = None, y: Coord = None) -> str:
-        """Move the mouse to x,y of the screenshot image."""
-        return self._done("move", await self._act(computer_id, "move", x=x, y=y))
+    async def move(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
+                   snapshot_id: SnapshotId = None) -> str:
+        """Move the mouse onto an element (ref: a hover) or to x,y of the screenshot image."""
+        return self._done("move", await self._act(computer_id, "move", ref=ref, x=x, y=y, snapshot_id=snapshot_id))
 
-    async def mouse_down(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
-                         button: ButtonArg = "left") -> str:
-        """Press a mouse button (at x,y of the screenshot image, else where the mouse is)."""
-        return self._done("mouse_down", await self._act(computer_id, "mouse_down", x=x, y=y, button=button))
+    async def mouse_down(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
+                         button: ButtonArg = "left", snapshot_id: SnapshotId = None) -> str:
+        """Press a mouse button (on an element's centre, at x,y of the screenshot image, else where the
+        mouse is)."""
+        return self._done("mouse_down", await self._act(computer_id, "mouse_down", ref=ref, x=x, y=y, button=button,
+                                                        snapshot_id=snapshot_id))
 
-    async def mouse_up(self, computer_id: ComputerId, x: Coord = None, y: Coord = None,
-                       button: ButtonArg = "left") -> str:
-        """Release a mouse button (at x,y of the screenshot image, else where the mouse is)."""
-        return self._done("mouse_up", await self._act(computer_id, "mouse_up", x=x, y=y, button=button))
+    async def mouse_up(self, computer_id: ComputerId, ref: Ref = None, x: Coord = None, y: Coord = None,
+                       button: ButtonArg = "left", snapshot_id: SnapshotId = None) -> str:
+        """Release a mouse button (on an element's centre, at x,y of the screenshot image, else where the
+        mouse is)."""
+        return self._done("mouse_up", await self._act(computer_id, "mouse_up", ref=ref, x=x, y=y, button=button,
+                                                      snapshot_id=snapshot_id))
 
     async def drag(self, computer_id: ComputerId, ref: Ref = None, to_ref: Ref = None, x: Coord = None,
                    y: Coord = None, to_x: Coord = None, to_y: Coord = None, snapshot_id: SnapshotId = None) -> str:

@@ -96,6 +96,7 @@ class BrowserGymAdapter:
         "click": (("bid", "button", "modifiers"), {"button": "left", "modifiers": []}),
         "dblclick": (("bid", "button", "modifiers"), {"button": "left", "modifiers": []}),
         "press": (("bid", "key_comb"), {}), "focus": (("bid",), {}), "clear": (("bid",), {}),
+        "hover": (("bid",), {}),
         "drag_and_drop": (("from_bid", "to_bid"), {}),
         "scroll": (("delta_x", "delta_y"), {}),
         "mouse_move": (("x", "y"), {}),
@@ -114,9 +115,7 @@ class BrowserGymAdapter:
         self._tabs = tabs  # (tab ids in order, the active one) of the env's last observation
 
     # BrowserGym has these, this adapter cannot do them: said as such, not as an unknown name
-    UNSUPPORTED = {"hover": "hover(bid) is not available here (a pointer cannot move onto a ref); use "
-                            "mouse_move(x, y) with the element's pixels",
-                   "upload_file": "upload_file() is not available through the gym adapter; put the file with "
+    UNSUPPORTED = {"upload_file": "upload_file() is not available through the gym adapter; put the file with "
                                   "PUT /computers/{id}/files/... and use POST /computers/{id}/upload-file"}
 
     def translate(self, code: str) -> Translated:
@@ -158,6 +157,8 @@ class BrowserGymAdapter:
                 return _modified(list(b["modifiers"]), act)
             case "press":
                 return [{"action": "click", "ref": str(b["bid"])}, {"action": "key", "keys": _keys(b["key_comb"])}]
+            case "hover":  # the pointer onto the element's centre
+                return [{"action": "move", "ref": str(b["bid"])}]
             case "drag_and_drop":
                 return [{"action": "drag", "ref": str(b["from_bid"]), "to_ref": str(b["to_bid"])}]
             case "scroll":

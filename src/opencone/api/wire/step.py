@@ -20,7 +20,6 @@ Button = Literal["left", "right", "middle"]
 _REF = Field(default=None, max_length=24, description="An element of a snapshot (`e5`, `f1e3`), instead of x/y.")
 _SNAP = Field(default=None, max_length=64, description="The snapshot `ref` is from; the tab's latest if left out.")
 OBSERVE = ("screenshot", "snapshot", "url", "tabs")  # what a step can return beside its action's result
-_TAKES_NO_REF = "{name} takes pixels x, y (a ref is not accepted for it: use click, fill or scroll on refs)"
 
 
 class _Tool(BaseModel):
@@ -52,11 +51,6 @@ class _Target(_Tool):
                                "(pixels of the screenshot)", field="action")
         return {}
 
-    def _point_only(self) -> dict[str, Any]:
-        if self.ref is not None:
-            raise InvalidInput(_TAKES_NO_REF.format(name=self._name()), field="action.ref")
-        return self._where(required=False)
-
     def _name(self) -> str:
         return str(getattr(self, "action", "action"))
 
@@ -72,13 +66,12 @@ class ClickTool(_Target):
 
 
 class MoveTool(_Target):
+    """Onto an element (a hover) or to a point."""
+
     action: Literal["move"]
 
     def canonical(self) -> list[a.Action]:
-        at = self._point_only()
-        if not at:
-            raise InvalidInput("move: x and y are required", field="action")
-        return [w.build("action", {"kind": "move", **at})]
+        return [w.build("action", {"kind": "move", **self._where(True)})]
 
 
 class MouseDownTool(_Target):
@@ -86,7 +79,7 @@ class MouseDownTool(_Target):
     button: Button = "left"
 
     def canonical(self) -> list[a.Action]:
-        return [w.build("action", {"kind": "mouse_down", **self._point_only(), "button": self.button})]
+        return [w.build("action", {"kind": "mouse_down", **self._where(False), "button": self.button})]
 
 
 class MouseUpTool(_Target):
@@ -94,7 +87,7 @@ class MouseUpTool(_Target):
     button: Button = "left"
 
     def canonical(self) -> list[a.Action]:
-        return [w.build("action", {"kind": "mouse_up", **self._point_only(), "button": self.button})]
+        return [w.build("action", {"kind": "mouse_up", **self._where(False), "button": self.button})]
 
 
 class DragTool(_Target):

@@ -210,6 +210,22 @@ class ChromiumPerception:
         with contextlib.suppress(PlaywrightError, TimeoutError):
             await asyncio.wait_for(t.page.evaluate(_NEXT_FRAME_JS), 1.0)
 
+    async def element_pointer(self, op: str, target: ElementTarget, button: str, tab: str | None) -> None:
+        """``op`` (``move``, ``down``, ``up``) at the element's centre, scrolled into view first: the
+        pixel pointer actions on the point a ref names (a hover; a press and a release by ref)."""
+        _, loc = await self._element(target, tab)
+        await self._do("scroll to", target, loc.scroll_into_view_if_needed(timeout=ELEMENT_TIMEOUT_MS))
+        box = await self._do("pointer onto", target, loc.bounding_box(timeout=ELEMENT_TIMEOUT_MS))
+        if box is None:
+            raise DriverError(f"pointer onto {target.ref or target.selector}: the element has no box (it is hidden)")
+        x, y = (box["x"] + box["width"] / 2) * self.display.scale, (box["y"] + box["height"] / 2) * self.display.scale
+        if op == "move":
+            await self.move(x, y, tab)  # type: ignore[attr-defined]
+        elif op == "down":
+            await self.mouse_down(x, y, button, tab)  # type: ignore[attr-defined]
+        else:
+            await self.mouse_up(x, y, button, tab)  # type: ignore[attr-defined]
+
     async def element_drag(self, source: ElementTarget, dest: ElementTarget, tab: str | None) -> None:
         _, src = await self._element(source, tab)
         _, dst = await self._element(dest, tab)

@@ -646,6 +646,12 @@ class DesktopComputer(RoutedThroughProxy):
         finally:
             self._ready.after_input()
 
+    async def element_pointer(self, op: str, target: ElementTarget, button: str, tab: str | None) -> None:
+        try:
+            await self._browser().element_pointer(op, target, button, tab)
+        finally:
+            self._ready.after_input()
+
     async def history(self, op: str, timeout: float, tab: str | None) -> None:
         try:
             await self._browser().history(op, timeout, tab)
