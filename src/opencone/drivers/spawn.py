@@ -23,8 +23,9 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Any
+from typing import Any
 
+from opencone.drivers import pipes
 from opencone.drivers.netns import NetNamespace
 
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="opencone-spawn")
@@ -100,17 +101,21 @@ async def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: A
     argv = [*prefix(ids, netns), *cmd]
     fds = (*pass_fds, netns.fd) if netns is not None else pass_fds
 
+    read_end, write_end = os.pipe() if stderr_pipe else (-1, subprocess.DEVNULL)
+
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE if stderr_pipe else subprocess.DEVNULL,
-                                env=env, cwd=cwd, pass_fds=fds, start_new_session=True)
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=write_end,
+                                    env=env, cwd=cwd, pass_fds=fds, start_new_session=True)
+        finally:
+            if stderr_pipe:
+                os.close(write_end)  # the child's now
 
     loop = asyncio.get_running_loop()
-    popen = await loop.run_in_executor(_SPAWNER, start)
-    reader = None
-    if stderr_pipe:
-        pipe: IO[bytes] | None = popen.stderr
-        assert pipe is not None
-        reader = asyncio.StreamReader(limit=1 << 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    return Spawned(popen, reader)
+    try:
+        popen = await loop.run_in_executor(_SPAWNER, start)
+    except BaseException:
+        if stderr_pipe:
+            os.close(read_end)
+        raise
+    return Spawned(popen, pipes.stream(read_end, loop) if stderr_pipe else None)  # (not connect_read_pipe)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from opencone.drivers.netns import NetNamespace
+from opencone.drivers.pipes import FdReader
 from opencone.drivers.sandbox import bwrap
 from opencone.drivers.sandbox.cgroups import ExecLimits
 from opencone.drivers.sandbox.launch import LAUNCH_ENV, Launch, through_descriptor
@@ -180,7 +181,7 @@ class Execution:
         self.kill()
         for pipe in self._pipes:
             if pipe.transport:
-                pipe.transport.close()  # the transport owns its file and closes it
+                pipe.transport.close()  # the transport owns its descriptor and closes it
         attached = {id(pipe.file) for pipe in self._pipes}
         for file in (self._proc.stdout, self._proc.stderr):
             if file is not None and id(file) not in attached:
@@ -196,7 +197,11 @@ class Execution:
             for stream, file in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
                 pipe = _Pipe(stream, queue, file)  # type: ignore[arg-type]
                 pipes.append(pipe)
-                await loop.connect_read_pipe(lambda p=pipe: p, file)
+                # one owner for the descriptor: uvloop's connect_read_pipe closes it twice (drivers/pipes.py)
+                assert file is not None
+                fd = os.dup(file.fileno())
+                file.close()
+                FdReader(loop, fd, pipe)
             open_pipes = len(pipes)
             while open_pipes:
                 item = await queue.get()
