@@ -993,13 +993,17 @@ def test_the_real_agent_form_through_opencone(fake_models: FakeModels, form_site
                 computer.type(action.text)
             elif action.type == "wait":
                 time.sleep(0.5)
-            # as the agent loop's settle does: let the screen show the action (a loaded desktop repaints
-            # late, and an unchanged screenshot would have the policy act twice)
-            before, deadline = shot, time.monotonic() + 3
+            # as the agent loop's settle does: let the screen show the whole action before the next turn
+            # (a loaded desktop repaints late: a screenshot of half the typed text, or of none, would
+            # have the policy type again), i.e. changed from before and the same twice in a row
+            before, deadline = shot, time.monotonic() + 5
             shot = computer.screenshot(base64=True).result["screenshot_url"]
-            while shot == before and action.type != "wait" and time.monotonic() < deadline:
-                time.sleep(0.1)
-                shot = computer.screenshot(base64=True).result["screenshot_url"]
+            while action.type != "wait" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                again = computer.screenshot(base64=True).result["screenshot_url"]
+                if again == shot and again != before:
+                    break
+                shot = again
             response = client.responses.create(
                 model="computer-use-preview", tools=[tool], previous_response_id=response.id,  # type: ignore
                 input=[{"type": "computer_call_output", "call_id": calls[0].call_id,
