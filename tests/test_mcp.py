@@ -260,6 +260,9 @@ async def test_desktop_screenshot_scaled(small_server: Server) -> None:
             image, note = await shot(c, cid)
             assert image.shape == (288, 512, 3) and "scale 0.4 of the 1280x720 screen" in note
             await ok(c, "click", computer_id=cid, x=511, y=287)  # the image's last pixel: on the screen
+            # evaluate on a desktop runs in its browser's page
+            await ok(c, "navigate", computer_id=cid, url="data:text/html,<title>desk-js</title>")
+            assert json.loads(text(await ok(c, "evaluate", computer_id=cid, expression="document.title"))) == "desk-js"
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 

@@ -610,6 +610,10 @@ class DesktopComputer(RoutedThroughProxy):
     async def page_source(self, tab: str | None) -> tuple[str, str, str]:
         return await self._browser().page_source(tab)
 
+    async def page_evaluate(self, expression: str, max_chars: int, tab: str | None) -> dict[str, Any]:
+        """JavaScript in the page of the desktop's browser (the ``evaluate`` action)."""
+        return await self._browser().page_evaluate(expression, max_chars, tab)
+
     async def element_click(self, target: ElementTarget, button: str, count: int, tab: str | None) -> None:
         try:
             await self._browser().element_click(target, button, count, tab)
