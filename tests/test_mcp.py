@@ -191,11 +191,11 @@ async def test_pointer_by_ref_hovers_presses_and_releases(server: Server, site: 
         try:
             snap = text(await ok(c, "snapshot", computer_id=cid))
             await ok(c, "move", computer_id=cid, ref=ref_of(snap, 'button "Hover me"'))
-            far = ref_of(snap, 'button "Far button"')
-            await ok(c, "mouse_down", computer_id=cid, ref=far)
-            await ok(c, "mouse_up", computer_id=cid, ref=far)
+            press = ref_of(snap, 'button "Press me"')
+            await ok(c, "mouse_down", computer_id=cid, ref=press)
+            await ok(c, "mouse_up", computer_id=cid, ref=press)
             page = text(await ok(c, "read_page", computer_id=cid))
-            assert 'LOG["hover","far down","far up","far"]END' in page.replace("\\", ""), page
+            assert 'LOG["hover","press down","press up","press"]END' in page.replace("\\", ""), page
         finally:
             await c.call_tool("computer_close", {"computer_id": cid})
 
