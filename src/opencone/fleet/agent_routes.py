@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from opencone.api.guard import replay
+
 PREFIX = "/internal/v1"
 VERSION = 1
 
@@ -135,16 +137,7 @@ class InternalGate:
                          f"({self.node.capacity[kind]} slots)", limit=self.node.capacity[kind]))
                 return
         self.node.in_flight[kind] = self.node.in_flight.get(kind, 0) + 1
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         try:
-            await self.app(scope, replay, send)
+            await self.app(scope, replay(body, receive), send)  # the body read here, given again
         finally:
             self.node.in_flight[kind] -= 1
