@@ -453,6 +453,10 @@ class ComputerService:
             )).scalars().all()
         return [_view_of(r) for r in rows]
 
+    def live_views(self) -> list[ComputerView]:
+        """Every organisation's live computers (a fleet node counts and reports them all)."""
+        return [c.view() for c in self._live.values() if not c.ending]
+
     async def delete(self, org_id: str, computer_id: str) -> None:
         comp = self._live_for(org_id, computer_id)
         if comp is not None:
