@@ -30,6 +30,7 @@ from opencone.api.routes import recordings as recording_routes
 from opencone.api.routes import responses as response_routes
 from opencone.api.routes import root as root_routes
 from opencone.api.routes import step as step_routes
+from opencone.api.server_timing import ServerTiming
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.actions import renderer
 from opencone.config import Settings
@@ -102,4 +103,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   notte_seed_routes.PATHS: notte_seed_routes.refused},
                        raw_uploads=computer_files_routes.UPLOAD_PATH)  # files: streamed, capped by their route
     app.add_middleware(ErrorCounter)  # around even that: every layer's error answers, counted for GET /metrics
+    app.add_middleware(ServerTiming)  # outermost: Server-Timing app;dur= on every answer (api/server_timing.py)
     return app
