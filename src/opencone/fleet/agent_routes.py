@@ -7,7 +7,11 @@ a rolling upgrade:
 - ``/internal/v1/<public path>`` is the public Lightcone path of the same name, answered by the
   node's own app (same handlers, locks, streams, CDP WebSocket);
 - ``/internal/v1/node`` describes the node (id, incarnation, capacity, live computers by kind);
-- every request carries ``Authorization: Bearer <internal token>`` (the node app's only API key);
+- every request carries ``Authorization: Bearer <internal token>``, or, on behalf of an organisation,
+  ``X-Opencone-Org: <org id>`` with ``Bearer <node_key(token, org)>``: the node keeps each organisation
+  apart with its own tenancy (its own org and key, made on first sight), so an id in a body (a task's
+  computer, an environment, a previous response) resolves only within that organisation, as on a
+  single server;
 - anything else is a 404 naming the protocol this agent speaks.
 
 Creates are also held to the node's per-kind slots here (``429`` when full): the replicas'
@@ -17,8 +21,10 @@ raced or lost its database still cannot oversubscribe the node.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +40,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_CREATE_BODY = 1 << 20
+ORG_HEADER = b"x-opencone-org"
+ORG_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def node_key(token: str, org_id: str) -> str:
+    """The key an organisation's requests carry to a node: derived from the internal token, so only a
+    holder of the token (a replica) can speak for an organisation."""
+    digest = hmac.new(token.encode(), b"org:" + org_id.encode(), hashlib.sha256).hexdigest()
+    return f"ocn-{digest[:48]}"
 
 
 @dataclass
@@ -50,6 +65,13 @@ def _token_of(scope: Scope) -> str:
             scheme, _, token = value.decode("latin-1").partition(" ")
             return token.strip() if scheme.lower() == "bearer" else ""
     return ""
+
+
+def _org_of(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == ORG_HEADER:
+            return value.decode("latin-1").strip()
+    return None
 
 
 async def _answer(scope: Scope, send: Send, status: int, body: dict[str, Any]) -> None:
@@ -77,8 +99,26 @@ class InternalGate:
     the app has started)."""
 
     def __init__(self, app: ASGIApp, token: str, node: NodeDescription,
-                 live_by_kind: Callable[[], Awaitable[dict[str, int]]]) -> None:
+                 live_by_kind: Callable[[], Awaitable[dict[str, int]]],
+                 ensure_org: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         self.app, self._token, self.node, self._live_by_kind = app, token.encode(), node, live_by_kind
+        self._ensure_org, self._orgs_ready = ensure_org, set[str]()
+
+    async def _authorized(self, scope: Scope) -> bool:
+        """The internal token itself, or an organisation's node key (its org and key made here once)."""
+        presented = _token_of(scope).encode()
+        org = _org_of(scope)
+        if org is None:
+            return bool(self._token) and hmac.compare_digest(presented, self._token)
+        if not self._token or not ORG_ID.match(org) or self._ensure_org is None:
+            return False
+        key = node_key(self._token.decode(), org)
+        if not hmac.compare_digest(presented, key.encode()):
+            return False
+        if org not in self._orgs_ready:
+            await self._ensure_org(org, key)
+            self._orgs_ready.add(org)
+        return True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -90,9 +130,10 @@ class InternalGate:
                 404, f"this is an opencone node agent: it serves its internal protocol under {PREFIX}/ only "
                      "(to API replicas, with the internal token)", protocol=VERSION))
             return
-        if not self._token or not hmac.compare_digest(_token_of(scope).encode(), self._token):
+        if not await self._authorized(scope):
             await _answer(scope, send, 401, _problem(401, "the internal token is missing or wrong "
-                                                          "(Authorization: Bearer <OPENCONE_FLEET_INTERNAL_TOKEN>)"))
+                                                          "(Authorization: Bearer <OPENCONE_FLEET_INTERNAL_TOKEN>, "
+                                                          "or an organisation's node key with X-Opencone-Org)"))
             return
         inner = path[len(PREFIX):]
         if inner == "/node" and scope["type"] == "http":

@@ -111,9 +111,15 @@ def main() -> None:
         rt = state.get("runtime")
         counts = {"browser": 0, "desktop": 0}
         if rt is not None:
-            for view in await rt.computers.list(state["org"], "live"):
+            for view in rt.computers.live_views():  # every organisation's: the node's slots are shared
                 counts[view.kind] = counts.get(view.kind, 0) + 1
         return counts
+
+    async def ensure_org(org_id: str, key: str) -> None:
+        """An organisation a replica speaks for, as the node's own: the same id as the fleet's."""
+        rt = state["runtime"]
+        await rt.accounts.ensure_org(org_id, name=org_id)
+        await rt.accounts.ensure_key(key, org_id, name="fleet")
 
     parent_gone = threading.Event()
     app_lifespan = app.router.lifespan_context
@@ -143,9 +149,9 @@ def main() -> None:
 
     app.router.lifespan_context = lifespan
     threading.Thread(target=_watch_parent, args=(parent, parent_gone), daemon=True, name="parent-watch").start()
-    config = uvicorn.Config(InternalGate(app, token, node, live_by_kind), log_level=settings.log_level.lower(),
-                            access_log=False, timeout_graceful_shutdown=3, ws_max_size=128 * 2**20,
-                            lifespan="on")
+    config = uvicorn.Config(InternalGate(app, token, node, live_by_kind, ensure_org),
+                            log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
+                            ws_max_size=128 * 2**20, lifespan="on")
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(sockets=[sock]))

@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from opencone.core.store.db import make_engine, sessionmaker
 from opencone.core.store.models import ComputerRecord
@@ -35,6 +36,7 @@ from opencone.fleet import registry
 log = logging.getLogger(__name__)
 
 TERMINATED = "terminated"
+ADOPT_GRACE_SECONDS = 10.0
 
 
 class NodeLink:
@@ -109,16 +111,17 @@ class NodeLink:
         # the records first, then the live set: a record written after our read is of a computer that
         # was live when it was written, so one missing from the later live set has really ended
         async with self.sessions() as s:
-            recorded = set((await s.execute(select(ComputerRecord.id).where(
-                ComputerRecord.node_id == self.node_id, ComputerRecord.status != TERMINATED))).scalars())
+            recorded = dict((await s.execute(select(ComputerRecord.id, ComputerRecord.org_id).where(
+                ComputerRecord.node_id == self.node_id, ComputerRecord.status != TERMINATED))).tuples().all())
             await s.commit()
-        views = await self.rt.computers.list(self.org, "live")
+        views = self.rt.computers.live_views()  # every organisation's
         live = {"browser": 0, "desktop": 0}
         for v in views:
             live[v.kind] = live.get(v.kind, 0) + 1
-        for cid in recorded - {v.id for v in views}:
+        await self._adopt([v for v in views if v.id not in recorded])
+        for cid in set(recorded) - {v.id for v in views}:
             with contextlib.suppress(Exception):
-                view = await self.rt.computers.get(self.org, cid)
+                view = await self.rt.computers.get(recorded[cid], cid)
                 if view.status == TERMINATED:
                     self._ended.setdefault(cid, (view.termination_reason or "unknown",
                                                  view.terminated_at or datetime.now(UTC)))
@@ -133,9 +136,31 @@ class NodeLink:
                         self.node_id)
             for v in views:
                 with contextlib.suppress(Exception):
-                    await self.rt.computers.delete(self.org, v.id)
+                    await self.rt.computers.delete(v.org_id, v.id)
             self._ended.clear()
             await self._register()
+
+    async def _adopt(self, unrecorded: list[Any]) -> None:
+        """Computers the node made itself (an agent task's, an OpenEnv reset's) get their fleet record, so
+        any replica finds them. A replica records what it created a moment after the node answered: only
+        computers older than the grace are adopted here, so the two never write the same record."""
+        now = datetime.now(UTC)
+        grace = float(os.environ.get("OPENCONE_NODE_ADOPT_GRACE_SECONDS") or ADOPT_GRACE_SECONDS)
+        due = [v for v in unrecorded if (now - v.created_at).total_seconds() > grace]
+        if not due:
+            return
+        async with self.sessions() as s, registry.guarded(s):
+            for v in due:
+                await s.execute(insert(ComputerRecord).values(
+                    id=v.id, org_id=v.org_id, kind=v.kind, status=v.status, created_at=v.created_at,
+                    last_activity_at=v.last_activity_at, max_lifetime_seconds=v.max_lifetime_seconds,
+                    inactivity_timeout_seconds=v.inactivity_timeout_seconds,
+                    idle_timeout_enabled=v.idle_timeout_enabled, display_width=v.display.width,
+                    display_height=v.display.height, display_scale=v.display.scale, persistent=v.persistent,
+                    environment_id=v.environment_id, context_id=v.context_id, options={},
+                    node_id=self.node_id).on_conflict_do_nothing(index_elements=["id"]))
+            await s.commit()
+        log.info("recorded %d computers this node made itself: %s", len(due), ", ".join(v.id for v in due[:10]))
 
     async def _flush(self) -> None:
         if not self._ended:

@@ -56,6 +56,7 @@ from opencone.core.events import encode
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.core.store.models import ComputerRecord, NodeRecord
 from opencone.fleet import placement, registry
+from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Fleet:
         self._routes: dict[str, Route] = {}
         self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
         self.first_key: str | None = None
+        self._node_keys: dict[str, str] = {}
         self.placing: dict[str, Any] = {  # placement's knobs, from the settings
             "k": settings.fleet_placement_k, "heartbeat_ttl": timedelta(seconds=settings.fleet_heartbeat_ttl_seconds),
             "memory_reserve_mb": {"browser": settings.fleet_browser_memory_mb,
@@ -224,16 +226,33 @@ class Fleet:
             await asyncio.sleep(0.25)
         return None
 
+    # -- speaking to an agent for an organisation -----------------------------------------
+    def key_for(self, org: str) -> str:
+        """The node key of ``org`` (fleet/agent_routes.py): on a node each organisation is its own."""
+        key = self._node_keys.get(org)
+        if key is None:
+            if len(self._node_keys) > 100_000:
+                self._node_keys.clear()
+            key = self._node_keys[org] = node_key(self.token, org)
+        return key
+
+    def agent_headers(self, org: str, **extra: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.key_for(org)}", "x-opencone-org": org, **extra}
+
     # -- what the agents answer, as the client must see it --------------------------------
-    def rewrite(self, data: bytes, agent_url: str, node_id: str, public: str, client_key: str | None) -> bytes:
-        """The agent's base and token in a body, replaced by this replica's base and the client's key."""
+    def rewrite(self, data: bytes, agent_url: str, node_id: str, public: str, client_key: str | None,
+                org: str | None = None) -> bytes:
+        """The agent's base and keys in a body, replaced by this replica's base and the client's key."""
         agent = agent_url.encode()
-        if agent not in data and self.token.encode() not in data:
+        keys = [self.token.encode()] + ([self.key_for(org).encode()] if org else [])
+        if agent not in data and not any(k in data for k in keys):
             return data
         ws_agent, ws_public = b"ws" + agent[4:], ("ws" + public[4:]).encode()
         data = data.replace(agent + b"/files/", f"{public}/files/{node_id}.".encode())
         data = data.replace(agent, public.encode()).replace(ws_agent, ws_public)
-        return data.replace(self.token.encode(), (client_key or "").encode())
+        for key in keys:
+            data = data.replace(key, (client_key or "").encode())
+        return data
 
 
 def _public_base(request: Request | WebSocket, settings: Settings) -> str:
@@ -250,11 +269,10 @@ def _forward_query(conn: Request | WebSocket, token: str) -> str:
     return ("?" + urlencode(items)) if items else ""
 
 
-def _headers_for_agent(conn: Request | WebSocket, token: str) -> dict[str, str]:
+def _headers_for_agent(conn: Request | WebSocket, fleet: Fleet, org: str) -> dict[str, str]:
     out = {k: v for k, v in conn.headers.items() if k.lower() not in HOP_HEADERS
-           and not k.lower().startswith("sec-websocket")}
-    out["authorization"] = f"Bearer {token}"
-    return out
+           and not k.lower().startswith("sec-websocket") and k.lower() != "x-opencone-org"}
+    return {**out, **fleet.agent_headers(org)}
 
 
 def _answer_headers(resp: httpx.Response) -> dict[str, str]:
@@ -276,8 +294,8 @@ async def _forward(request: Request, route: Route, path: str, org: str) -> Respo
         size = int(request.headers.get("content-length") or 0)
         body = request.stream() if size > (1 << 20) or "chunked" in request.headers.get("transfer-encoding", "") \
             else await request.body()
-    req = fleet.http.build_request(request.method, route.url + path + _forward_query(request, fleet.token),
-                                   headers=_headers_for_agent(request, fleet.token), content=body)
+    req = fleet.http.build_request(request.method, route.url + path + _forward_query(request, fleet.key_for(org)),
+                                   headers=_headers_for_agent(request, fleet, org), content=body)
     try:
         resp = await fleet.http.send(req, stream=True)
     except httpx.TransportError as exc:
@@ -291,10 +309,10 @@ async def _forward(request: Request, route: Route, path: str, org: str) -> Respo
             return await _node_gone(request, route, path, org, exc)
         finally:
             await resp.aclose()
-        return Response(fleet.rewrite(data, route.url, route.node_id, public, client_key), resp.status_code,
+        return Response(fleet.rewrite(data, route.url, route.node_id, public, client_key, org), resp.status_code,
                         headers=headers)
     if "text/event-stream" in kind and path.endswith("/events"):
-        return StreamingResponse(_relay_events(fleet, resp, route, public, client_key), resp.status_code,
+        return StreamingResponse(_relay_events(fleet, resp, route, public, client_key, org), resp.status_code,
                                  headers=headers, background=BackgroundTask(resp.aclose))
     return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=headers,
                              background=BackgroundTask(resp.aclose))
@@ -307,7 +325,7 @@ async def _relay_bytes(resp: httpx.Response) -> AsyncIterator[bytes]:
 
 
 async def _relay_events(fleet: Fleet, resp: httpx.Response, route: Route, public: str,
-                        client_key: str | None) -> AsyncIterator[bytes]:
+                        client_key: str | None, org: str) -> AsyncIterator[bytes]:
     """The agent's SSE bytes, frame by frame; if the agent's stream breaks before ``terminated``, the
     fleet record's end (once the controller gives it) is the stream's last event."""
     assert route.url is not None and route.node_id is not None
@@ -324,10 +342,10 @@ async def _relay_events(fleet: Fleet, resp: httpx.Response, route: Route, public
                 # the fleet's word, not the node's; the events before it still go out
                 kept = b"".join(f + b"\n\n" for f in frames.split(b"\n\n") if f and not _is_terminated_frame(f))
                 if kept:
-                    yield fleet.rewrite(kept, route.url, route.node_id, public, client_key)
+                    yield fleet.rewrite(kept, route.url, route.node_id, public, client_key, org)
                 break
             ended = ended or _is_terminated_frame(frames)
-            yield fleet.rewrite(frames, route.url, route.node_id, public, client_key)
+            yield fleet.rewrite(frames, route.url, route.node_id, public, client_key, org)
     except httpx.TransportError:
         pass
     if ended:
@@ -411,8 +429,8 @@ async def _create(request: Request, org: str) -> Response:
         if node is None:
             break
         try:
-            resp = await fleet.http.post(node.url + "/computers", content=body, headers={
-                "authorization": f"Bearer {fleet.token}", "content-type": "application/json"})
+            resp = await fleet.http.post(node.url + "/computers", content=body,
+                                         headers=fleet.agent_headers(org, **{"content-type": "application/json"}))
         except httpx.TransportError as exc:
             resp, refusals = None, [*refusals, f"{node.id}: {type(exc).__name__}"]
         if resp is not None and resp.status_code == 200:
@@ -423,17 +441,17 @@ async def _create(request: Request, org: str) -> Response:
                 # no computer without its record: end it on the node
                 with contextlib.suppress(Exception):
                     await fleet.http.delete(f"{node.url}/computers/{out['id']}",
-                                            headers={"authorization": f"Bearer {fleet.token}"})
+                                            headers=fleet.agent_headers(org))
                 async with fleet.sessions() as s:
                     await placement.release(s, node.id, kind)
                 raise
-            return Response(fleet.rewrite(resp.content, node.url, node.id, public, presented_key(request, False)),
+            return Response(fleet.rewrite(resp.content, node.url, node.id, public, presented_key(request, False), org),
                             200, media_type="application/json")
         async with fleet.sessions() as s:
             await placement.release(s, node.id, kind)
         if resp is not None and resp.status_code not in (429, 503):
             # the node's own verdict on the request (bad input): the client's answer
-            return Response(fleet.rewrite(resp.content, node.url, node.id, public, None), resp.status_code,
+            return Response(fleet.rewrite(resp.content, node.url, node.id, public, None, org), resp.status_code,
                             headers=_answer_headers(resp))
         if resp is not None:
             refusals.append(f"{node.id}: {resp.status_code}")
@@ -479,27 +497,22 @@ async def _list(request: Request, org: str) -> Response:
         return JSONResponse([])  # no saved environments in fleet mode (see _create)
     context = request.query_params.get("context_id")
     async with fleet.sessions() as s, registry.guarded(s):
-        rows = (await s.execute(select(ComputerRecord, NodeRecord.url).join(
-            NodeRecord, NodeRecord.id == ComputerRecord.node_id).where(
-            ComputerRecord.org_id == org, ComputerRecord.status != TERMINATED))).all()
-        await s.commit()
-    by_node: dict[str, tuple[str, set[str]]] = {}
-    for row, url in rows:
-        by_node.setdefault(row.node_id, (url, set()))[1].add(row.id)
+        nodes = await registry.list_nodes(s, states=[registry.READY])
     public = _public_base(request, fleet.settings)
     key = presented_key(request, False)
 
-    async def of_node(node_id: str, url: str, ids: set[str]) -> list[dict[str, Any]]:
+    async def of_node(node_id: str, url: str) -> list[dict[str, Any]]:
+        # each node answers for the organisation alone (its own tenancy): what a task or an
+        # OpenEnv reset made there is listed before its fleet record is written
         try:
-            resp = await fleet.http.get(url + "/computers", headers={"authorization": f"Bearer {fleet.token}"},
+            resp = await fleet.http.get(url + "/computers", headers=fleet.agent_headers(org),
                                         params={"context_id": context} if context else None)
             resp.raise_for_status()
         except httpx.HTTPError:
             return []  # an unreachable node's computers are not listed as live
-        items = json.loads(fleet.rewrite(resp.content, url, node_id, public, key))
-        return [c for c in items if c.get("id") in ids]
+        return json.loads(fleet.rewrite(resp.content, url, node_id, public, key, org))  # type: ignore[no-any-return]
 
-    parts = await asyncio.gather(*(of_node(n, u, ids) for n, (u, ids) in by_node.items()))
+    parts = await asyncio.gather(*(of_node(n.id, n.url) for n in nodes if n.url))
     found = sorted((c for part in parts for c in part), key=lambda c: c.get("created_at") or "")
     return JSONResponse(found)
 
@@ -611,9 +624,9 @@ async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
     if route.row.status == TERMINATED or route.url is None:
         await _deny(ws, 409, f"computer {computer_id} is terminated ({route.row.termination_reason})")
         return
-    url = "ws" + route.url[4:] + path + _forward_query(ws, fleet.token)
+    url = "ws" + route.url[4:] + path + _forward_query(ws, fleet.key_for(org))
     try:
-        upstream = await websockets.connect(url, additional_headers={"authorization": f"Bearer {fleet.token}"},
+        upstream = await websockets.connect(url, additional_headers=fleet.agent_headers(org),
                                             max_size=128 * 2**20, compression=None, ping_interval=None,
                                             open_timeout=15)
     except websockets.InvalidStatus as exc:

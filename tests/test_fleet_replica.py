@@ -1,0 +1,100 @@
+"""What an API replica serves, against node servers started without Ray (tests/fleet_direct.py).
+
+Each organisation is its own on a node (fleet/agent_routes.py): a replica speaks for the request's
+organisation with a key derived from the internal token, so the node's own tenancy keeps one
+organisation's computers (and the ids in bodies: tasks, environments, responses) from another's. Attacked
+here through the replica with a second organisation's key, and at the node with forged headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import wait_until
+from fleet_direct import DirectFleet, start_direct_fleet
+
+from opencone.fleet.agent_routes import PREFIX, node_key
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[DirectFleet]:
+    fleet = start_direct_fleet(tmp_path_factory.mktemp("fleet-direct"), postgres, nodes=2,
+                               node_env={"OPENCONE_NODE_ADOPT_GRACE_SECONDS": "1"})
+    yield fleet
+    fleet.stop()
+
+
+def test_another_organisation_sees_and_touches_nothing(fleet: DirectFleet, site: str) -> None:
+    other = fleet.new_org_key("tenant-b")
+    mine = fleet.client().computers.create(kind="browser")
+    try:
+        theirs = fleet.client(other).computers.create(kind="browser")
+        try:
+            with fleet.http() as h:
+                listed = {c["id"] for c in h.get("/computers").json()}
+            with fleet.http(other) as h:
+                their_list = {c["id"] for c in h.get("/computers").json()}
+                assert h.get(f"/computers/{mine.id}").status_code == 404
+                assert h.post(f"/computers/{mine.id}/navigate", json={"url": site}).status_code == 404
+                assert h.delete(f"/computers/{mine.id}").status_code == 404
+            assert mine.id in listed and theirs.id not in listed
+            assert theirs.id in their_list and mine.id not in their_list
+            # on its node, each computer belongs to its own organisation, not to one shared node org
+            orgs = dict(fleet.sql(f"SELECT id, org_id FROM computers WHERE id IN ('{mine.id}', '{theirs.id}')"))
+            assert orgs[mine.id] != orgs[theirs.id]
+            fleet.client().computers.navigate(mine.id, url=site)
+            with fleet.http() as h:
+                assert h.get(f"/computers/{mine.id}").json()["status"] == "ready"
+        finally:
+            fleet.client(other).computers.delete(theirs.id)
+    finally:
+        fleet.client().computers.delete(mine.id)
+
+
+def _node_request(fleet: DirectFleet, path: str, headers: dict[str, str]) -> httpx.Response:
+    return httpx.get(fleet.nodes[0].url + PREFIX + path, headers=headers, timeout=30)
+
+
+def test_a_node_takes_an_organisation_only_with_its_derived_key(fleet: DirectFleet) -> None:
+    token = fleet.token
+    assert _node_request(fleet, "/computers", {"authorization": f"Bearer {token}"}).status_code == 200
+    good = {"authorization": f"Bearer {node_key(token, 'org_x')}", "x-opencone-org": "org_x"}
+    assert _node_request(fleet, "/computers", good).status_code == 200
+    forged = [
+        {"authorization": f"Bearer {token}", "x-opencone-org": "org_x"},  # the token is not an org's key
+        {"authorization": f"Bearer {node_key(token, 'org_y')}", "x-opencone-org": "org_x"},  # another org's
+        {"authorization": f"Bearer {node_key('not-the-token', 'org_x')}", "x-opencone-org": "org_x"},
+        {"authorization": f"Bearer {node_key(token, '../x')}", "x-opencone-org": "../x"},  # not an org id
+    ]
+    for headers in forged:
+        answer = _node_request(fleet, "/computers", headers)
+        assert answer.status_code == 401, (headers, answer.text)
+        assert "internal token" in answer.json()["detail"]
+
+
+def test_a_computer_the_node_made_itself_gets_its_fleet_record(fleet: DirectFleet) -> None:
+    """What a node makes without a replica's create (an agent task's computer) is found by any replica."""
+    org = fleet.sql("SELECT org_id FROM api_keys LIMIT 1")[0][0]
+    node = fleet.nodes[1]
+    made = httpx.post(node.url + PREFIX + "/computers", json={"kind": "browser"}, timeout=60,
+                      headers={"authorization": f"Bearer {node_key(fleet.token, org)}", "x-opencone-org": org})
+    assert made.status_code == 200, made.text
+    cid = made.json()["id"]
+    try:
+        with fleet.http() as h:  # listed at once (the node answers for the organisation)...
+            assert cid in {c["id"] for c in h.get("/computers").json()}
+        # ...and routed once the node's heartbeat has written its record
+        assert wait_until(lambda: bool(fleet.sql(f"SELECT node_id FROM computers WHERE id = '{cid}'")), 20)
+        assert fleet.node_of(cid) == node.node_id
+        with fleet.http() as h:
+            assert h.get(f"/computers/{cid}").json()["id"] == cid
+            shot = h.post(f"/computers/{cid}/screenshot", json={})
+            assert shot.status_code == 200, shot.text
+    finally:
+        with fleet.http() as h:
+            assert h.delete(f"/computers/{cid}").status_code == 204
