@@ -26,7 +26,7 @@ async def _check(url: str) -> None:
         await migrate(engine)  # a second start finds everything applied
         async with engine.connect() as conn:
             head = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
-            assert head == "0006_fleet"
+            assert head == "0007_fleet_objects"
             drift = await conn.run_sync(_schema_drift)
             assert drift == [], f"the migrations and the models differ: {drift}"
     finally:

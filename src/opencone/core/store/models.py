@@ -190,3 +190,16 @@ class NodeRecord(Base):
     load: Mapped[float] = mapped_column(Float, default=0.0)  # 1-minute load average per core
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FleetObject(Base):
+    """Which node holds an object a node made (fleet mode only, fleet/owned.py): an agent task, a stored
+    response, a saved environment, a recording, an OpenEnv session. Found by asking the nodes once, then
+    read from here by every replica."""
+
+    __tablename__ = "fleet_objects"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    org_id: Mapped[str] = mapped_column(String(64), index=True)
+    node_id: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
