@@ -55,7 +55,7 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.events import encode
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.core.store.models import ComputerRecord, NodeRecord
-from opencone.fleet import placement, registry
+from opencone.fleet import placement, registry, replica_storage
 from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
@@ -414,10 +414,8 @@ async def _create(request: Request, org: str) -> Response:
     except ValidationError as exc:
         detail, items = describe_validation(list(exc.errors()))
         return problem(422, detail, extra={"errors": items})
-    if spec.persistent or spec.environment_id or spec.recording:
-        field = "persistent" if spec.persistent else "environment_id" if spec.environment_id else "recording"
-        raise InvalidInput(f"{field} is not available in fleet mode yet (saved environments and recordings "
-                           "live on one node); create it without", field=field)
+    if spec.environment_id:  # restored on the node that holds it (fleet/replica_storage.py)
+        hint = await replica_storage.environment_hint(fleet, org, spec.kind, spec.environment_id, hint)
     kind = spec.kind
     body = json.dumps(parsed).encode()
     exclude: set[str] = set()
@@ -480,8 +478,8 @@ async def _record(fleet: Fleet, org: str, node_id: str, kind: str, out: dict[str
         created_at=_when(out.get("created_at")), last_activity_at=_when(out.get("last_activity_at")),
         max_lifetime_seconds=out["max_lifetime_seconds"], inactivity_timeout_seconds=out["inactivity_timeout_seconds"],
         idle_timeout_enabled=out["idle_timeout_enabled"], display_width=d.get("width", 0),
-        display_height=d.get("height", 0), display_scale=d.get("scale", 1.0), persistent=False,
-        environment_id=None, context_id=out.get("context_id"), options={}, node_id=node_id)
+        display_height=d.get("height", 0), display_scale=d.get("scale", 1.0), persistent=bool(out.get("persistent")),
+        environment_id=out.get("environment_id"), context_id=out.get("context_id"), options={}, node_id=node_id)
     async with fleet.sessions() as s, registry.guarded(s):
         s.add(row)
         await placement.confirm(s, node_id, kind)  # one transaction: confirm's commit writes the row too
@@ -494,7 +492,7 @@ async def _list(request: Request, org: str) -> Response:
     if kind not in ("live", "persistent"):
         raise InvalidInput("type must be 'live' or 'persistent'", field="type", allowed=["live", "persistent"])
     if kind == "persistent":
-        return JSONResponse([])  # no saved environments in fleet mode (see _create)
+        return JSONResponse(await replica_storage.saved_environments(request, org))
     context = request.query_params.get("context_id")
     async with fleet.sessions() as s, registry.guarded(s):
         nodes = await registry.list_nodes(s, states=[registry.READY])
@@ -538,6 +536,7 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted computers for AI agents, over the Lightcone API: a fleet replica.")
     errors.install(app)
     app.include_router(live.router)
+    replica_storage.install(app)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
