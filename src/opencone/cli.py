@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -260,6 +260,9 @@ def status(
     if as_json:
         print(json.dumps(st, indent=2))
         return
+    if st.get("role") == "fleet-replica":
+        _fleet_status(base, st)
+        return
     host, comps = st["host"], st["computers"]
     console.print(f"[bold]opencone {st['version']}[/bold] at {base}, up {st['uptime_seconds']:,.0f} s")
     console.print(f"load {' '.join(f'{x:g}' for x in host['load'])} on {host['cpus']} cores · memory "
@@ -280,6 +283,26 @@ def status(
             table.add_row(c["id"], c["org_id"], c["kind"], c["status"], f"{c['age_seconds']:,.0f} s",
                           f"{c['idle_seconds']:,.0f} s")
         console.print(table)
+
+
+def _fleet_status(base: str, st: dict[str, Any]) -> None:
+    """A fleet replica's GET /status (fleet/replica_ops.py): its nodes and the fleet's computers."""
+    comps, slots = st["computers"], st["slots"]
+    console.print(f"[bold]opencone {st['version']}[/bold] fleet replica at {base}, up {st['uptime_seconds']:,.0f} s")
+    console.print(f"{comps['live']} live computers · browser slots {slots['browser']['used']}/"
+                  f"{slots['browser']['capacity']} used · desktop slots {slots['desktop']['used']}/"
+                  f"{slots['desktop']['capacity']} used · by kind: "
+                  f"{', '.join(f'{n} {k}' for k, n in comps['by_kind'].items()) or 'none'}")
+    table = Table("node", "state", "browsers", "desktops", "load", "free memory", "pools ready", "heartbeat",
+                  title="fleet nodes")
+    for n in st["nodes"]:
+        s = n["slots"]
+        pools = ("unreachable" if n["reachable"] is False else
+                 ", ".join(f"{p['pool']} {p['ready']}" for p in n["pools"] or []) or "-")
+        table.add_row(n["id"], n["state"], f"{s['browser']['used']}/{s['browser']['capacity']}",
+                      f"{s['desktop']['used']}/{s['desktop']['capacity']}", f"{n['load']:g}",
+                      _mib(n["free_memory_bytes"]), pools, n["heartbeat_at"] or "-")
+    console.print(table)
 
 
 @app.command()
