@@ -15,6 +15,8 @@ answers); the difference is the replica's hop.
 - create: a browser from the node's warm pool (``node_hint`` pins it to the measured node)
 - click, screenshot: ``POST /computers/{id}/click`` and ``/screenshot``
 - CDP round trip: one ``Runtime.evaluate`` over the computer's CDP WebSocket, already open
+- create without a browser: the same interleaving on a node whose driver starts none (the replica's own
+  cost without a browser launch's noise: placement, the reservation, the record)
 - creates at 1 and 20 concurrent clients: on the three nodes without browsers (the fleet's own cost:
   placement, the reservation, the agent's create, the record)
 - node death: ``cluster.remove_node(allow_graceful=False)`` until a retrieve says ``node_lost``
@@ -158,6 +160,22 @@ def run(quick: bool) -> None:
         deadline = time.monotonic() + 60
         while len([n for n in pub.get("/nodes").json() if n["state"] == "ready"]) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
+
+        # the replica's own cost of a create, without a browser's noise: interleaved with the agent's create
+        fake_url = pg.psql(f"SELECT url FROM nodes WHERE id = 'node-{fakes[0].node_id}'", db).strip()
+        fake_agent = httpx.Client(base_url=fake_url, headers={"authorization": f"Bearer {token}"}, timeout=60)
+        hint = {"node_hint": f"node-{fakes[0].node_id}"}
+        via, direct = [], []
+        for i in range(20 + (100 if quick else 300)):
+            t0 = time.perf_counter()
+            assert pub.post("/computers", json=hint).status_code == 200
+            t1 = time.perf_counter()
+            assert fake_agent.post("/computers", json={}).status_code == 200
+            if i >= 20:  # after a warm-up (connections, statement caches)
+                via.append(t1 - t0)
+                direct.append(time.perf_counter() - t1)
+        rows.append(_row("create (no browser, one node)", via, direct))
+        fake_agent.close()
 
         def one(_: int) -> float:
             t0 = time.perf_counter()

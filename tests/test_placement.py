@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from postgres import PostgresServer
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from opencone.core.store.db import make_engine, migrate, sessionmaker
@@ -287,3 +288,41 @@ async def test_database_down_is_a_clear_unavailable_error() -> None:
         await eng.dispose()
     finally:
         pg.close()
+
+
+@aio
+async def test_record_and_confirm_are_one_statement(engine: AsyncEngine, postgres_url: str) -> None:
+    """A replica's create on a bare AUTOCOMMIT connection: the record and the slot's confirmation are
+    written together or not at all."""
+    sessions = sessionmaker(engine)
+    t0 = datetime.now(UTC)
+    await register(sessions, [node(1, capacity_browser=2)], now=t0)
+    async with sessions() as s:
+        s.add(Organization(id="org", name="org", created_at=t0))
+        await s.commit()
+    row = dict(id="c1", org_id="org", kind="browser", status="ready", created_at=t0, last_activity_at=t0,
+               max_lifetime_seconds=60, inactivity_timeout_seconds=60, idle_timeout_enabled=True,
+               display_width=8, display_height=8, display_scale=1.0, persistent=False, options={},
+               node_id="node-r01")
+    direct = make_engine(postgres_url, autocommit=True)
+    try:
+        async with direct.connect() as db:
+            chosen = await placement.place(db, "browser", heartbeat_ttl=LONG_TTL)
+            assert chosen is not None and chosen.id == "node-r01"
+            await placement.confirm(db, "node-r01", "browser", record=row)
+            # the same id again (a row that cannot be written): nothing of the statement lands
+            assert await placement.reserve(db, "node-r01", "browser")
+            with pytest.raises(IntegrityError):
+                await placement.confirm(db, "node-r01", "browser", record=row)
+            with pytest.raises(ValueError, match="not columns"):
+                await placement.confirm(db, "node-r01", "browser", record={**row, "id": "c2", "colour": "red"})
+            n1 = await registry.get_node(db, "node-r01")
+            assert n1 is not None and (n1.live_browser, n1.reserved_browser) == (1, 1)
+            await placement.release(db, "node-r01", "browser")
+        async with sessions() as s:
+            rec = await s.get(ComputerRecord, "c1")
+            assert rec is not None and (rec.node_id, rec.created_at, rec.options, rec.terminated_at) == (
+                "node-r01", t0, {}, None)
+            assert (await registry.get_node(s, "node-r01")).reserved_browser == 0  # type: ignore[union-attr]
+    finally:
+        await direct.dispose()

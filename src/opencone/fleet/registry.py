@@ -1,7 +1,7 @@
 """The fleet's nodes table: agents register and heartbeat, replicas read it to place and route.
 
-Every function runs its statements in the caller's ``AsyncSession`` and commits them (one transaction
-each), so pass a session that is not inside ``session.begin()``. Times come from the caller's clock
+Every function runs its statements in the caller's ``AsyncSession`` (or ``AsyncConnection``) and commits
+them (one transaction each), so pass one that is not inside ``begin()``. Times come from the caller's clock
 (UTC), never the database's, so SQLite (local tests) and PostgreSQL agree. A database that cannot be
 reached raises ``DatabaseUnavailable`` (a 503 at the edge), whatever the driver's own error.
 """
@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Table, case, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, case, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from opencone.core.store.db import DatabaseUnavailable, unavailable
 from opencone.core.store.models import ComputerRecord, NodeRecord
 
+Db = AsyncSession | AsyncConnection  # a replica's placement runs on a bare AUTOCOMMIT connection
 Kind = Literal["browser", "desktop"]
 KINDS: tuple[Kind, ...] = ("browser", "desktop")
 READY, DRAINING, DEAD = "ready", "draining", "dead"
 STATES = (READY, DRAINING, DEAD)
-# NOTIFY channel: payload = comma-separated ids of computers the fleet just ended (mark_dead, end_computers)
+# NOTIFY channel: payload = comma-separated ids of computers the fleet just ended (mark_dead, end_computers,
+# a replica's delete, a node's write of a computer's end); every replica LISTENs and drops them from its routes
 COMPUTERS_CHANNEL = "opencone_computers"
 NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a payload at 8000 bytes
 # a reservation not confirmed or released in this long belongs to a create that died with its replica
@@ -33,7 +35,7 @@ RESERVATION_TTL = timedelta(seconds=60)
 
 
 @contextlib.asynccontextmanager
-async def guarded(session: AsyncSession | None = None) -> AsyncIterator[None]:
+async def guarded(session: Db | None = None) -> AsyncIterator[None]:
     """Turn "the database is unreachable", whatever raised it, into ``DatabaseUnavailable`` (re-exported
     here for the fleet), rolling ``session`` back."""
     try:
@@ -89,9 +91,13 @@ class NodeInfo:
 
 
 _FIELDS = [f.name for f in dataclasses.fields(NodeInfo)]
+_NODES: Table = NodeRecord.__table__  # type: ignore[assignment]
+# built once (a replica reads the nodes at every create): an expression costs more to build than to run
+_ALL_NODES = select(_NODES).order_by(_NODES.c.id)
+_NODES_IN = _ALL_NODES.where(_NODES.c.state.in_(bindparam("states", expanding=True)))
 
 
-def _info(row: NodeRecord) -> NodeInfo:
+def _info(row: Any) -> NodeInfo:  # a NodeRecord or a row of the nodes table
     return NodeInfo(**{name: getattr(row, name) for name in _FIELDS})
 
 
@@ -161,10 +167,14 @@ async def set_state(session: AsyncSession, node_id: str, state: str) -> bool:
     return found
 
 
-async def _notify(session: AsyncSession, ids: Sequence[str]) -> None:
+def _dialect(db: Db) -> str:
+    return db.dialect.name if isinstance(db, AsyncConnection) else db.bind.dialect.name
+
+
+async def notify_ended(session: Db, ids: Sequence[str]) -> None:
     """Tell every replica (LISTEN opencone_computers) that these computers ended: ids only, in chunks under
     PostgreSQL's payload cap; sent when the transaction commits. No-op on other databases."""
-    if session.bind.dialect.name != "postgresql" or not ids:
+    if _dialect(session) != "postgresql" or not ids:
         return
     chunk: list[str] = []
     size = 0
@@ -195,7 +205,7 @@ async def _end(session: AsyncSession, node_id: str, reason: str, at: datetime) -
         .values(status="terminated", termination_reason=reason, terminated_at=at)
         .returning(ComputerRecord.id))
     ids = sorted(result.scalars().all())
-    await _notify(session, ids)
+    await notify_ended(session, ids)
     return ids
 
 
@@ -212,21 +222,19 @@ async def mark_dead(session: AsyncSession, node_id: str, reason: str = "node_los
     return ids
 
 
-async def list_nodes(session: AsyncSession, *, states: Sequence[str] | None = None) -> list[NodeInfo]:
-    """Every node (or those in ``states``), by id."""
-    stmt = select(NodeRecord).order_by(NodeRecord.id)
-    if states is not None:
-        stmt = stmt.where(NodeRecord.state.in_(list(states)))
+async def list_nodes(session: Db, *, states: Sequence[str] | None = None) -> list[NodeInfo]:
+    """Every node (or those in ``states``), by id. Rows of the table, not ORM objects: a replica reads
+    them at every create."""
+    stmt, params = (_ALL_NODES, {}) if states is None else (_NODES_IN, {"states": list(states)})
     async with guarded(session):
-        rows = (await session.execute(stmt)).scalars().all()
-        infos = [_info(row) for row in rows]
+        infos = [_info(row) for row in (await session.execute(stmt, params)).all()]
         await session.commit()  # ends the read transaction: the next read sees fresh rows
     return infos
 
 
-async def get_node(session: AsyncSession, node_id: str) -> NodeInfo | None:
+async def get_node(session: Db, node_id: str) -> NodeInfo | None:
     async with guarded(session):
-        row = (await session.execute(select(NodeRecord).where(NodeRecord.id == node_id))).scalar_one_or_none()
+        row = (await session.execute(select(_NODES).where(_NODES.c.id == node_id))).first()
         info = _info(row) if row is not None else None
         await session.commit()
     return info

@@ -72,8 +72,13 @@ def _unavailable_is_503(engine: AsyncEngine) -> None:
 PG_CONNECT_TIMEOUT = 10.0  # asyncpg waits 60 s for a server that does not answer: a create would hang that long
 
 
-def make_engine(url: str) -> AsyncEngine:
-    extra = {"connect_args": {"timeout": PG_CONNECT_TIMEOUT}} if url.startswith("postgresql+asyncpg") else {}
+def make_engine(url: str, *, autocommit: bool = False) -> AsyncEngine:
+    """``autocommit``: every statement its own transaction, no BEGIN/COMMIT round trips, and a pool pre-ping
+    of one round trip (asyncpg's ping of a connection in a transaction mode is BEGIN, ping, ROLLBACK)."""
+    extra: dict[str, object] = {"connect_args": {"timeout": PG_CONNECT_TIMEOUT}} \
+        if url.startswith("postgresql+asyncpg") else {}
+    if autocommit:
+        extra["isolation_level"] = "AUTOCOMMIT"
     engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"), **extra)
     if not url.startswith("sqlite"):
         _unavailable_is_503(engine)
