@@ -244,6 +244,10 @@ class Settings(BaseSettings):
                                    description="Placement draws this many ready nodes and takes the least loaded.")
     fleet_heartbeat_ttl_seconds: float = Field(
         default=10.0, gt=0, description="A node whose agent has not reported for this long gets no new computers.")
+    fleet_route_ttl_seconds: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="A replica keeps where a computer lives this long (an end NOTIFY'd by PostgreSQL drops it "
+                    "at once; the TTL covers a replica that was not listening).")
     fleet_browser_memory_mb: int = Field(
         default=256, ge=0, description="Free memory a node must have left to take one more browser.")
     fleet_desktop_memory_mb: int = Field(
