@@ -180,36 +180,60 @@ class RecordingHttpProxy(Recorder):
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            first, *lines = head.split("\r\n")
-            headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines if ln)}
-            method, target, version = first.split(" ")
-            if not self._authorized(headers):
-                self.rejected += 1
-                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                             b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n"
-                             b"Connection: close\r\n\r\n")
-                await writer.drain()
-                return
-            self.seen.append(f"{method} {target}")
-            if method == "CONNECT":
-                host, _, port = target.rpartition(":")
-                r2, w2 = await asyncio.open_connection(host.strip("[]"), int(port))
-                writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
-                await _splice(reader, writer, r2, w2)
-                return
-            url = urlsplit(target)
-            r2, w2 = await asyncio.open_connection(url.hostname, url.port or 80)
-            path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            kept = [ln for ln in lines if ln and not ln.lower().startswith(("proxy-authorization:",
-                                                                           "proxy-connection:"))]
-            w2.write("\r\n".join([f"{method} {path} {version}", *kept, "", ""]).encode("latin-1"))
-            await _splice(reader, writer, r2, w2)
+            while True:  # plain-http requests one after another on a kept connection, as real proxies take them
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                first, *lines = head.split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines if ln)}
+                method, target, version = first.split(" ")
+                if not self._authorized(headers):
+                    self.rejected += 1
+                    writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                                 b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+                    await writer.drain()
+                    return
+                self.seen.append(f"{method} {target}")
+                if method == "CONNECT":
+                    host, _, port = target.rpartition(":")
+                    r2, w2 = await asyncio.open_connection(host.strip("[]"), int(port))
+                    writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+                    await _splice(reader, writer, r2, w2)
+                    return
+                if not await self._exchange(reader, writer, method, target, version, lines, headers):
+                    return
         except Exception:
             pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+    @staticmethod
+    async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, target: str,
+                        version: str, lines: list[str], headers: dict[str, str]) -> bool:
+        """One plain-http request sent to its origin (on a connection of its own, closed after) and the
+        answer relayed; True when the client connection may carry the next request."""
+        body = await reader.readexactly(int(headers.get("content-length") or 0))
+        url = urlsplit(target)
+        r2, w2 = await asyncio.open_connection(url.hostname, url.port or 80)
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        kept = [ln for ln in lines if ln and not ln.lower().startswith(("proxy-authorization:", "proxy-connection:",
+                                                                       "connection:"))]
+        w2.write("\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode("latin-1")
+                 + body)
+        answer = await r2.readuntil(b"\r\n\r\n")
+        length = next((int(ln.split(b":", 1)[1]) for ln in answer.split(b"\r\n")
+                       if ln.lower().startswith(b"content-length:")), None)
+        rest = await (r2.readexactly(length) if length is not None else r2.read())
+        w2.close()
+        if length is None:  # framed by the close: the client's connection ends with it
+            writer.write(answer + rest)
+            await writer.drain()
+            return False
+        lines_out = [ln for ln in answer.split(b"\r\n") if ln and not ln.lower().startswith(b"connection:")]
+        writer.write(b"\r\n".join(lines_out) + b"\r\n\r\n" + rest)
+        await writer.drain()
+        return True
 
 
 # -- a SOCKS5 proxy (RFC 1928 / 1929) that records every CONNECT ------------------------------

@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -196,3 +197,84 @@ async def test_pooled_connections_expire_and_end_with_the_forwarder(site: Counti
             break
         await asyncio.sleep(0.02)
     assert _socket_fds() <= before, "a socket outlived the forwarder"
+
+
+@dataclass
+class KeepAliveHttpProxy:
+    """An HTTP proxy that takes absolute-URI requests one after another on a connection (as real proxies
+    do); each is sent on to its origin. Records its client connections and the requests it carried."""
+
+    connections: int = 0
+    seen: list[str] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(Exception):
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                first, *lines = head.split("\r\n")
+                method, target, _version = first.split(" ")
+                self.seen.append(f"{method} {target}")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines if ln)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                url = urlsplit(target)
+                r2, w2 = await asyncio.open_connection(url.hostname, url.port or 80)
+                w2.write(f"{method} {url.path or '/'} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                answer_head = (await r2.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+                length = int(answer_head.split("content-length:", 1)[1].split("\r\n", 1)[0])  # (never chunked here)
+                answer = await r2.readexactly(length)
+                w2.close()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer)
+                await writer.drain()
+        writer.close()
+
+
+async def test_requests_through_an_http_proxy_reuse_pooled_connections_to_it(site: CountingSite) -> None:
+    other = CountingSite()
+    other.server = await asyncio.start_server(other._handle, "127.0.0.1", 0)
+    proxy = KeepAliveHttpProxy()
+    proxy.server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
+    try:
+        async with ForwardingProxy(proxy.url, connect_timeout=5, policy=LOCAL) as fwd, \
+                httpx.AsyncClient(proxy=fwd.url) as c:
+            answers = [await c.get(f"{u}/{i}") for i, u in enumerate([site.url, site.url, other.url, site.url,
+                                                                      other.url])]
+            assert [a.text for a in answers] == [f"page /{i}" for i in range(5)]
+            # one kept connection to the proxy per destination, in absolute form
+            assert proxy.connections == 2 and fwd.stats()["reused"] == 3
+            assert proxy.seen == [f"GET {u}/{i}" for i, u in enumerate([site.url, site.url, other.url, site.url,
+                                                                       other.url])]
+            fwd.set_upstream(None)  # a route change: the proxy's pooled connections are not used again
+            assert (await c.get(f"{site.url}/direct")).text == "page /direct"
+            assert len(proxy.seen) == 5 and site.seen[-1] == "/direct"
+    finally:
+        other.server.close()
+        proxy.server.close()
+
+
+async def test_a_refused_destination_through_a_pooled_proxy_connection_is_still_refused(
+        site: CountingSite) -> None:
+    proxy = KeepAliveHttpProxy()
+    proxy.server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
+    proxy_port = proxy.server.sockets[0].getsockname()[1]
+    policy = EgressPolicy.from_settings(f"127.0.0.1:{site.port},127.0.0.1:{proxy_port}", "public")
+    try:
+        async with ForwardingProxy(proxy.url, connect_timeout=5, policy=policy) as fwd:
+            reader, writer = await _raw(fwd)
+            writer.write(f"GET {site.url}/ok HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert await _response(reader) == ("HTTP/1.1 200 OK", b"page /ok")
+            assert fwd.stats()["idle_upstream"] == 1  # the proxy connection, pooled
+            writer.write(b"GET http://127.0.0.1:1/secret HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, body = await _response(reader)
+            assert status == "HTTP/1.1 403 Forbidden" and b"egress policy" in body
+            writer.close()
+        assert proxy.seen == [f"GET {site.url}/ok"]  # the refused one never reached the proxy
+    finally:
+        proxy.server.close()

@@ -12,9 +12,11 @@ where its traffic really goes: ``set_upstream`` changes the route at runtime
   the first (a response without framing ends the connection). A request with
   ambiguous framing (the smuggling forms, http1.py) gets 400 and a close. The
   upstream connection goes back to a small idle pool keyed by (route, host, port),
-  direct or through a SOCKS5 upstream, and is only ever reused for that same
-  checked destination on that same route (``IDLE_TIMEOUT``). Through an HTTP(S)
-  upstream proxy each request still has its own upstream connection.
+  direct, through a SOCKS5 upstream or an HTTP(S) upstream proxy, and is only ever
+  reused for that same checked destination on that same route (``IDLE_TIMEOUT``).
+  To an HTTP proxy a kept connection could serve any destination, but a proxy that
+  splices a connection to the first origin (against RFC 9112) would then send the
+  next destination's request to the first one: per destination, it cannot.
 * A route that cannot be opened gets ``502 Bad Gateway`` with the reason in the
   body and in ``X-Opencone-Proxy-Error`` (the Chromium net error it stands for in
   ``X-Opencone-Net-Error``). Chromium turns a failed CONNECT into
@@ -335,7 +337,7 @@ class ForwardingProxy:
             finally:
                 r_writer.close()
             return False
-        poolable = not via_proxy  # an HTTP proxy's own keep-alive is its business: one exchange there
+        poolable = True
         key: PoolKey = (route, destination(req.host, req.port))
         for attempt in (0, 1):
             pooled = await self._take(key, req, route) if poolable and attempt == 0 else None
