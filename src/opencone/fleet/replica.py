@@ -55,7 +55,7 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.events import encode
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.core.store.models import ComputerRecord, NodeRecord
-from opencone.fleet import placement, registry, replica_storage
+from opencone.fleet import placement, registry, replica_ops, replica_storage
 from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
@@ -536,6 +536,7 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted computers for AI agents, over the Lightcone API: a fleet replica.")
     errors.install(app)
     app.include_router(live.router)
+    replica_ops.install(app)
     replica_storage.install(app)
 
     @app.get("/health")
