@@ -1,0 +1,163 @@
+"""/metrics, /status, GET / and /mcp through a fleet replica (fleet/replica_ops.py, fleet/replica_mcp.py),
+against two node servers started without Ray (tests/fleet_direct.py).
+
+/metrics is read with Prometheus' own parser: the replica's figures and every node's, each node's samples
+labelled with its id; a node that stops answering is left out and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fleet_direct import DirectFleet, start_direct_fleet
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.timeout(300)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[DirectFleet]:
+    fleet = start_direct_fleet(tmp_path_factory.mktemp("fleet-ops"), postgres, nodes=2, browser_slots=2,
+                               desktop_slots=0)
+    yield fleet
+    fleet.stop()
+
+
+def scrape(fleet: DirectFleet, key: str | None = None) -> tuple[str, Samples]:
+    with fleet.http(key) as h:
+        resp = h.get("/metrics")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = list(text_string_to_metric_families(resp.text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), "a family's HELP/TYPE appears once"
+    return resp.text, {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def node_ids(fleet: DirectFleet) -> list[str]:
+    return [n.node_id for n in fleet.nodes]
+
+
+def test_metrics_merge_both_nodes_and_count_a_create(fleet: DirectFleet) -> None:
+    _, before = scrape(fleet)
+    created = fleet.client().computers.create(kind="browser")
+    try:
+        where = fleet.node_of(created.id)
+        _, after = scrape(fleet)
+        # each node's own figures, labelled with its id: the live gauge moved on the computer's node only
+        for node in node_ids(fleet):
+            assert ("opencone_uptime_seconds", (("node", node),)) in after, node
+            live = value(after, "opencone_computers", kind="browser", node=node, status="ready")
+            assert live == (1.0 if node == where else 0.0), (node, where, live)
+        # no node sample without its node label
+        for name, labels in after:
+            if not name.startswith(("opencone_replica_", "opencone_fleet_")):
+                assert "node" in dict(labels), name
+        # the replica's own: the create, its time, and the forwarded request
+        assert value(after, "opencone_replica_creates_total", outcome="created") == \
+            value(before, "opencone_replica_creates_total", outcome="created") + 1
+        assert value(after, "opencone_replica_create_seconds_count", outcome="created") >= 1
+        assert value(after, "opencone_replica_requests_total", route="create", code="2xx") >= 1
+        assert value(after, "opencone_computer_creates_total", kind="browser", node=where, pool="hit") + \
+            value(after, "opencone_computer_creates_total", kind="browser", node=where, pool="miss") >= 1
+        # an action forwarded to the node is counted by its route kind
+        fleet.client().computers.screenshot(created.id)
+        _, later = scrape(fleet)
+        assert value(later, "opencone_replica_requests_total", route="action", code="2xx") >= 1
+    finally:
+        fleet.client().computers.delete(created.id)
+
+
+def test_metrics_and_status_take_an_operator_key(fleet: DirectFleet) -> None:
+    base = fleet.replicas[0].base_url
+    other = fleet.new_org_key("ops-tenant")
+    for path in ("/metrics", "/status"):
+        bare = httpx.get(base + path, timeout=30)
+        assert bare.status_code == 401, bare.text
+        assert "API key" in bare.json()["detail"]
+        assert httpx.get(base + path, headers={"authorization": "Bearer oc_nope"}, timeout=30).status_code == 401
+        assert httpx.get(base + path, params={"token": fleet.key}, timeout=30).status_code == 401
+        tenant = httpx.get(base + path, headers={"authorization": f"Bearer {other}"}, timeout=30)
+        assert tenant.status_code == 403, tenant.text
+        assert "default organisation" in tenant.json()["detail"]
+
+
+def test_status_shows_the_fleet(fleet: DirectFleet) -> None:
+    other = fleet.new_org_key("status-tenant")
+    mine = fleet.client().computers.create(kind="browser")
+    theirs = fleet.client(other).computers.create(kind="browser")
+    try:
+        with fleet.http() as h:
+            st = h.get("/status").json()
+        assert st["role"] == "fleet-replica"
+        nodes = {n["id"]: n for n in st["nodes"]}
+        assert set(node_ids(fleet)) <= set(nodes)
+        for node in node_ids(fleet):
+            n = nodes[node]
+            assert n["state"] == "ready" and n["reachable"] is True
+            assert n["slots"]["browser"]["capacity"] == 2 and n["free_memory_bytes"] > 0
+            assert [p["pool"] for p in n["pools"]] == ["browser", "desktop"]
+        used = {node: nodes[node]["slots"]["browser"]["used"] for node in node_ids(fleet)}
+        assert sum(used.values()) >= 2
+        assert used[fleet.node_of(mine.id)] >= 1 and used[fleet.node_of(theirs.id)] >= 1
+        comps = st["computers"]
+        assert comps["by_kind"]["browser"] >= 2 and comps["live"] >= 2
+        assert len(comps["by_org"]) >= 2  # the operator sees every organisation's, as on a single server
+        assert comps["by_node"][fleet.node_of(mine.id)] >= 1
+        # the CLI against the replica: --json is that answer, the table names the nodes
+        env = {**os.environ, "OPENCONE_API_KEY": fleet.key}
+        base = fleet.replicas[0].base_url
+        out = subprocess.run([sys.executable, "-m", "opencone", "status", "--url", base, "--json"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert {n["id"] for n in json.loads(out.stdout)["nodes"]} >= set(node_ids(fleet))
+        table = subprocess.run([sys.executable, "-m", "opencone", "status", "--url", base], env={
+            **env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60)
+        assert table.returncode == 0, table.stderr
+        assert "fleet" in table.stdout and all(node in table.stdout for node in node_ids(fleet)), table.stdout
+    finally:
+        fleet.client(other).computers.delete(theirs.id)
+        fleet.client().computers.delete(mine.id)
+
+
+def test_root_leads_somewhere(fleet: DirectFleet) -> None:
+    base = fleet.replicas[0].base_url
+    page = httpx.get(base + "/", timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/live" in page.text and "/docs" in page.text
+    links = httpx.get(base + "/", headers={"accept": "application/json"}, timeout=30).json()["links"]
+    for name in ("live", "docs", "status", "metrics"):
+        assert httpx.get(links[name], timeout=30).status_code in (200, 401), name
+    assert httpx.get(links["live"], timeout=30).status_code == 200
+    assert httpx.get(links["docs"], timeout=30).status_code == 200
+
+
+def test_a_node_that_does_not_answer_is_left_out_and_counted(fleet: DirectFleet) -> None:
+    """Last of the module's metrics tests: one node frozen (SIGSTOP), so its scrape times out."""
+    frozen = fleet.nodes[1]
+    _, before = scrape(fleet)
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        _, during = scrape(fleet)
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    assert ("opencone_uptime_seconds", (("node", frozen.node_id),)) not in during
+    assert ("opencone_uptime_seconds", (("node", fleet.nodes[0].node_id),)) in during
+    assert value(during, "opencone_fleet_node_scrape_errors_total", node=frozen.node_id) == \
+        value(before, "opencone_fleet_node_scrape_errors_total", node=frozen.node_id) + 1
+    _, after = scrape(fleet)  # back: answered again
+    assert ("opencone_uptime_seconds", (("node", frozen.node_id),)) in after
