@@ -18,7 +18,9 @@ httpx, direct beside through the forwarder, in two modes, interleaved one by one
 ``keep-alive`` (one client connection; the forwarder reuses its pooled upstream
 connection) and ``one exchange`` (``Connection: close`` on every request: a new
 connection each time on both sides, which is what every plain-http request cost
-through the forwarder before it kept connections alive).
+through the forwarder before it kept connections alive), and ``via an http upstream``
+(httpx straight to an HTTP upstream proxy, beside httpx through a forwarder routed to
+that proxy, which keeps its connection to it per destination).
 
 Then a bulk figure without a browser: 256 MiB read from a byte source (its own
 process) directly and through a CONNECT tunnel of the forwarder, for the MiB/s and
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _common import loadavg, summary  # noqa: E402
-from proxy_servers import make_cert, run_site, server_tls  # noqa: E402
+from proxy_servers import RecordingHttpProxy, make_cert, run_site, server_tls  # noqa: E402
 
 from opencone.config import _default_chromium  # noqa: E402
 from opencone.drivers.chromium.launcher import launch_chromium  # noqa: E402
@@ -181,7 +183,35 @@ async def fetches(n: int, warmup: int = 20) -> dict[str, Any]:
             finally:
                 for c in clients.values():
                     await c.aclose()
+        out["via an http upstream"] = await _fetches_via_upstream(url, n, warmup)
         return out
+
+
+async def _fetches_via_upstream(url: str, n: int, warmup: int) -> dict[str, Any]:
+    """The same GETs through an HTTP upstream proxy: httpx straight to it, beside httpx through a
+    forwarder routed to it (which keeps its connection to the proxy, per destination)."""
+    upstream = await RecordingHttpProxy().start()
+    try:
+        async with ForwardingProxy(upstream.url(), policy=EgressPolicy.open()) as fwd:
+            clients = {"direct": httpx.AsyncClient(proxy=upstream.url()), "proxied": httpx.AsyncClient(proxy=fwd.url)}
+            times: dict[str, list[float]] = {"direct": [], "proxied": []}
+            try:
+                for i in range(warmup + n):
+                    for name in (("direct", "proxied") if i % 2 == 0 else ("proxied", "direct")):
+                        t0 = time.perf_counter()
+                        r = await clients[name].get(url)
+                        elapsed = (time.perf_counter() - t0) * 1000
+                        assert r.status_code == 200
+                        if i >= warmup:
+                            times[name].append(elapsed)
+            finally:
+                for c in clients.values():
+                    await c.aclose()
+            d, p = summary(times["direct"]), summary(times["proxied"])
+            return {"direct_ms": d, "proxied_ms": p, "added_ms_p50": p["p50"] - d["p50"],
+                    "ratio_p50": p["p50"] / d["p50"], "forwarder": fwd.stats()}
+    finally:
+        await upstream.close()
 
 
 def main() -> None:
@@ -205,7 +235,7 @@ def main() -> None:
               f"{r['ratio_p95']:>6.2f}")
     print("forwarder:", results["forwarder"])
     f = results["fetches"]
-    for mode in ("keep-alive", "one exchange"):
+    for mode in ("keep-alive", "one exchange", "via an http upstream"):
         r = f[mode]
         print(f"{args.fetches} sequential GETs, {mode:<12}: direct p50 {r['direct_ms']['p50']:.2f} ms, "
               f"through the forwarder {r['proxied_ms']['p50']:.2f} ms (+{r['added_ms_p50']:.2f} ms, "
