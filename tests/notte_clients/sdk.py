@@ -37,6 +37,9 @@ def call(name: str, args: dict[str, Any]) -> Any:
             session = client.Session(**args)
             session.__enter__()
             return dump(session.response)
+        case "attach":  # `client.Session(session_id=...)`: a session started elsewhere
+            session = client.Session(**args)
+            return dump(session.response)
         case "exit":
             session.__exit__(None, None, None)
             return dump(session.response)

@@ -188,6 +188,8 @@ async def record_made(fleet: Fleet, org: str, node: registry.NodeInfo, computer_
             display_height=d.get("height", 0), display_scale=d.get("scale", 1.0),
             persistent=bool(out.get("persistent")), environment_id=out.get("environment_id"),
             context_id=out.get("context_id"), options={}, node_id=node.id,
+            # already ended (a one-shot Notte operation's session): how, as the node says it
+            termination_reason=out.get("termination_reason"), terminated_at=when(out.get("terminated_at")),
         ).on_conflict_do_nothing(index_elements=["id"]))
         await s.commit()
     fleet.forget(computer_id)

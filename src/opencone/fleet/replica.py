@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,7 +55,7 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.events import encode
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.core.store.models import ComputerRecord, NodeRecord
-from opencone.fleet import placement, registry, replica_ops, replica_storage
+from opencone.fleet import placement, registry, replica_notte, replica_openenv, replica_ops, replica_storage
 from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
@@ -536,6 +536,8 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted computers for AI agents, over the Lightcone API: a fleet replica.")
     errors.install(app)
     app.include_router(live.router)
+    for area in (replica_notte, replica_openenv):  # the Notte session API of both eras, OpenEnv
+        area.install(app)
     replica_ops.install(app)
     replica_storage.install(app)
 
@@ -626,17 +628,36 @@ async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
         return
     url = "ws" + route.url[4:] + path + _forward_query(ws, fleet.key_for(org))
     try:
-        upstream = await websockets.connect(url, additional_headers=fleet.agent_headers(org),
-                                            max_size=128 * 2**20, compression=None, ping_interval=None,
-                                            open_timeout=15)
-    except websockets.InvalidStatus as exc:
+        upstream = await connect_upstream(url, fleet.agent_headers(org))
+    except UPSTREAM_ERRORS as exc:
+        await deny_upstream(ws, exc, f"the node of computer {computer_id} does not answer; retry in a few seconds")
+        return
+    await pump(ws, upstream)
+
+
+UPSTREAM_ERRORS = (OSError, websockets.WebSocketException, TimeoutError)
+Watch = Callable[[str | bytes], Awaitable[None]]
+
+
+async def connect_upstream(url: str, headers: dict[str, str]) -> websockets.ClientConnection:
+    """A WebSocket to an agent (raises one of ``UPSTREAM_ERRORS``)."""
+    return await websockets.connect(url, additional_headers=headers, max_size=128 * 2**20, compression=None,
+                                    ping_interval=None, open_timeout=15)
+
+
+async def deny_upstream(ws: WebSocket, exc: Exception, unreachable: str) -> None:
+    """The client's handshake refused as the agent refused ours (its status and words), else 503."""
+    if isinstance(exc, websockets.InvalidStatus):
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace") if exc.response.body else ""
         await _deny(ws, status if 400 <= status < 600 else 502, body[:300] or f"the node answered {status}")
-        return
-    except (OSError, websockets.WebSocketException, TimeoutError):
-        await _deny(ws, 503, f"the node of computer {computer_id} does not answer; retry in a few seconds")
-        return
+    else:
+        await _deny(ws, 503, unreachable)
+
+
+async def pump(ws: WebSocket, upstream: websockets.ClientConnection, watch: Watch | None = None) -> None:
+    """The client's WebSocket accepted and relayed frame by frame to ``upstream``, both ways, until
+    either side ends; ``watch`` sees each of the agent's frames before the client does."""
     try:
         await ws.accept()
     except Exception:
@@ -655,6 +676,8 @@ async def _relay_socket(ws: WebSocket, computer_id: str, rest: str) -> None:
     async def agent_to_client() -> None:
         with contextlib.suppress(WebSocketDisconnect, websockets.ConnectionClosed, RuntimeError):
             async for data in upstream:
+                if watch is not None:
+                    await watch(data)
                 if isinstance(data, str):
                     await ws.send_text(data)
                 else:
