@@ -26,6 +26,7 @@ from opencone.api.routes import models as model_routes
 from opencone.api.routes import notte as notte_routes
 from opencone.api.routes import notte_seed as notte_seed_routes
 from opencone.api.routes import openenv as openenv_routes
+from opencone.api.routes import perform as perform_routes
 from opencone.api.routes import recordings as recording_routes
 from opencone.api.routes import responses as response_routes
 from opencone.api.routes import root as root_routes
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.include_router(computer_files_routes.router)  # a computer's downloads and workspace
     app.include_router(step_routes.router)  # an action and the observation after it, in one round trip (gym)
+    app.include_router(perform_routes.router)  # canonical actions as the MCP tools run them (fleet replicas)
     app.include_router(openenv_routes.router)  # the OpenEnv protocol under /openenv (api/openenv_sessions.py)
     app.include_router(recording_routes.router)  # a computer's screen recorded (core/recording.py)
     for module in (notte_seed_routes, notte_routes):  # the Notte session API, both eras (api/notte_sessions.py)

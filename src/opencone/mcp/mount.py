@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from opencone.core.runtime import Runtime
+    from opencone.mcp.computers import Computers
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,24 @@ class KeyVerifier:
         return None if org is None else AccessToken(token=token, client_id=org, scopes=[])
 
 
-def _caller_org() -> str:
+def _caller() -> Any:
     from mcp.server.auth.middleware.auth_context import get_access_token
     from mcp.server.mcpserver.exceptions import ToolError
 
     token = get_access_token()
     if token is None:  # (the SDK's auth middleware refuses such a request before any tool runs)
         raise ToolError("not authenticated: send 'Authorization: Bearer <API key>'")
-    return token.client_id
+    return token
+
+
+def caller_org() -> str:
+    """The calling key's organisation (the verifier put it in the access token)."""
+    return _caller().client_id  # type: ignore[no-any-return]
+
+
+def caller_key() -> str:
+    """The calling key itself (a fleet replica's tools call its REST routes with it)."""
+    return _caller().token  # type: ignore[no-any-return]
 
 
 async def _not_installed(request: Request) -> Response:
@@ -88,8 +99,8 @@ class Mounted:
             yield
 
 
-def install(app: FastAPI, settings: Settings) -> Mounted:
-    """Add ``/mcp`` to ``app``."""
+def install(app: FastAPI, settings: Settings, computers: Callable[[], Computers] | None = None) -> Mounted:
+    """Add ``/mcp`` to ``app``; its tools run over ``computers`` (default: this process's services)."""
     if not sdk_available():
         app.router.routes.append(Route(PATH, _not_installed, methods=["GET", "POST", "DELETE"]))
         log.info("MCP: the mcp SDK is not installed; %s answers 501", PATH)
@@ -98,10 +109,11 @@ def install(app: FastAPI, settings: Settings) -> Mounted:
     from mcp.server.transport_security import TransportSecuritySettings
 
     from opencone.mcp import server as mcp_server
+    from opencone.mcp.computers import local
     from opencone.mcp.tools import Backend
 
     base = base_url(settings)
-    backend = Backend(runtime=lambda: app.state.runtime, org=_caller_org, base_url=lambda: base,
+    backend = Backend(computers=computers or local(lambda: app.state.runtime, caller_org), base_url=lambda: base,
                       groups=frozenset(g for g in settings.mcp_groups.split(",") if g))
     server = mcp_server.build(
         backend, token_verifier=KeyVerifier(lambda: app.state.runtime),

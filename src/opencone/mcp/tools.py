@@ -1,9 +1,13 @@
 """The MCP tool set: every tool takes ``computer_id`` and runs through the services as REST does.
 
+The tools see the server through ``Backend.computers`` (mcp/computers.py): the services themselves on a
+single server, the replica's own REST routes on a fleet replica; one tool layer for both.
+
 One tool set for both protocol eras: the 2026-07-28 protocol has no sessions, so nothing here is
 kept per MCP session. The action tools take the arguments of the shared action schema and are
 translated by it (api/wire/step.py, what ``POST /computers/{id}/step`` and ``opencone.gym`` take)
-into canonical actions (core/actions.py), run by ``ComputerService.perform``: the computer's
+into canonical actions (core/actions.py), run by ``ComputerService.perform`` (on the computer's node, in
+a fleet): the computer's
 lock, its idle timer, its events and the live view see an MCP click as they see a REST one.
 Every failure is a ``ToolError``, which the model reads as the tool's result ("ref e41 ... is
 stale ... take a new snapshot"), never a protocol error.
@@ -26,12 +30,10 @@ from pydantic import Field, TypeAdapter, ValidationError
 from opencone.api.wire.computers import ComputerCreate, DisplayIn
 from opencone.api.wire.step import ToolAction
 from opencone.core import actions as a
-from opencone.core.clock import iso
-from opencone.core.computers import ActionReport, ComputerView, Step
 from opencone.core.errors import ServiceError
-from opencone.core.runtime import Runtime
 from opencone.drivers.base import Display
 from opencone.mcp import images
+from opencone.mcp.computers import Computers, Done, View
 
 _ACTION: TypeAdapter[a.Action] = TypeAdapter(a.Action)
 _SCHEMA: TypeAdapter[ToolAction] = TypeAdapter(ToolAction)  # the shared gym/MCP action schema
@@ -53,8 +55,7 @@ CLOSES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent
 class Backend:
     """What the tools need from the server they run in."""
 
-    runtime: Callable[[], Runtime]  # the running server's services
-    org: Callable[[], str]  # the calling key's organisation
+    computers: Callable[[], Computers]  # the calling key's computers (mcp/computers.py)
     base_url: Callable[[], str]  # for the links a computer's view hands out
     groups: frozenset[str]  # opt-in groups this server offers (OPENCONE_MCP_GROUPS)
 
@@ -95,21 +96,18 @@ class Tools:
             raise _fail(exc.message) from None
 
     async def _display(self, computer_id: str) -> Display:
-        comp = await self._guard(self.b.runtime().computers.require_live(self.b.org(), computer_id))
-        return comp.driver.display  # type: ignore[no-any-return]
+        return await self._guard(self.b.computers().display(computer_id))  # type: ignore[no-any-return]
 
     def _scale(self, display: Display) -> float:
-        return images.scale_for(display, self.b.runtime().settings.mcp_screenshot_max_side)
+        return images.scale_for(display, self.b.computers().max_side)
 
-    async def _run(self, computer_id: str, actions: list[a.Action], tab_id: str | None = None) -> ActionReport:
-        rt = self.b.runtime()
-        reports = await self._guard(rt.computers.perform(self.b.org(), computer_id, [Step(actions, tab_id)]))
-        report: ActionReport = reports[-1]
+    async def _run(self, computer_id: str, actions: list[a.Action], tab_id: str | None = None) -> Done:
+        report: Done = await self._guard(self.b.computers().perform(computer_id, actions, tab_id))
         if not report.ok:
             raise _fail(report.error_message or "the action failed")
         return report
 
-    def _view(self, v: ComputerView) -> dict[str, Any]:
+    def _view(self, v: View) -> dict[str, Any]:
         d = v.display
         scale = self._scale(d)
         out: dict[str, Any] = {
@@ -118,8 +116,7 @@ class Tools:
             "screenshot_size": {"width": round(d.pixel_width * scale), "height": round(d.pixel_height * scale),
                                 "scale": round(scale, 6)},
             "persistent": v.persistent, "environment_id": v.environment_id,
-            "created_at": iso(v.created_at), "expires_at": iso(v.expires_at),
-            "idle_expires_at": iso(v.idle_expires_at),
+            "created_at": v.created_at, "expires_at": v.expires_at, "idle_expires_at": v.idle_expires_at,
         }
         if v.status == "terminated":
             out["termination_reason"] = v.termination_reason
@@ -128,8 +125,8 @@ class Tools:
         return out
 
     @staticmethod
-    def _done(what: str, report: ActionReport, extra: dict[str, Any] | None = None) -> str:
-        result = dict(report.outcome.result)
+    def _done(what: str, report: Done, extra: dict[str, Any] | None = None) -> str:
+        result = dict(report.result)
         result.update(extra or {})
         return f"{what}: done" + (f" {json.dumps(result, default=str)}" if result else "")
 
@@ -153,7 +150,7 @@ class Tools:
         inactivity_timeout_seconds: Annotated[int | None, Field(default=None, ge=1)] = None,
     ) -> str:
         """Create a computer (a browser or a desktop) and return its computer_id: pass it to every other tool."""
-        rt, org = self.b.runtime(), self.b.org()
+        computers = self.b.computers()
         if start_url is not None:
             start = _build({"kind": "navigate", "url": start_url})  # refused before anything starts
         if proxy is not None:
@@ -165,49 +162,46 @@ class Tools:
                                   inactivity_timeout_seconds=inactivity_timeout_seconds)
         except ValidationError as exc:
             raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-        view = await self._guard(rt.computers.create(org, body.to_spec(rt.settings)))
+        view = await self._guard(computers.create(body))
         try:
             if proxy is not None:
                 await self._run(view.id, [change])
             if start_url is not None:
                 await self._run(view.id, [start])
         except BaseException as exc:  # no computer half made: closed, and the reason said
-            await asyncio.shield(self._guard(rt.computers.delete(org, view.id)))
+            await asyncio.shield(self._guard(computers.delete(view.id)))
             if isinstance(exc, ToolError):
                 raise _fail(f"the computer was closed again: {exc}") from None
             raise
-        return json.dumps(self._view(await rt.computers.get(org, view.id)))
+        return json.dumps(self._view(await self._guard(computers.get(view.id))))
 
     async def computer_list(self) -> str:
         """The live computers of this API key's organisation."""
-        views = await self._guard(self.b.runtime().computers.list(self.b.org()))
+        views = await self._guard(self.b.computers().list())
         return json.dumps([self._view(v) for v in views])
 
     async def computer_get(self, computer_id: ComputerId) -> str:
         """One computer: its status, screen size, the screenshot scale, its deadlines."""
-        return json.dumps(self._view(await self._guard(self.b.runtime().computers.get(self.b.org(), computer_id))))
+        return json.dumps(self._view(await self._guard(self.b.computers().get(computer_id))))
 
     async def computer_close(self, computer_id: ComputerId) -> str:
         """End a computer (a persistent one is saved as an environment first)."""
-        await self._guard(self.b.runtime().computers.delete(self.b.org(), computer_id))
+        await self._guard(self.b.computers().delete(computer_id))
         return f"computer {computer_id} closed"
 
     async def environment_list(self) -> str:
         """Saved environments (from persistent computers) that computer_create can restore."""
-        envs = await self._guard(self.b.runtime().environments.list(self.b.org()))
-        return json.dumps([{"environment_id": e["id"], "kind": e["kind"], "status": e["status"],
-                            "saved_at": iso(e["saved_at"]), "size_bytes": e["size_bytes"],
-                            "context_id": e["context_id"]} for e in envs])
+        return json.dumps(await self._guard(self.b.computers().environments()))
 
     # -- observation ------------------------------------------------------------------------
     async def screenshot(self, computer_id: ComputerId) -> list[TextContent | ImageContent]:
         """The screen as a JPEG. Pointer tools take x,y in pixels of this image (its scale is stated)."""
         report = await self._run(computer_id, [a.Screenshot()])
-        jpeg = report.outcome.image
+        jpeg = report.image
         if jpeg is None:
             raise _fail("the computer returned no screenshot")
-        display = await self._display(computer_id)
-        max_side = self.b.runtime().settings.mcp_screenshot_max_side
+        display = report.display or await self._display(computer_id)
+        max_side = self.b.computers().max_side
         if images.scale_for(display, max_side) == 1.0 and len(jpeg) <= images.MAX_IMAGE_BYTES:
             fitted = images.fit(jpeg, display, max_side)  # nothing to decode: no thread hop
         else:
@@ -227,7 +221,7 @@ class Tools:
         """The page's elements with [ref=eN] refs (Playwright's aria snapshot): act on them with ref."""
         report = await self._run(computer_id, [a.Snapshot(interactive_only=interactive_only,
                                                           viewport_only=viewport_only, max_chars=max_chars)])
-        r = report.outcome.result
+        r = report.result
         head = f"snapshot {r.get('snapshot_id')} of {r.get('url')} ({r.get('title')!r}), tab {r.get('tab_id')}"
         if r.get("truncated"):
             head += " [truncated: use interactive_only, viewport_only or a larger max_chars]"
@@ -239,11 +233,11 @@ class Tools:
     ) -> str:
         """The page's main content as markdown."""
         report = await self._run(computer_id, [a.Markdown(max_chars=max_chars)])
-        r = report.outcome.result
+        r = report.result
         return f"# {r.get('title', '')} ({r.get('url', '')})\n\n{r.get('markdown', '')}"
 
     # -- the shared action schema (api/wire/step.py: what gym steps take) ------------------
-    async def _act(self, computer_id: str, name: str, **args: Any) -> ActionReport:
+    async def _act(self, computer_id: str, name: str, **args: Any) -> Done:
         """The action ``{"action": name, **args}`` of the shared schema, its x,y mapped from the
         screenshot image's pixels to the screen's, translated by that schema and run."""
         given = {k: v for k, v in args.items() if v is not None}
@@ -356,7 +350,7 @@ class Tools:
                    ) -> str:
         """List the browser's tabs, open one, switch to one or close one."""
         report = await self._act(computer_id, "tabs", op=op, tab_id=tab_id, url=url)
-        return json.dumps(report.outcome.result)
+        return json.dumps(report.result)
 
     async def wait(self, computer_id: ComputerId,
                    ms: Annotated[int, Field(ge=0, le=a.MAX_WAIT_MS, description="Milliseconds.")]) -> str:
@@ -370,7 +364,7 @@ class Tools:
         """Run a shell command in the computer's sandbox (its /workspace); output and exit code."""
         report = await self._run(computer_id, [_build({"kind": "run_command", "command": command,
                                                        "timeout_seconds": timeout_seconds})])
-        r = report.outcome.result
+        r = report.result
         return json.dumps({"exit_code": r.get("exit_code"), "stdout": r.get("stdout"), "stderr": r.get("stderr"),
                            "truncated": r.get("truncated")})
 
@@ -382,7 +376,7 @@ class Tools:
         """Run JavaScript in the current tab's page; its result as JSON."""
         report = await self._run(computer_id, [_build({"kind": "evaluate", "expression": expression,
                                                        "max_chars": max_chars})])
-        r = report.outcome.result
+        r = report.result
         return str(r.get("result")) + (" [truncated]" if r.get("truncated") else "")
 
 
