@@ -55,7 +55,15 @@ from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound,
 from opencone.core.events import encode
 from opencone.core.store.db import make_engine, migrate, sessionmaker
 from opencone.core.store.models import ComputerRecord, NodeRecord
-from opencone.fleet import placement, registry, replica_notte, replica_openenv, replica_ops, replica_storage
+from opencone.fleet import (
+    placement,
+    registry,
+    replica_mcp,
+    replica_notte,
+    replica_openenv,
+    replica_ops,
+    replica_storage,
+)
 from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
@@ -539,6 +547,7 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
     for area in (replica_notte, replica_openenv):  # the Notte session API of both eras, OpenEnv
         area.install(app)
     replica_ops.install(app)
+    replica_mcp.install(app, settings)  # /mcp: the same tools, over this replica's routes
     replica_storage.install(app)
 
     @app.get("/health")
