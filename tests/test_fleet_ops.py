@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from fleet_direct import DirectFleet, start_direct_fleet
+from mcp_helpers import MODES, create, mcp_client, ok, ref_of, round_trip, shot, text
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.timeout(300)
@@ -161,3 +162,81 @@ def test_a_node_that_does_not_answer_is_left_out_and_counted(fleet: DirectFleet)
         value(before, "opencone_fleet_node_scrape_errors_total", node=frozen.node_id) + 1
     _, after = scrape(fleet)  # back: answered again
     assert ("opencone_uptime_seconds", (("node", frozen.node_id),)) in after
+
+
+# -- MCP through the replica ------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_mcp_tools_reach_computers_on_the_fleet(fleet: DirectFleet, site: str, mode: str) -> None:
+    replica = fleet.replicas[0]
+    async with mcp_client(replica, mode) as c:
+        assert c.session.protocol_version == MODES[mode]
+        cid = await create(c, f"{site}/mcp.html")
+        # made on a node, with its fleet record: REST through the replica sees the same computer
+        assert fleet.node_of(cid) in node_ids(fleet)
+        with fleet.http() as h:
+            assert h.get(f"/computers/{cid}").json()["status"] == "ready"
+        assert cid in {v["computer_id"] for v in json.loads(text(await ok(c, "computer_list")))}
+        snap = text(await ok(c, "snapshot", computer_id=cid))
+        await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'button "Go"'))
+        assert '"go"' in text(await ok(c, "read_page", computer_id=cid))  # the page saw the click
+        pixels, note = await shot(c, cid)
+        assert pixels.shape == (768, 1024, 3) and "1024x768 screen" in note
+        await ok(c, "click", computer_id=cid, x=500, y=20)  # by x,y: the screen's size read through REST
+        assert "closed" in text(await ok(c, "computer_close", computer_id=cid))
+        with fleet.http() as h:
+            ended = h.get(f"/computers/{cid}").json()
+        assert ended["status"] == "terminated" and ended["termination_reason"] == "deleted"
+        after = await c.call_tool("click", {"computer_id": cid, "x": 5, "y": 5})
+        assert after.is_error and "terminated" in text(after)
+
+
+async def test_mcp_round_trip_through_the_replica(fleet: DirectFleet, site: str) -> None:
+    """What every MCP transport's test runs (typing seen in the screenshot's pixels), here via a replica."""
+    async with mcp_client(fleet.replicas[0]) as c:
+        await round_trip(c, site)
+
+
+async def test_mcp_another_organisation_sees_nothing(fleet: DirectFleet, site: str) -> None:
+    other = fleet.new_org_key("mcp-tenant")
+    mine = fleet.client().computers.create(kind="browser")
+    try:
+        async with mcp_client(fleet.replicas[0], key=other) as c:
+            assert mine.id not in text(await ok(c, "computer_list"))
+            for tool, args in (("computer_get", {}), ("screenshot", {}), ("click", {"x": 5, "y": 5}),
+                               ("navigate", {"url": site}), ("computer_close", {})):
+                answer = await c.call_tool(tool, {"computer_id": mine.id, **args})
+                assert answer.is_error and "no computer" in text(answer), (tool, text(answer))
+            for hostile in ("../computers", "a/b", "%2e%2e", mine.id + "/../" + mine.id):
+                answer = await c.call_tool("computer_get", {"computer_id": hostile})
+                assert answer.is_error and "no computer" in text(answer), (hostile, text(answer))
+        with fleet.http() as h:
+            assert h.get(f"/computers/{mine.id}").json()["status"] == "ready"  # untouched
+    finally:
+        fleet.client().computers.delete(mine.id)
+
+
+def test_mcp_on_the_replica_takes_a_key_and_perform_refuses_bad_input(fleet: DirectFleet) -> None:
+    base = fleet.replicas[0].base_url
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    for headers in ({}, {"authorization": "Bearer not-a-key"}, {"authorization": "Bearer " + "k" * 5000}):
+        r = httpx.post(f"{base}/mcp", json=hello, timeout=30,
+                       headers={**headers, "accept": "application/json, text/event-stream"})
+        assert r.status_code == 401, (headers, r.status_code, r.text)
+    mine = fleet.client().computers.create(kind="browser")
+    try:
+        with fleet.http() as h:
+            for body, status, says in (
+                ({"actions": [{"kind": "evaluate", "expression": "1"}]}, 422, "not enabled"),  # an opt-in group
+                ({"actions": [{"kind": "set_viewport", "width": 800, "height": 600}]}, 422, "not one the MCP"),
+                ({"actions": [{"kind": "nope"}]}, 422, "actions"),
+                ({"actions": []}, 422, "actions"),
+                ({"actions": "click"}, 422, "actions"),
+            ):
+                r = h.post(f"/computers/{mine.id}/perform", json=body)
+                assert r.status_code == status, (body, r.status_code, r.text)
+                assert r.headers["content-type"].startswith("application/problem+json"), r.text
+                assert says in r.json()["detail"], (body, r.text)
+            good = h.post(f"/computers/{mine.id}/perform", json={"actions": [{"kind": "screenshot"}]}).json()
+            assert good["ok"] is True and good["image"] and good["display"]["width"] > 0
+    finally:
+        fleet.client().computers.delete(mine.id)
