@@ -58,6 +58,7 @@ from opencone.core.store.models import ComputerRecord, NodeRecord
 from opencone.fleet import (
     placement,
     registry,
+    replica_agent,
     replica_mcp,
     replica_notte,
     replica_openenv,
@@ -544,6 +545,7 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
                   description="Self-hosted computers for AI agents, over the Lightcone API: a fleet replica.")
     errors.install(app)
     app.include_router(live.router)
+    replica_agent.install(app)  # agent tasks and the model gateway
     for area in (replica_notte, replica_openenv):  # the Notte session API of both eras, OpenEnv
         area.install(app)
     replica_ops.install(app)

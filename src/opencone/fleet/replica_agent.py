@@ -1,0 +1,515 @@
+"""Agent tasks and the model gateway on a fleet replica (issue 17): each request goes to the node
+that would answer it, so the answer is a single server's.
+
+A task runs on one node (its loop drives the task's computer there) and a stored response lives in
+its node's store (fleet/owned.py says how such objects are found):
+
+- ``POST /agent/tasks`` (and ``/stream``): a task on a live ``computer_id`` goes to that computer's
+  node; a task that makes its own computer goes to the placer's choice (``owned.placing_order``), the
+  next node tried when one refuses (429/503, or out of reach). The task id is claimed (kind ``task``)
+  and its computer's fleet record written as soon as the node answers; for a stream, from its first
+  event as it passes, the stream not held back. A start's ``idempotency_key`` is claimed too, so a
+  retried start (the SDK retries) reaches the node that has the task, whichever replica it hits.
+- every other ``/agent/tasks/{id}…`` request goes to the task's node; ``GET /agent/tasks`` merges
+  every node's list, newest first, cut to ``limit``.
+- the gateway: models from one ready node (the nodes are configured alike); chat and responses to
+  the node of ``previous_response_id``, else of the computer whose screenshot links the request
+  carries (that node inlines them; a link to another node's computer is inlined here), else any; a
+  new response's id is claimed from the answer, or from its stream's first event.
+- an id no node holds for the organisation goes to any node, so the 404 (and its body) is exactly a
+  single server's; another organisation's ids resolve nowhere (each is its own on a node).
+
+Streams are relayed frame by frame, each frame rewritten as JSON answers are (the node's base and
+keys become this replica's base and the client's key, screenshot links ``/files/<node>.<token>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import select
+from starlette.background import BackgroundTask
+
+from opencone.api.auth import current_org, current_org_or_token
+from opencone.api.errors import describe_validation, problem
+from opencone.api.guard import check_json
+from opencone.api.wire.agent import TaskStart
+from opencone.api.wire.openai import OpenAIRoute
+from opencone.core.errors import InvalidInput, LimitReached, NotFound, ServiceError
+from opencone.core.store.models import FleetObject
+from opencone.fleet import owned, registry
+from opencone.fleet import replica as r
+from opencone.gateway.errors import InvalidRequest
+from opencone.gateway.images import own_origins
+
+log = logging.getLogger(__name__)
+
+OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # task and response ids as the nodes make them
+START_ATTEMPTS = 4
+MAX_FRAME = 64 << 20  # a frame longer than this (no blank line yet) is passed on as it is
+TASK_KEY = "task_key"  # fleet_objects kind: where a start's idempotency key made its task
+# a screenshot link this replica handed out: <our origin>/files/<node id>.<token>.<jpg|png>
+LINK = re.compile(rb'(https?://[^"\s\\]+?)/files/([A-Za-z0-9_:-]{1,128})\.([A-Za-z0-9_-]{16,128}\.(?:jpg|png))')
+Status = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "max_steps"]
+OnEvent = Callable[[dict[str, Any]], None]
+
+_background: set[asyncio.Task[None]] = set()
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+# -- what every route shares ----------------------------------------------------------------------
+async def _body(request: Request) -> bytes:
+    """The request body, bounded and checked as a single server's guard does (api/guard.py)."""
+    limit = r._fleet(request).settings.max_body_bytes
+    length = request.headers.get("content-length", "")
+    too_large = f"the request body is over {limit} bytes, the most allowed (OPENCONE_MAX_BODY_BYTES)"
+    if length.isdigit() and int(length) > limit:
+        raise TooLarge(too_large)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(too_large)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    refusal = check_json(body) if body else None
+    if refusal is not None:
+        raise InvalidInput(refusal[0], errors=refusal[1])
+    return body
+
+
+def _id(value: str, what: str) -> str:
+    """An id that can go in a node's path as it is; anything else names nothing (404)."""
+    if not OBJECT_ID.match(value):
+        raise NotFound(f"no {what} {value!r}")
+    return value
+
+
+def _spawn(coro: Coroutine[Any, Any, None], what: str) -> None:
+    """Work a stream must not wait for (a claim, a record), kept referenced until done."""
+    async def run() -> None:
+        try:
+            await coro
+        except Exception:  # the next request finds it by asking the nodes (owned.locate)
+            log.warning("could not write %s", what, exc_info=True)
+
+    task = asyncio.create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def _send(request: Request, org: str, node: registry.NodeInfo, path: str, body: bytes | None) -> httpx.Response:
+    fleet = r._fleet(request)
+    req = fleet.http.build_request(request.method, node.url + path + r._forward_query(request, fleet.key_for(org)),
+                                   headers=r._headers_for_agent(request, fleet, org), content=body)
+    try:
+        return await fleet.http.send(req, stream=True)
+    except httpx.TransportError as exc:
+        raise r.NodeUnreachable(f"node {node.id} does not answer; retry in a few seconds", node_id=node.id) from exc
+
+
+async def _answer(request: Request, org: str, node: registry.NodeInfo, resp: httpx.Response, *,
+                  on_json: Callable[[int, bytes], Awaitable[None]] | None = None,
+                  on_event: OnEvent | None = None) -> Response:
+    """The node's answer as the client must see it: read and rewritten, or (SSE) relayed frame by frame."""
+    fleet = r._fleet(request)
+    public, key = r._public_base(request, fleet.settings), r.presented_key(request, True)
+    headers = r._answer_headers(resp)
+    if "text/event-stream" in resp.headers.get("content-type", ""):
+        frames = _frames(lambda b: fleet.rewrite(b, node.url, node.id, public, key, org), resp, on_event)
+        return StreamingResponse(frames, resp.status_code, headers=headers, background=BackgroundTask(resp.aclose))
+    try:
+        data = await resp.aread()
+    except httpx.TransportError as exc:
+        raise r.NodeUnreachable(f"node {node.id} stopped answering; retry", node_id=node.id) from exc
+    finally:
+        await resp.aclose()
+    if on_json is not None:
+        await on_json(resp.status_code, data)
+    return Response(fleet.rewrite(data, node.url, node.id, public, key, org), resp.status_code, headers=headers)
+
+
+async def _frames(rewrite: Callable[[bytes], bytes], resp: httpx.Response,
+                  on_event: OnEvent | None) -> AsyncIterator[bytes]:
+    """SSE bytes cut at frame ends (a link is never split), rewritten; ``on_event`` sees the first
+    event's data (then no more: it only wants what the stream starts with)."""
+    buffer = b""
+    with contextlib.suppress(httpx.TransportError):
+        async for chunk in resp.aiter_raw():
+            buffer += chunk
+            cut = buffer.rfind(b"\n\n")
+            if cut < 0:
+                if len(buffer) > MAX_FRAME:
+                    yield buffer
+                    buffer = b""
+                continue
+            frames, buffer = buffer[:cut + 2], buffer[cut + 2:]
+            if on_event is not None:
+                first = _first_event(frames)
+                if first is not None:
+                    on_event(first)
+                    on_event = None
+            yield rewrite(frames)
+    if buffer:
+        yield rewrite(buffer)
+
+
+def _first_event(frames: bytes) -> dict[str, Any] | None:
+    """The data of the first frame that carries a JSON object (comments and heartbeats skipped)."""
+    for frame in frames.split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip() for line in frame.splitlines() if line.startswith(b"data:"))
+        if data:
+            with contextlib.suppress(ValueError):
+                value = json.loads(data)
+                if isinstance(value, dict):
+                    return value
+    return None
+
+
+async def _held(request: Request, org: str, kind: str, object_id: str, probe: str) -> registry.NodeInfo:
+    """The node holding ``object_id`` for ``org``; else any ready node (its own 404 is the answer)."""
+    fleet = r._fleet(request)
+    node = await owned.locate(fleet, org, kind, object_id, probe)
+    return node or owned.pick_any(await owned.ready_nodes(fleet))
+
+
+# -- agent tasks ----------------------------------------------------------------------------------
+tasks = APIRouter(tags=["agent"])
+
+
+def _key_id(org: str, key: str) -> str:
+    return "tkey_" + hashlib.sha256(f"{org}\0{key}".encode()).hexdigest()[:48]
+
+
+async def _owner_of(request: Request, object_id: str, org: str) -> registry.NodeInfo | None:
+    """The ready node a ``fleet_objects`` row names for ``org`` (no asking the nodes)."""
+    fleet = r._fleet(request)
+    async with fleet.sessions() as s, registry.guarded(s):
+        row = (await s.execute(select(FleetObject.node_id).where(
+            FleetObject.id == object_id, FleetObject.org_id == org))).first()
+        await s.commit()
+    if row is None:
+        return None
+    return next((n for n in await owned.ready_nodes(fleet) if n.id == row.node_id), None)
+
+
+async def _pinned(request: Request, org: str, spec: TaskStart) -> registry.NodeInfo | None:
+    """The one node a start must go to (its computer's, its saved environment's, the node that has
+    the task of its idempotency key), or None when the task makes a new computer anywhere."""
+    fleet = r._fleet(request)
+    if spec.idempotency_key:
+        node = await _owner_of(request, _key_id(org, spec.idempotency_key), org)
+        if node is not None:
+            return node
+    nodes = await owned.ready_nodes(fleet)
+    if spec.computer_id:
+        try:
+            route = await fleet.route(org, spec.computer_id) if OBJECT_ID.match(spec.computer_id) else None
+        except NotFound:
+            route = None
+        if route is not None and route.node_id and route.row.status != r.TERMINATED:
+            node = next((n for n in nodes if n.id == route.node_id), None)
+            if node is None:
+                raise r.NodeUnreachable(f"the node of computer {spec.computer_id} does not answer; retry in a few "
+                                        "seconds", node_id=route.node_id)
+            return node
+        # not live: a saved session of that id is restored on its node; else a new computer is made
+        # (placed) or the node's own 404 says why not
+        env = spec.computer_id
+        saved = await owned.locate(fleet, org, "environment", env, f"/environments/{quote(env, safe='')}")
+        if saved is not None:
+            return saved
+        return None if spec.on_missing_computer == "create_new" else owned.pick_any(nodes)
+    if spec.environment_id:
+        env = spec.environment_id
+        saved = await owned.locate(fleet, org, "environment", env, f"/environments/{quote(env, safe='')}")
+        return saved or owned.pick_any(nodes)
+    return None
+
+
+def _parse_start(raw: bytes) -> TaskStart | Response:
+    try:
+        return TaskStart.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return problem(422, "the body is not JSON; send a JSON object with 'instruction' (see /docs)")
+        detail, items = describe_validation(list(exc.errors()))
+        return problem(422, detail, extra={"errors": items})
+
+
+async def _start(request: Request, org: str, path: str) -> Response:
+    fleet = r._fleet(request)
+    raw = await _body(request)
+    spec = _parse_start(raw)
+    if isinstance(spec, Response):
+        return spec
+    pinned = await _pinned(request, org, spec)
+    if pinned is not None:
+        order = [pinned]
+    else:
+        kind = spec.kind or ("browser" if spec.start_url else "desktop")
+        order = owned.placing_order(fleet, await owned.ready_nodes(fleet), kind)[:START_ATTEMPTS]
+        if not order:
+            raise LimitReached(f"no node of the fleet can take a {kind} computer now (all full or none ready); "
+                               "delete one or retry")
+    refusals: list[str] = []
+    for i, node in enumerate(order):
+        try:
+            resp = await _send(request, org, node, path, raw)
+        except r.NodeUnreachable:
+            if i == len(order) - 1:
+                raise
+            refusals.append(f"{node.id}: unreachable")
+            continue
+        if resp.status_code in (429, 503) and i < len(order) - 1:  # full: the next node
+            await resp.aclose()
+            refusals.append(f"{node.id}: {resp.status_code}")
+            continue
+        if refusals:
+            log.info("task start placed on %s after %s", node.id, "; ".join(refusals))
+        return await _answer(request, org, node, resp, on_json=_claims(request, org, node, spec),
+                             on_event=_stream_claims(request, org, node, spec))
+    raise AssertionError("unreachable")  # the last node's answer is always returned
+
+
+def _claims(request: Request, org: str, node: registry.NodeInfo,
+            spec: TaskStart) -> Callable[[int, bytes], Awaitable[None]]:
+    """What a started task leaves in the fleet, written before the client hears of it."""
+    async def claim(status: int, data: bytes) -> None:
+        if status != 200:
+            return
+        with contextlib.suppress(ValueError):
+            out = json.loads(data)
+            if isinstance(out, dict):
+                await _remember(request, org, node, spec, out.get("task_id"), out.get("computer_id"))
+
+    return claim
+
+
+def _stream_claims(request: Request, org: str, node: registry.NodeInfo, spec: TaskStart) -> OnEvent:
+    def seen(event: dict[str, Any]) -> None:
+        if event.get("type") == "task_started":
+            _spawn(_remember(request, org, node, spec, event.get("task_id"), event.get("computer_id")),
+                   f"the fleet record of task {event.get('task_id')}")
+
+    return seen
+
+
+async def _remember(request: Request, org: str, node: registry.NodeInfo, spec: TaskStart, task_id: Any,
+                    computer_id: Any) -> None:
+    fleet = r._fleet(request)
+    if not isinstance(task_id, str):
+        return
+    await owned.claim(fleet, "task", task_id, org, node.id)
+    if spec.idempotency_key:
+        await owned.claim(fleet, TASK_KEY, _key_id(org, spec.idempotency_key), org, node.id)
+    if isinstance(computer_id, str) and computer_id != spec.computer_id:
+        await owned.record_made(fleet, org, node, computer_id)  # the task's own computer
+
+
+@tasks.post("/agent/tasks")
+async def start_task(request: Request, org: str = Depends(current_org)) -> Response:
+    return await _start(request, org, "/agent/tasks")
+
+
+@tasks.post("/agent/tasks/stream")
+async def start_task_stream(request: Request, org: str = Depends(current_org)) -> Response:
+    return await _start(request, org, "/agent/tasks/stream")
+
+
+@tasks.get("/agent/tasks")
+async def list_tasks(request: Request, status: Status | None = Query(None),  # validated here, sent on in the query
+                     limit: int = Query(50, ge=1, le=500), org: str = Depends(current_org)) -> Response:
+    """Every node's tasks of the organisation, newest first (each node sends its newest ``limit``)."""
+    found = await owned.gather_lists(request, org, "/agent/tasks")
+    found.sort(key=lambda t: t.get("created_at") or "", reverse=True)
+    return JSONResponse(found[:limit])
+
+
+async def _to_task(request: Request, org: str, task_id: str, rest: str = "") -> Response:
+    tid = _id(task_id, "task")
+    node = await _held(request, org, "task", tid, f"/agent/tasks/{tid}")
+    body = await _body(request) if request.method == "POST" else None
+    return await _answer(request, org, node, await _send(request, org, node, f"/agent/tasks/{tid}{rest}", body))
+
+
+@tasks.get("/agent/tasks/{task_id}")
+async def retrieve_task(task_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    return await _to_task(request, org, task_id)
+
+
+@tasks.get("/agent/tasks/{task_id}/stream")
+async def task_stream(task_id: str, request: Request, org: str = Depends(current_org_or_token)) -> Response:
+    return await _to_task(request, org, task_id, "/stream")
+
+
+@tasks.post("/agent/tasks/{task_id}/{action}")
+async def steer_task(task_id: str, action: str, request: Request, org: str = Depends(current_org)) -> Response:
+    if action not in ("cancel", "pause", "resume", "messages"):
+        raise NotFound("no such endpoint; see /docs for the API")
+    return await _to_task(request, org, task_id, f"/{action}")
+
+
+# -- the model gateway ----------------------------------------------------------------------------
+gateway = APIRouter(tags=["gateway"], route_class=OpenAIRoute)
+
+
+async def _any(request: Request) -> registry.NodeInfo:
+    return owned.pick_any(await owned.ready_nodes(r._fleet(request)))
+
+
+async def _computer_links(request: Request, raw: bytes,
+                          target: registry.NodeInfo | None) -> tuple[registry.NodeInfo | None, bytes]:
+    """(the node of the computer the request's screenshot links name, the body for it): links to that
+    node's files become its own (it inlines them, as a single server does); links to another node's
+    are inlined here, since a node inlines only its own."""
+    fleet = r._fleet(request)
+    settings = fleet.settings
+    ours = {o.lower().rstrip("/") for o in own_origins(str(request.base_url), settings.public_url, settings.port) if o}
+    links = [m for m in LINK.finditer(raw) if m[1].decode().lower().rstrip("/") in ours]
+    if not links:
+        return target, raw
+    urls: dict[str, str | None] = {}
+    for m in links:
+        node_id = m[2].decode()
+        if node_id not in urls:
+            urls[node_id] = await fleet.node_url(node_id)
+    if target is None:
+        first = links[0][2].decode()
+        if urls[first] is not None:
+            target = next((n for n in await owned.ready_nodes(fleet) if n.id == first), None)
+    new: dict[bytes, bytes] = {}
+    for m in links:
+        node_id, token = m[2].decode(), m[3].decode()
+        if m[0] in new:
+            continue
+        if target is not None and node_id == target.id:
+            new[m[0]] = f"{target.url}/files/{token}".encode()
+        else:
+            new[m[0]] = await _inline(fleet, urls[node_id], token)
+    for old, value in new.items():
+        raw = raw.replace(old, value)
+    return target, raw
+
+
+async def _inline(fleet: r.Fleet, node_url: str | None, token: str) -> bytes:
+    """Another node's screenshot as a data URL, or the 400 a single server gives a dead link."""
+    resp = None
+    if node_url is not None:
+        with contextlib.suppress(httpx.TransportError):
+            resp = await fleet.http.get(f"{node_url}/files/{quote(token, safe='')}",
+                                        headers={"authorization": f"Bearer {fleet.token}"})
+    if resp is None or resp.status_code != 200:
+        raise InvalidRequest("an image is an opencone screenshot link that is unknown or has expired "
+                             "(OPENCONE_FILE_TTL_SECONDS); take a new screenshot", code="invalid_image_url")
+    kind = resp.headers.get("content-type", "image/jpeg").split(";")[0]
+    return f"data:{kind};base64,{base64.b64encode(resp.content).decode('ascii')}".encode()
+
+
+async def _lister(request: Request) -> registry.NodeInfo:
+    """The node that lists models: the same one each time while it is ready, so a listing's ``created``
+    (its node's start) holds still from request to request, as on a single server."""
+    nodes = await owned.ready_nodes(r._fleet(request))
+    if not nodes:
+        raise LimitReached("no node of the fleet is ready; retry in a few seconds")
+    return min(nodes, key=lambda n: n.id)
+
+
+@gateway.get("/v1/models")
+@gateway.get("/models")
+async def list_models(request: Request, org: str = Depends(current_org)) -> Response:
+    node = await _lister(request)
+    return await _answer(request, org, node, await _send(request, org, node, request.url.path, None))
+
+
+@gateway.get("/v1/models/{model_id:path}")
+@gateway.get("/models/{model_id:path}")
+async def get_model(model_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    if any(seg in (".", "..") for seg in model_id.split("/")):
+        raise NotFound(f"no model {model_id!r}")
+    base = "/v1/models/" if request.url.path.startswith("/v1/") else "/models/"
+    node = await _lister(request)
+    path = base + quote(model_id, safe="/:@!$&'()*+,;=~")
+    return await _answer(request, org, node, await _send(request, org, node, path, None))
+
+
+@gateway.post("/v1/chat/completions")
+@gateway.post("/chat/completions")
+async def chat_completions(request: Request, org: str = Depends(current_org)) -> Response:
+    raw = await _body(request)
+    node, raw = await _computer_links(request, raw, None)
+    node = node or await _any(request)
+    return await _answer(request, org, node, await _send(request, org, node, request.url.path, raw))
+
+
+@gateway.post("/v1/responses")
+async def create_response(request: Request, org: str = Depends(current_org)) -> Response:
+    fleet = r._fleet(request)
+    raw = await _body(request)
+    target = None
+    with contextlib.suppress(ValueError):
+        parsed = json.loads(raw)
+        previous = parsed.get("previous_response_id") if isinstance(parsed, dict) else None
+        if isinstance(previous, str) and OBJECT_ID.match(previous):
+            target = await owned.locate(fleet, org, "response", previous, f"/v1/responses/{previous}")
+    node, raw = await _computer_links(request, raw, target)
+    node = node or await _any(request)
+
+    async def claim(status: int, data: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            out = json.loads(data)
+            if status == 200 and isinstance(out, dict) and isinstance(out.get("id"), str):
+                await owned.claim(fleet, "response", out["id"], org, node.id)
+
+    def seen(event: dict[str, Any]) -> None:
+        made = event.get("response")
+        if isinstance(made, dict) and isinstance(made.get("id"), str):
+            _spawn(owned.claim(fleet, "response", made["id"], org, node.id), f"response {made['id']}")
+
+    resp = await _send(request, org, node, "/v1/responses", raw)
+    return await _answer(request, org, node, resp, on_json=claim, on_event=seen)
+
+
+async def _to_response(request: Request, org: str, response_id: str, rest: str = "") -> Response:
+    rid = _id(response_id, "response")
+    node = await _held(request, org, "response", rid, f"/v1/responses/{rid}")
+    body = await _body(request) if request.method == "POST" else None
+    return await _answer(request, org, node, await _send(request, org, node, f"/v1/responses/{rid}{rest}", body))
+
+
+@gateway.get("/v1/responses/{response_id}")
+@gateway.delete("/v1/responses/{response_id}")
+async def response(response_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    return await _to_response(request, org, response_id)
+
+
+@gateway.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    return await _to_response(request, org, response_id, "/cancel")
+
+
+@gateway.get("/v1/responses/{response_id}/input_items")
+async def input_items(response_id: str, request: Request, org: str = Depends(current_org)) -> Response:
+    return await _to_response(request, org, response_id, "/input_items")
+
+
+def install(app: FastAPI) -> None:
+    """The routes of this module, on a replica's app (before its /computers catch-all)."""
+    app.include_router(tasks)
+    app.include_router(gateway)

@@ -1,0 +1,282 @@
+"""Agent tasks and the model gateway through fleet replicas (fleet/replica_agent.py), against node
+servers started without Ray (tests/fleet_direct.py) configured with the fake model providers.
+
+A task started through one replica runs on one node (placed, or its computer's), and everything about
+it (status, stream, steering, its computer) is reached through the other replica; a response made
+through one replica is chained through the other; another organisation's key finds none of it; bad
+input is a 4xx that says why. Clients: the tzafon SDK (tasks), the openai SDK (/v1), httpx.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import tzafon
+from conftest import wait_until
+from fake_models import FakeModels
+from fake_models.site import FormSite
+from fleet_direct import DirectFleet, start_direct_fleet
+from test_agent_adapters import INSTRUCTION, VALUE, agent_env
+
+from opencone.fleet.agent_routes import PREFIX, node_key
+
+pytestmark = pytest.mark.timeout(300)
+
+PREVIEW = "openai/computer-use-preview"
+EMULATED = "anthropic/claude-sonnet-4-5"  # a response the node keeps in its own store (chains resolve there)
+ENDED = ("completed", "failed", "cancelled", "max_steps")
+
+
+@pytest.fixture(scope="module")
+def agent_fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any,
+                fake_models_server: FakeModels) -> Iterator[DirectFleet]:
+    tmp = tmp_path_factory.mktemp("fleet-agent")
+    env = agent_env(tmp, fake_models_server, OPENCONE_MODEL_MAX_RETRIES="0")
+    fleet = start_direct_fleet(tmp, postgres, nodes=2, replicas=2, browser_slots=3, desktop_slots=0,
+                               node_env=env, replica_env={"OPENCONE_MAX_BODY_BYTES": str(1 << 20)})
+    yield fleet
+    fleet.stop()
+
+
+def _sdk(fleet: DirectFleet, replica: int = 0, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key or fleet.key, base_url=f"{fleet.replicas[replica].base_url}/v1", max_retries=0)
+
+
+def _held_by(fleet: DirectFleet, object_id: str) -> str | None:
+    rows = fleet.sql(f"SELECT node_id FROM fleet_objects WHERE id = '{object_id}'")
+    return rows[0][0] if rows else None
+
+
+def _recorded_on(fleet: DirectFleet, computer_id: str) -> str | None:
+    rows = fleet.sql(f"SELECT node_id FROM computers WHERE id = '{computer_id}'")
+    return rows[0][0] if rows else None
+
+
+def _status(fleet: DirectFleet, task_id: str, replica: int = 1) -> Any:
+    return fleet.client(replica=replica).agent.tasks.retrieve_status(task_id)
+
+
+def _wait_ended(fleet: DirectFleet, task_id: str, replica: int = 1) -> Any:
+    assert wait_until(lambda: _status(fleet, task_id, replica).status in ENDED, 90), _status(fleet, task_id, replica)
+    return _status(fleet, task_id, replica)
+
+
+def _replay(fleet: DirectFleet, task_id: str, replica: int = 1) -> list[dict[str, Any]]:
+    """``GET /agent/tasks/{id}/stream`` through the SDK's own SSE decoder."""
+    stream = fleet.client(replica=replica).get(f"/agent/tasks/{task_id}/stream", cast_to=object, stream=True,
+                                               stream_cls=tzafon.Stream[object])
+    return [dict(e) for e in stream]  # type: ignore[arg-type]
+
+
+def test_a_task_started_through_one_replica_is_reached_through_the_other(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    fleet = agent_fleet
+    task = fleet.client(replica=0).agent.tasks.start(instruction=INSTRUCTION, model=PREVIEW,
+                                                     start_url=form_site.form_url, terminate_on_completion=False)
+    started = task.to_dict()
+    tid, cid = task.task_id, started["computer_id"]
+    # the task and its own computer are in the fleet's tables before the client hears of them
+    node = _held_by(fleet, tid)
+    assert node in {n.node_id for n in fleet.nodes} and _recorded_on(fleet, cid) == node
+    try:
+        end = _wait_ended(fleet, tid)
+        assert end.status == "completed" and end.exit_code == 0, end
+        assert form_site.wait_for_submission() == [VALUE]  # what the browser sent, recorded outside opencone
+        events = _replay(fleet, tid)
+        types = [e["type"] for e in events]
+        assert types[0] == "task_started" and types[-1] == "completed" and "action_result" in types, types
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        # screenshot links in the stream are the replica's, and work through the other replica too
+        shots = [e["url"] for e in events if e["type"] == "screenshot" and e.get("url")]
+        assert shots and all(u.startswith(f"{fleet.replicas[1].base_url}/files/{node}.") for u in shots), shots[:2]
+        other_base = shots[0].replace(fleet.replicas[1].base_url, fleet.replicas[0].base_url)
+        assert httpx.get(other_base, timeout=30).content[:2] == b"\xff\xd8"
+        with fleet.http(replica=1) as h:
+            assert h.get(f"/computers/{cid}").json()["status"] == "ready"  # kept: terminate_on_completion false
+            listed = h.get("/agent/tasks").json()
+            one = h.get(f"/agent/tasks/{tid}").json()
+        mine = next(t for t in listed if t["task_id"] == tid)
+        assert mine.keys() == one.keys() and mine["status"] == "completed" and one["computer_id"] == cid
+
+        other = fleet.new_org_key("agent-b")
+        with fleet.http(other, replica=1) as h:
+            assert h.get(f"/agent/tasks/{tid}").status_code == 404
+            assert h.get(f"/agent/tasks/{tid}/stream").status_code == 404
+            assert h.post(f"/agent/tasks/{tid}/cancel").status_code == 404
+            assert h.post(f"/agent/tasks/{tid}/messages", json={"message": "hi"}).status_code == 404
+            assert h.get(f"/computers/{cid}").status_code == 404
+            assert tid not in {t["task_id"] for t in h.get("/agent/tasks").json()}
+            # a task of theirs on my computer: my computer is not theirs (its node says so)
+            theirs = h.post("/agent/tasks", json={"instruction": "x", "computer_id": cid, "model": PREVIEW})
+            assert theirs.status_code == 404 and "computer" in theirs.json()["detail"], theirs.text
+    finally:
+        fleet.client().computers.delete(cid)
+
+
+def test_a_streamed_start_claims_its_task_and_computer_as_the_events_pass(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    fleet = agent_fleet
+    events = [dict(e) for e in fleet.client(replica=1).agent.tasks.start_stream(
+        instruction=INSTRUCTION, model=PREVIEW, start_url=form_site.form_url)]
+    types = [e["type"] for e in events]
+    assert types[0] == "task_started" and types[-1] == "completed", types
+    assert events[-1]["exit_code"] == 0 and VALUE in (events[-1]["result"] or "")
+    tid, cid = events[0]["task_id"], events[0]["computer_id"]
+    assert wait_until(lambda: _held_by(fleet, tid) is not None and _recorded_on(fleet, cid) is not None, 10)
+    assert _held_by(fleet, tid) == _recorded_on(fleet, cid)
+    assert _status(fleet, tid, replica=0).status == "completed"
+    assert form_site.wait_for_submission() == [VALUE]
+    # the task's own computer ended with it (terminate_on_completion's default), as on a single server
+    with fleet.http() as h:
+        assert wait_until(lambda: h.get(f"/computers/{cid}").json()["status"] == "terminated", 20)
+
+
+def test_tasks_on_given_computers_go_to_their_nodes_and_list_merged(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    fleet = agent_fleet
+    fake_models.script(latency=2.0)  # the tasks are still running while they are listed and cancelled
+    client = fleet.client()
+    computers = [client.computers.create(kind="browser", extra_body={"node_hint": n.node_id}).id
+                 for n in fleet.nodes]
+    try:
+        started = []
+        for cid in computers:
+            task = fleet.client(replica=1).agent.tasks.start(instruction=INSTRUCTION, model=PREVIEW, computer_id=cid,
+                                                             start_url=form_site.form_url)
+            assert task.to_dict()["computer_id"] == cid
+            assert _held_by(fleet, task.task_id) == _recorded_on(fleet, cid)  # the computer's node
+            started.append(task.task_id)
+        with fleet.http() as h:
+            listed = h.get("/agent/tasks").json()
+            newest = h.get("/agent/tasks", params={"limit": 1}).json()
+            running = h.get("/agent/tasks", params={"status": "running"}).json()
+        ids = [t["task_id"] for t in listed]
+        assert set(started) <= set(ids)
+        assert ids.index(started[1]) < ids.index(started[0])  # newest first, over both nodes
+        created = [t["created_at"] for t in listed]
+        assert created == sorted(created, reverse=True)
+        assert [t["task_id"] for t in newest] == [started[1]]
+        assert all(t["status"] == "running" for t in running)
+        for tid in started:
+            with fleet.http(replica=0) as h:
+                assert h.post(f"/agent/tasks/{tid}/pause").json()["status"] == "paused"
+                assert h.post(f"/agent/tasks/{tid}/resume").json()["status"] == "running"
+                assert h.post(f"/agent/tasks/{tid}/messages", json={"message": "hurry"}).json()["status"] == "queued"
+            with fleet.http(replica=1) as h:
+                assert h.post(f"/agent/tasks/{tid}/cancel").json()["status"] in ("cancelled", "completed")
+            assert _wait_ended(fleet, tid).status in ("cancelled", "completed")
+        with fleet.http(replica=1) as h:  # the given computers outlive their tasks
+            assert all(h.get(f"/computers/{cid}").json()["status"] == "ready" for cid in computers)
+    finally:
+        for cid in computers:
+            client.computers.delete(cid)
+
+
+def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet: DirectFleet,
+                                                                      fake_models: FakeModels) -> None:
+    fleet = agent_fleet
+    a, b = _sdk(fleet, 0), _sdk(fleet, 1)
+    node = min(fleet.nodes, key=lambda n: n.node_id)  # the one that lists (its start is the models' created)
+    org = fleet.sql("SELECT org_id FROM api_keys LIMIT 1")[0][0]
+    direct = httpx.get(node.url + PREFIX + "/v1/models", timeout=30,
+                       headers={"authorization": f"Bearer {node_key(fleet.token, org)}", "x-opencone-org": org})
+    assert {m.id for m in a.models.list()} == {m["id"] for m in direct.json()["data"]}
+    with fleet.http(replica=1) as h:
+        assert h.get("/models").json()["data"] == direct.json()["data"]  # the same, on either replica
+        assert h.get(f"/v1/models/{EMULATED}").json()["id"] == EMULATED
+
+    first = a.responses.create(model=EMULATED, input="remember the word heron")
+    assert first.output_text == "echo: remember the word heron"
+    holder = _held_by(fleet, first.id)
+    assert holder in {n.node_id for n in fleet.nodes}
+    second = b.responses.create(model=EMULATED, input="which word?", previous_response_id=first.id)
+    assert second.output_text == "echo: which word?" and _held_by(fleet, second.id) == holder
+    sent = fake_models.requests(api="messages")[-1]["body"]["messages"]
+    assert "heron" in str(sent)  # the chain was resolved on the node that holds it
+    assert b.responses.retrieve(first.id).output_text == first.output_text
+    assert [i.type for i in b.responses.input_items.list(second.id).data] == ["message"]
+    with b.responses.stream(model=EMULATED, input="stream it", previous_response_id=second.id) as stream:
+        kinds = [e.type for e in stream]
+        third = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert wait_until(lambda: _held_by(fleet, third.id) == holder, 10)
+
+    other = _sdk(fleet, 1, fleet.new_org_key("responses-b"))
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(first.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(first.id)
+    with pytest.raises((openai.NotFoundError, openai.BadRequestError)):
+        other.responses.create(model=EMULATED, input="steal", previous_response_id=first.id)
+    a.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        b.responses.retrieve(first.id)
+
+
+def test_screenshot_links_of_computers_on_either_node_reach_the_model(agent_fleet: DirectFleet,
+                                                                       fake_models: FakeModels) -> None:
+    fleet = agent_fleet
+    client = fleet.client()
+    computers = [client.computers.create(kind="browser", extra_body={"node_hint": n.node_id}).id
+                 for n in fleet.nodes]
+    try:
+        urls = [fleet.client(replica=1).computers.screenshot(cid).result["screenshot_url"] for cid in computers]
+        assert [u.split("/files/")[1].split(".")[0] for u in urls] == [n.node_id for n in fleet.nodes]
+        jpegs = [httpx.get(u, timeout=30).content for u in urls]
+        content: list[Any] = [{"type": "text", "text": "compare"}]
+        content += [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+        reply = _sdk(fleet, 1).chat.completions.create(model=EMULATED, messages=[{"role": "user", "content": content}])
+        assert reply.choices[0].message.content.startswith("echo: compare [images:")
+        images = [p for p in fake_models.requests(api="messages")[-1]["body"]["messages"][0]["content"]
+                  if p["type"] == "image"]
+        # one link inlined by its own node, the other by the replica: the very bytes, both
+        assert [base64.b64decode(p["source"]["data"]) for p in images] == jpegs
+        dead = urls[0].rsplit("/", 1)[0] + "/" + fleet.nodes[0].node_id + "." + "A" * 32 + ".jpg"
+        with pytest.raises(openai.BadRequestError) as err:  # a dead link of ours (this replica's origin)
+            _sdk(fleet, 1).chat.completions.create(model=EMULATED, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": dead}}]}])
+        assert "expired" in err.value.message
+    finally:
+        for cid in computers:
+            client.computers.delete(cid)
+
+
+def test_bad_input_is_a_4xx_that_says_why(agent_fleet: DirectFleet) -> None:
+    fleet = agent_fleet
+    with fleet.http(replica=1) as h:
+        answers = {
+            "not json": h.post("/agent/tasks", content=b"{nope", headers={"content-type": "application/json"}),
+            "no instruction": h.post("/agent/tasks", json={"model": PREVIEW}),
+            "a list": h.post("/agent/tasks/stream", json=[1, 2]),
+            "too large": h.post("/agent/tasks", content=b'{"instruction": "' + b"x" * (2 << 20) + b'"}'),
+            "bad status": h.get("/agent/tasks", params={"status": "exploded"}),
+            "bad limit": h.get("/agent/tasks", params={"limit": 0}),
+            "unknown task": h.get("/agent/tasks/task_doesnotexist"),
+            "odd id": h.get("/agent/tasks/%2E%2E"),
+            "unknown action": h.post("/agent/tasks/task_x/explode"),
+            "unknown computer": h.post("/agent/tasks", json={"instruction": "x", "computer_id": "c_nope",
+                                                            "on_missing_computer": "fail"}),
+            "unknown model": h.post("/agent/tasks", json={"instruction": "x", "model": "no/such-model"}),
+            "response not json": h.post("/v1/responses", content=b"[[[", headers={"content-type": "application/json"}),
+            "chat without messages": h.post("/v1/chat/completions", json={"model": EMULATED}),
+            "unknown response": h.get("/v1/responses/resp_doesnotexist"),
+            "unknown previous": h.post("/v1/responses", json={"model": EMULATED, "input": "x",
+                                                              "previous_response_id": "resp_doesnotexist"}),
+            "unknown model id": h.get("/v1/models/no/such/.."),
+        }
+    for what, answer in answers.items():
+        assert 400 <= answer.status_code < 500, (what, answer.status_code, answer.text)
+        body = answer.json()
+        said = body.get("detail") or body.get("error", {}).get("message")
+        assert isinstance(said, str) and said, (what, body)
+    assert answers["too large"].status_code == 413
+    assert answers["no instruction"].status_code == 422 and "instruction" in answers["no instruction"].text
+    assert "error" in answers["response not json"].json()  # OpenAI's shape on /v1
+    assert answers["unknown response"].status_code == 404 and "error" in answers["unknown response"].json()
