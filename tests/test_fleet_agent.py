@@ -10,6 +10,7 @@ input is a 4xx that says why. Clients: the tzafon SDK (tasks), the openai SDK (/
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -238,6 +239,22 @@ def test_screenshot_links_of_computers_on_either_node_reach_the_model(agent_flee
                   if p["type"] == "image"]
         # one link inlined by its own node, the other by the replica: the very bytes, both
         assert [base64.b64decode(p["source"]["data"]) for p in images] == jpegs
+        # the same link with its slashes escaped, as some JSON encoders write it: still ours
+        escaped = json.dumps({"model": EMULATED, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "escaped"}, {"type": "image_url", "image_url": {"url": urls[1]}}]}]})
+        with fleet.http(replica=1) as h:
+            answer = h.post("/v1/chat/completions", content=escaped.replace("/", "\\/"),
+                            headers={"content-type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        sent = fake_models.requests(api="messages")[-1]["body"]["messages"][0]["content"]
+        assert [base64.b64decode(p["source"]["data"]) for p in sent if p["type"] == "image"] == [jpegs[1]]
+        base = urls[0].rsplit("/", 1)[0]
+        many = [{"type": "image_url", "image_url": {"url": urls[0]}}] + [
+            {"type": "image_url", "image_url": {"url": f"{base}/{fleet.nodes[1].node_id}.{'B' * 31}{i:x}.jpg"}}
+            for i in range(33)]
+        with pytest.raises(openai.BadRequestError) as err:  # a bound on what the replica fetches for one request
+            _sdk(fleet, 1).chat.completions.create(model=EMULATED, messages=[{"role": "user", "content": many}])
+        assert "at most 32" in err.value.message
         dead = urls[0].rsplit("/", 1)[0] + "/" + fleet.nodes[0].node_id + "." + "A" * 32 + ".jpg"
         with pytest.raises(openai.BadRequestError) as err:  # a dead link of ours (this replica's origin)
             _sdk(fleet, 1).chat.completions.create(model=EMULATED, messages=[{"role": "user", "content": [

@@ -50,7 +50,7 @@ from opencone.api.wire.agent import TaskStart
 from opencone.api.wire.openai import OpenAIRoute
 from opencone.core.errors import InvalidInput, LimitReached, NotFound, ServiceError
 from opencone.core.store.models import FleetObject
-from opencone.fleet import owned, registry
+from opencone.fleet import owned, registry, replica_storage
 from opencone.fleet import replica as r
 from opencone.gateway.errors import InvalidRequest
 from opencone.gateway.images import own_origins
@@ -62,7 +62,8 @@ START_ATTEMPTS = 4
 MAX_FRAME = 64 << 20  # a frame longer than this (no blank line yet) is passed on as it is
 TASK_KEY = "task_key"  # fleet_objects kind: where a start's idempotency key made its task
 # a screenshot link this replica handed out: <our origin>/files/<node id>.<token>.<jpg|png>
-LINK = re.compile(rb'(https?://[^"\s\\]+?)/files/([A-Za-z0-9_:-]{1,128})\.([A-Za-z0-9_-]{16,128}\.(?:jpg|png))')
+LINK = re.compile(r"(https?://[^\s?#]+?)/files/([A-Za-z0-9_:-]{1,128})\.([A-Za-z0-9_-]{16,128}\.(?:jpg|png))")
+MAX_FOREIGN_LINKS = 32  # screenshots of other nodes' computers one request may have inlined here
 Status = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "max_steps"]
 OnEvent = Callable[[dict[str, Any]], None]
 
@@ -219,8 +220,9 @@ async def _pinned(request: Request, org: str, spec: TaskStart) -> registry.NodeI
             return node
     nodes = await owned.ready_nodes(fleet)
     if spec.computer_id:
+        named = OBJECT_ID.match(spec.computer_id) is not None  # else no computer or session has that id
         try:
-            route = await fleet.route(org, spec.computer_id) if OBJECT_ID.match(spec.computer_id) else None
+            route = await fleet.route(org, spec.computer_id) if named else None
         except NotFound:
             route = None
         if route is not None and route.node_id and route.row.status != r.TERMINATED:
@@ -231,16 +233,20 @@ async def _pinned(request: Request, org: str, spec: TaskStart) -> registry.NodeI
             return node
         # not live: a saved session of that id is restored on its node; else a new computer is made
         # (placed) or the node's own 404 says why not
-        env = spec.computer_id
-        saved = await owned.locate(fleet, org, "environment", env, f"/environments/{quote(env, safe='')}")
+        saved = await _saved(fleet, org, spec.computer_id) if named else None
         if saved is not None:
             return saved
         return None if spec.on_missing_computer == "create_new" else owned.pick_any(nodes)
-    if spec.environment_id:
-        env = spec.environment_id
-        saved = await owned.locate(fleet, org, "environment", env, f"/environments/{quote(env, safe='')}")
-        return saved or owned.pick_any(nodes)
+    if spec.environment_id:  # its node, 404 when none has it, 503 when its node is not ready
+        return await replica_storage.environment_node(fleet, org, spec.environment_id, field="environment_id")
     return None
+
+
+async def _saved(fleet: r.Fleet, org: str, environment_id: str) -> registry.NodeInfo | None:
+    """The node holding a saved environment (none for an id no node could have made)."""
+    if not OBJECT_ID.match(environment_id):
+        return None
+    return await owned.locate(fleet, org, "environment", environment_id, f"/environments/{environment_id}")
 
 
 def _parse_start(raw: bytes) -> TaskStart | Response:
@@ -378,37 +384,63 @@ async def _computer_links(request: Request, raw: bytes,
                           target: registry.NodeInfo | None) -> tuple[registry.NodeInfo | None, bytes]:
     """(the node of the computer the request's screenshot links name, the body for it): links to that
     node's files become its own (it inlines them, as a single server does); links to another node's
-    are inlined here, since a node inlines only its own."""
+    are inlined here, since a node inlines only its own. Every string of the body is looked at whole,
+    as the node's own check does (gateway/images.py), so an escaped ``\\/`` changes nothing."""
+    if b"files" not in raw:
+        return target, raw  # no link of ours can be in it (the common case: no parse)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return target, raw  # the node says what is wrong with it
     fleet = r._fleet(request)
     settings = fleet.settings
     ours = {o.lower().rstrip("/") for o in own_origins(str(request.base_url), settings.public_url, settings.port) if o}
-    links = [m for m in LINK.finditer(raw) if m[1].decode().lower().rstrip("/") in ours]
+    links: dict[str, tuple[str, str]] = {}  # link -> (node id, token), in the order they come
+
+    def find(value: Any) -> None:
+        if isinstance(value, str):
+            m = LINK.fullmatch(value)
+            if m is not None and m[1].lower().rstrip("/") in ours:
+                links.setdefault(value, (m[2], m[3]))
+        elif isinstance(value, dict):
+            for v in value.values():
+                find(v)
+        elif isinstance(value, list):
+            for v in value:
+                find(v)
+
+    find(body)
     if not links:
         return target, raw
-    urls: dict[str, str | None] = {}
-    for m in links:
-        node_id = m[2].decode()
-        if node_id not in urls:
-            urls[node_id] = await fleet.node_url(node_id)
     if target is None:
-        first = links[0][2].decode()
-        if urls[first] is not None:
-            target = next((n for n in await owned.ready_nodes(fleet) if n.id == first), None)
-    new: dict[bytes, bytes] = {}
-    for m in links:
-        node_id, token = m[2].decode(), m[3].decode()
-        if m[0] in new:
-            continue
-        if target is not None and node_id == target.id:
-            new[m[0]] = f"{target.url}/files/{token}".encode()
+        first = next(iter(links.values()))[0]
+        target = next((n for n in await owned.ready_nodes(fleet) if n.id == first), None)
+    foreign = {link for link, (node_id, _) in links.items() if target is None or node_id != target.id}
+    if len(foreign) > MAX_FOREIGN_LINKS:
+        raise InvalidRequest(f"a request may carry at most {MAX_FOREIGN_LINKS} screenshot links of computers on "
+                             "other nodes than its first one's; send the others as data: URLs",
+                             code="invalid_image_url")
+    new: dict[str, str] = {}
+    for link, (node_id, token) in links.items():
+        if link in foreign:
+            new[link] = await _inline(fleet, await fleet.node_url(node_id), token)
         else:
-            new[m[0]] = await _inline(fleet, urls[node_id], token)
-    for old, value in new.items():
-        raw = raw.replace(old, value)
-    return target, raw
+            assert target is not None
+            new[link] = f"{target.url}/files/{token}"
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, str):
+            return new.get(value, value)
+        if isinstance(value, dict):
+            return {k: swap(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [swap(v) for v in value]
+        return value
+
+    return target, json.dumps(swap(body), ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def _inline(fleet: r.Fleet, node_url: str | None, token: str) -> bytes:
+async def _inline(fleet: r.Fleet, node_url: str | None, token: str) -> str:
     """Another node's screenshot as a data URL, or the 400 a single server gives a dead link."""
     resp = None
     if node_url is not None:
@@ -419,7 +451,7 @@ async def _inline(fleet: r.Fleet, node_url: str | None, token: str) -> bytes:
         raise InvalidRequest("an image is an opencone screenshot link that is unknown or has expired "
                              "(OPENCONE_FILE_TTL_SECONDS); take a new screenshot", code="invalid_image_url")
     kind = resp.headers.get("content-type", "image/jpeg").split(";")[0]
-    return f"data:{kind};base64,{base64.b64encode(resp.content).decode('ascii')}".encode()
+    return f"data:{kind};base64,{base64.b64encode(resp.content).decode('ascii')}"
 
 
 async def _lister(request: Request) -> registry.NodeInfo:
