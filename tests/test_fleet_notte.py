@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[DirectFleet]:
     fleet = start_direct_fleet(tmp_path_factory.mktemp("fleet-notte"), postgres, nodes=2, replicas=2,
-                               browser_slots=3, desktop_slots=0)
+                               browser_slots=2, desktop_slots=0)  # 2 computers a node at most
     yield fleet
     fleet.stop()
 
@@ -302,3 +303,32 @@ def test_an_openenv_websocket_episode_through_a_replica(fleet: DirectFleet, site
             assert json.loads(await ws.recv())["type"] == "state"
 
     asyncio.run(refusals())
+
+
+def test_starts_fill_the_fleet_node_by_node_then_429(fleet: DirectFleet) -> None:
+    """Each node holds two computers: four starts land two and two, then every kind of start is refused."""
+    with fleet.http(replica=1) as h:
+        assert wait_until(lambda: h.get("/computers").json() == [], 30)  # the earlier tests' computers ended
+        made: list[str] = []
+        try:
+            for _ in range(4):
+                answer = h.post("/sessions/start", json={})
+                assert answer.status_code == 200, answer.text
+                made.append(answer.json()["session_id"])
+            assert sorted(Counter(fleet.node_of(s) for s in made).values()) == [2, 2]
+            assert "no node of the fleet can take a browser" in _problem(h.post("/sessions/start", json={}), 429)
+            for path, body in (("/sessions/start", {}), ("/session/start", {"keep_alive": True}),
+                               ("/env/observe", {"url": "http://127.0.0.1:9/"}), ("/openenv/reset", {})):
+                assert _problem(h.post(path, json=body), 429), path
+
+            async def socket() -> dict[str, Any]:  # a socket's reset, as a full single server answers it
+                url = fleet.replicas[1].base_url.replace("http://", "ws://") + f"/openenv/ws?token={fleet.key}"
+                async with websockets.connect(url) as ws:
+                    await ws.send(json.dumps({"type": "reset", "data": {}}))
+                    return json.loads(await ws.recv())  # type: ignore[no-any-return]
+
+            refused = asyncio.run(socket())
+            assert refused["type"] == "error" and refused["data"]["code"] == "CAPACITY_REACHED", refused
+        finally:
+            for sid in made:
+                assert h.delete(f"/sessions/{sid}/stop").json()["status"] == "closed"

@@ -102,7 +102,10 @@ async def _socket(ws: WebSocket) -> None:
         await r._deny(ws, 401, "missing or invalid API key; send 'Authorization: Bearer <key>', ?token=<key>, "
                                "or Basic auth with the key as password (ws://opencone:<key>@host/openenv/ws)")
         return
-    nodes = owned.placing_order(fleet, await owned.ready_nodes(fleet), "browser")
+    ready = await owned.ready_nodes(fleet)
+    # the placer's order; a full fleet's socket still goes to a node, whose reset then says so
+    # (CAPACITY_REACHED), as a full single server's does
+    nodes = owned.placing_order(fleet, ready, "browser") or ([owned.pick_any(ready)] if ready else [])
     query = r._forward_query(ws, fleet.key_for(org))
     failure: Exception | None = None
     for node in nodes:
@@ -115,7 +118,7 @@ async def _socket(ws: WebSocket) -> None:
         await r.pump(ws, upstream, _watch(fleet, org, node))
         return
     if failure is None:
-        await r._deny(ws, 429, "no node of the fleet can take a computer now (all full); retry")
+        await r._deny(ws, 503, "no node of the fleet is ready; retry in a few seconds")
     else:
         await r.deny_upstream(ws, failure, "no node of the fleet answers; retry in a few seconds")
 
