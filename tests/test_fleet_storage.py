@@ -157,6 +157,15 @@ def test_a_kept_recording_while_and_after_its_computer_lives(fleet: DirectFleet)
             stopped = h.post(f"/computers/{comp.id}/recording/stop")
             assert stopped.status_code == 200, stopped.text
             assert stopped.json()["status"] == "ready" and stopped.json()["frames"] >= 2
+        with fleet.http(replica=1) as h:  # a second recording, started and deleted through the other replica
+            again = h.post(f"/computers/{comp.id}/recording/start", json={"keep": True})
+            assert again.status_code == 200, again.text
+            second = again.json()["id"]
+            assert second != rec_id and again.json()["status"] == "recording"
+            _problem(h.post(f"/computers/{comp.id}/recording/start"), 409)  # one at a time, as on one server
+            assert h.get(f"/computers/{comp.id}/recording/timeline").json()["recording"]["id"] == second
+            assert h.delete(f"/recordings/{second}").status_code == 204  # in progress: stopped, then deleted
+            _problem(h.get(f"/recordings/{second}"), 404)
     finally:
         client.computers.delete(comp.id)
 
