@@ -21,6 +21,8 @@ from fleet_direct import DirectFleet, start_direct_fleet
 from mcp_helpers import MODES, create, mcp_client, ok, ref_of, round_trip, shot, text
 from prometheus_client.parser import text_string_to_metric_families
 
+from opencone.fleet.replica_ops import merge
+
 pytestmark = pytest.mark.timeout(300)
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -240,3 +242,19 @@ def test_mcp_on_the_replica_takes_a_key_and_perform_refuses_bad_input(fleet: Dir
             assert good["ok"] is True and good["image"] and good["display"]["width"] > 0
     finally:
         fleet.client().computers.delete(mine.id)
+
+
+def test_merge_labels_every_sample_and_leaves_out_a_text_that_does_not_parse() -> None:
+    """fleet/replica_ops.merge alone: a node's own ``node`` label kept as ``exported_node``, HELP/TYPE once."""
+    good = ('# HELP opencone_x Things.\n# TYPE opencone_x gauge\nopencone_x{node="inner",kind="a"} 2.0\n'
+            'opencone_x{kind="b"} 3.0\n')
+    failed: list[str] = []
+    text = merge({"n1": good, "n2": good, "n3": 'opencone_x{kind="a" 1\n'}, failed.append).decode()
+    assert failed == ["n3"]
+    assert text.count("# TYPE opencone_x gauge") == 1
+    samples = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples}
+    assert samples == {(("exported_node", "inner"), ("kind", "a"), ("node", "n1")): 2.0,
+                       (("kind", "b"), ("node", "n1")): 3.0,
+                       (("exported_node", "inner"), ("kind", "a"), ("node", "n2")): 2.0,
+                       (("kind", "b"), ("node", "n2")): 3.0}

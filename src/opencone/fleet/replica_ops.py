@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -173,12 +173,18 @@ class _Families(Collector):
         return self.families
 
 
-def merge(texts: dict[str, str]) -> bytes:
+def merge(texts: dict[str, str], failed: Callable[[str], None] = lambda node_id: None) -> bytes:
     """Nodes' exposition texts (node id -> text) as one, every sample labelled with its node. A sample
-    that had a ``node`` label of its own keeps it as ``exported_node`` (Prometheus' own rule)."""
+    that had a ``node`` label of its own keeps it as ``exported_node`` (Prometheus' own rule); a text
+    that does not parse is left out whole (``failed(node id)``). CPU work (~10 ms a node): off the loop."""
     merged: dict[str, Metric] = {}
     for node_id, text in texts.items():
-        for family in text_string_to_metric_families(text):
+        try:
+            families = list(text_string_to_metric_families(text))
+        except ValueError:  # a node's garbage must not spoil the fleet's answer
+            failed(node_id)
+            continue
+        for family in families:
             into = merged.get(family.name)
             if into is None:
                 into = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
@@ -204,10 +210,8 @@ async def scrape_nodes(fleet: Fleet, metrics: ReplicaMetrics) -> dict[str, str]:
             resp = await fleet.http.get(node.url + "/metrics", headers={"authorization": f"Bearer {fleet.token}"},
                                         timeout=SCRAPE_TIMEOUT)
             resp.raise_for_status()
-            text = resp.text
-            list(text_string_to_metric_families(text))  # a node's garbage must not spoil the fleet's answer
-            return text
-        except (httpx.HTTPError, ValueError):
+            return resp.text
+        except httpx.HTTPError:
             metrics.scrape_errors.labels(node.id).inc()
             return None
 
@@ -291,7 +295,9 @@ def install(app: FastAPI) -> None:
         if not request.app.state.runtime.settings.metrics_public:
             await _operator(request)
         texts = await scrape_nodes(request.app.state.fleet, metrics)
-        return Response(generate_latest(metrics.registry) + merge(texts), media_type=CONTENT_TYPE)
+        fleet_text = await asyncio.to_thread(merge, texts, lambda node_id: metrics.scrape_errors.labels(node_id).inc())
+        # the replica's own after the scrape: this scrape's errors are in its answer
+        return Response(generate_latest(metrics.registry) + fleet_text, media_type=CONTENT_TYPE)
 
     @app.get("/status", tags=["operations"], responses=problems(401, 403))
     async def status(request: Request) -> dict[str, Any]:
