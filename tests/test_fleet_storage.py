@@ -18,8 +18,9 @@ import pytest
 import tzafon
 from conftest import wait_until
 from fleet_direct import DirectFleet, start_direct_fleet
+from playwright.sync_api import sync_playwright
 from test_environments import _state
-from test_recording import BLUE, RED, decode, is_colour
+from test_recording import BLUE, CHROMIUM, RED, decode, is_colour
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,6 +132,37 @@ def test_a_saved_environment_through_any_replica(fleet: DirectFleet, site: str) 
         b.computers.create(kind="browser", environment_id=env_id)
 
 
+def _replay_plays(base: str, key: str, rec_id: str, actions: int) -> None:
+    """The live view's replay page, served by a replica, lists the recording, plays it and seeks to an
+    action: Chromium's media player reads the MP4 with Range requests through the replica."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        try:
+            view = browser.new_page()
+            errors: list[str] = []
+            view.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                    if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+            view.on("pageerror", lambda e: errors.append(str(e)))
+            partial: list[str] = []  # the media player's answers with a Content-Range
+            view.on("response", lambda r: partial.append(r.headers.get("content-range", ""))
+                    if r.status == 206 and f"/recordings/{rec_id}" in r.url else None)
+            view.goto(f"{base}/live/replay#{rec_id}")
+            view.fill("#key", key)
+            view.click("#connect")
+            view.wait_for_selector(f"#recordings tr[data-id='{rec_id}']")
+            view.wait_for_selector("#timeline li")
+            assert view.locator("#timeline li").count() == actions
+            view.wait_for_function("() => document.getElementById('video').readyState >= 1", timeout=20000)
+            assert view.evaluate("() => document.getElementById('video').duration") > 0.5
+            view.locator("#timeline li").nth(actions - 1).click()
+            view.wait_for_function("() => document.getElementById('video').currentTime > 0", timeout=20000)
+            view.wait_for_function("() => document.getElementById('video').readyState >= 2", timeout=20000)
+            assert not errors, errors
+            assert partial and all(c.startswith("bytes ") for c in partial), partial
+        finally:
+            browser.close()
+
+
 def test_a_kept_recording_while_and_after_its_computer_lives(fleet: DirectFleet) -> None:
     client = fleet.client(replica=0)
     comp = client.computers.create(kind="browser", extra_body={"recording": {"keep": True}})
@@ -191,6 +223,7 @@ def test_a_kept_recording_while_and_after_its_computer_lives(fleet: DirectFleet)
         tail = h.get(f"/recordings/{rec_id}", headers={"range": "bytes=-50"})
         assert tail.status_code == 206 and tail.content == video.content[-50:]
         assert h.get(f"/recordings/{rec_id}/timeline").json()["recording"]["status"] == "ready"
+    _replay_plays(fleet.replicas[1].base_url, fleet.key, rec_id, len(timeline["actions"]))
 
     # another organisation sees none of it
     other_key = fleet.new_org_key("rec-b")
