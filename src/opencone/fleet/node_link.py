@@ -9,7 +9,8 @@ replicas need to know about them into the shared database (fleet/registry.py):
 - every ``interval`` seconds a heartbeat: live computers by kind, free memory, load;
 - a computer's end (deleted, expired, crashed) is written to its fleet record, write-behind: the
   teardown only queues it, so a database outage never slows a computer's end; queued ends are
-  retried with the next beat. A check at each beat ends records whose computer is no longer here.
+  retried with the next beat. The ends written are NOTIFY'd (their ids) in the same transaction. A
+  check at each beat ends records whose computer is no longer here.
 
 When the node is going away (its parent, the Ray worker, is gone) nothing more is written: what the
 fleet records then is the controller's verdict (``node_lost``) or the next incarnation's.
@@ -166,12 +167,15 @@ class NodeLink:
         if not self._ended:
             return
         batch = dict(self._ended)
+        ended: list[str] = []
         async with self.sessions() as s, registry.guarded(s):
             for cid, (reason, at) in batch.items():
-                await s.execute(update(ComputerRecord).where(
+                done = await s.execute(update(ComputerRecord).where(
                     ComputerRecord.id == cid, ComputerRecord.node_id == self.node_id,
                     ComputerRecord.status != TERMINATED).values(
-                    status=TERMINATED, termination_reason=reason, terminated_at=at))
+                    status=TERMINATED, termination_reason=reason, terminated_at=at).returning(ComputerRecord.id))
+                ended.extend(done.scalars())
+            await registry.notify_ended(s, ended)  # the replicas drop their routes when this commits
             await s.commit()
         for cid in batch:
             self._ended.pop(cid, None)

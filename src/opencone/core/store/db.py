@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from alembic import command
@@ -72,14 +73,37 @@ def _unavailable_is_503(engine: AsyncEngine) -> None:
 PG_CONNECT_TIMEOUT = 10.0  # asyncpg waits 60 s for a server that does not answer: a create would hang that long
 
 
-def make_engine(url: str, *, autocommit: bool = False) -> AsyncEngine:
-    """``autocommit``: every statement its own transaction, no BEGIN/COMMIT round trips, and a pool pre-ping
-    of one round trip (asyncpg's ping of a connection in a transaction mode is BEGIN, ping, ROLLBACK)."""
+def _ping_when_idle(engine: AsyncEngine, seconds: float) -> None:
+    """The pool's pre-ping, only for a connection idle longer than ``seconds`` (one that was just used
+    is there; a busy server saves a round trip per checkout). A failed ping: a new connection."""
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checkin(_dbapi_conn, record):  # type: ignore[no-untyped-def]
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checkout(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        since = record.info.get("idle_since")
+        if since is not None and time.monotonic() - since > seconds:
+            try:
+                dbapi_conn.ping()
+            except Exception as exc:
+                raise DisconnectionError(str(exc)) from exc
+
+
+def make_engine(url: str, *, autocommit: bool = False, ping_idle_after: float | None = None) -> AsyncEngine:
+    """``autocommit``: every statement its own transaction, with no BEGIN/COMMIT round trips, and a ping of
+    one round trip (asyncpg's ping of a connection in a transaction mode is BEGIN, ping, ROLLBACK).
+    ``ping_idle_after``: a connection is pinged at checkout only when idle that long (else always)."""
     extra: dict[str, object] = {"connect_args": {"timeout": PG_CONNECT_TIMEOUT}} \
         if url.startswith("postgresql+asyncpg") else {}
     if autocommit:
         extra["isolation_level"] = "AUTOCOMMIT"
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"), **extra)
+    pre_ping = not url.startswith("sqlite") and ping_idle_after is None
+    engine = create_async_engine(url, pool_pre_ping=pre_ping, **extra)
+    if ping_idle_after is not None and not url.startswith("sqlite"):
+        _ping_when_idle(engine, ping_idle_after)
     if not url.startswith("sqlite"):
         _unavailable_is_503(engine)
     if url.startswith("sqlite"):
