@@ -193,10 +193,12 @@ def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet:
 
     first = a.responses.create(model=EMULATED, input="remember the word heron")
     assert first.output_text == "echo: remember the word heron"
+    assert wait_until(lambda: _held_by(fleet, first.id) is not None, 10)  # written beside the answer
     holder = _held_by(fleet, first.id)
     assert holder in {n.node_id for n in fleet.nodes}
     second = b.responses.create(model=EMULATED, input="which word?", previous_response_id=first.id)
-    assert second.output_text == "echo: which word?" and _held_by(fleet, second.id) == holder
+    assert second.output_text == "echo: which word?"
+    assert wait_until(lambda: _held_by(fleet, second.id) == holder, 10)
     sent = fake_models.requests(api="messages")[-1]["body"]["messages"]
     assert "heron" in str(sent)  # the chain was resolved on the node that holds it
     assert b.responses.retrieve(first.id).output_text == first.output_text

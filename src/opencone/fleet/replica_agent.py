@@ -32,6 +32,8 @@ import hashlib
 import json
 import logging
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Literal
 from urllib.parse import quote
@@ -63,6 +65,7 @@ MAX_FRAME = 64 << 20  # a frame longer than this (no blank line yet) is passed o
 TASK_KEY = "task_key"  # fleet_objects kind: where a start's idempotency key made its task
 # a screenshot link this replica handed out: <our origin>/files/<node id>.<token>.<jpg|png>
 LINK = re.compile(r"(https?://[^\s?#]+?)/files/([A-Za-z0-9_:-]{1,128})\.([A-Za-z0-9_-]{16,128}\.(?:jpg|png))")
+NODES_TTL = 1.0
 MAX_FOREIGN_LINKS = 32  # screenshots of other nodes' computers one request may have inlined here
 Status = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "max_steps"]
 OnEvent = Callable[[dict[str, Any]], None]
@@ -72,6 +75,58 @@ _background: set[asyncio.Task[None]] = set()
 
 class TooLarge(ServiceError):
     status = 413
+
+
+class _Memo:
+    """What a replica keeps between requests: the ready nodes (read again after ``NODES_TTL``) and
+    where objects live (an object never moves, so a row once read stays true; its end is its node's
+    404). Without it each gateway request paid a database round trip or two before its node saw it."""
+
+    def __init__(self) -> None:
+        self.nodes: list[registry.NodeInfo] = []
+        self.nodes_at = float("-inf")
+        self.where: dict[str, tuple[str, str]] = {}  # object id -> (org, node id)
+
+    def remember(self, object_id: str, org: str, node_id: str) -> None:
+        if len(self.where) > 100_000:
+            self.where.clear()
+        self.where[object_id] = (org, node_id)
+
+
+_memos: weakref.WeakKeyDictionary[r.Fleet, _Memo] = weakref.WeakKeyDictionary()
+
+
+def _memo(fleet: r.Fleet) -> _Memo:
+    memo = _memos.get(fleet)
+    if memo is None:
+        memo = _memos[fleet] = _Memo()
+    return memo
+
+
+async def _ready(fleet: r.Fleet) -> list[registry.NodeInfo]:
+    """The ready nodes, as read at most ``NODES_TTL`` ago (a node that left within it answers 503)."""
+    memo = _memo(fleet)
+    if time.monotonic() - memo.nodes_at > NODES_TTL:
+        memo.nodes, memo.nodes_at = await owned.ready_nodes(fleet), time.monotonic()
+    return memo.nodes
+
+
+async def _claim(fleet: r.Fleet, kind: str, object_id: str, org: str, node_id: str) -> None:
+    await owned.claim(fleet, kind, object_id, org, node_id)
+    _memo(fleet).remember(object_id, org, node_id)
+
+
+async def _locate(fleet: r.Fleet, org: str, kind: str, object_id: str, probe: str) -> registry.NodeInfo | None:
+    """``owned.locate``, remembered."""
+    hit = _memo(fleet).where.get(object_id)
+    if hit is not None:
+        if hit[0] != org:
+            return None
+        return next((n for n in await _ready(fleet) if n.id == hit[1]), None)
+    node = await owned.locate(fleet, org, kind, object_id, probe)
+    if node is not None:
+        _memo(fleet).remember(object_id, org, node.id)
+    return node
 
 
 # -- what every route shares ----------------------------------------------------------------------
@@ -186,8 +241,8 @@ def _first_event(frames: bytes) -> dict[str, Any] | None:
 async def _held(request: Request, org: str, kind: str, object_id: str, probe: str) -> registry.NodeInfo:
     """The node holding ``object_id`` for ``org``; else any ready node (its own 404 is the answer)."""
     fleet = r._fleet(request)
-    node = await owned.locate(fleet, org, kind, object_id, probe)
-    return node or owned.pick_any(await owned.ready_nodes(fleet))
+    node = await _locate(fleet, org, kind, object_id, probe)
+    return node or owned.pick_any(await _ready(fleet))
 
 
 # -- agent tasks ----------------------------------------------------------------------------------
@@ -322,7 +377,7 @@ async def _remember(request: Request, org: str, node: registry.NodeInfo, spec: T
     fleet = r._fleet(request)
     if not isinstance(task_id, str):
         return
-    await owned.claim(fleet, "task", task_id, org, node.id)
+    await _claim(fleet, "task", task_id, org, node.id)
     if spec.idempotency_key:
         await owned.claim(fleet, TASK_KEY, _key_id(org, spec.idempotency_key), org, node.id)
     if isinstance(computer_id, str) and computer_id != spec.computer_id:
@@ -377,7 +432,7 @@ gateway = APIRouter(tags=["gateway"], route_class=OpenAIRoute)
 
 
 async def _any(request: Request) -> registry.NodeInfo:
-    return owned.pick_any(await owned.ready_nodes(r._fleet(request)))
+    return owned.pick_any(await _ready(r._fleet(request)))
 
 
 async def _computer_links(request: Request, raw: bytes,
@@ -414,7 +469,7 @@ async def _computer_links(request: Request, raw: bytes,
         return target, raw
     if target is None:
         first = next(iter(links.values()))[0]
-        target = next((n for n in await owned.ready_nodes(fleet) if n.id == first), None)
+        target = next((n for n in await _ready(fleet) if n.id == first), None)
     foreign = {link for link, (node_id, _) in links.items() if target is None or node_id != target.id}
     if len(foreign) > MAX_FOREIGN_LINKS:
         raise InvalidRequest(f"a request may carry at most {MAX_FOREIGN_LINKS} screenshot links of computers on "
@@ -457,7 +512,7 @@ async def _inline(fleet: r.Fleet, node_url: str | None, token: str) -> str:
 async def _lister(request: Request) -> registry.NodeInfo:
     """The node that lists models: the same one each time while it is ready, so a listing's ``created``
     (its node's start) holds still from request to request, as on a single server."""
-    nodes = await owned.ready_nodes(r._fleet(request))
+    nodes = await _ready(r._fleet(request))
     if not nodes:
         raise LimitReached("no node of the fleet is ready; retry in a few seconds")
     return min(nodes, key=lambda n: n.id)
@@ -499,20 +554,23 @@ async def create_response(request: Request, org: str = Depends(current_org)) -> 
         parsed = json.loads(raw)
         previous = parsed.get("previous_response_id") if isinstance(parsed, dict) else None
         if isinstance(previous, str) and OBJECT_ID.match(previous):
-            target = await owned.locate(fleet, org, "response", previous, f"/v1/responses/{previous}")
+            target = await _locate(fleet, org, "response", previous, f"/v1/responses/{previous}")
     node, raw = await _computer_links(request, raw, target)
     node = node or await _any(request)
 
     async def claim(status: int, data: bytes) -> None:
+        # remembered here at once, written for the other replicas without holding the answer (one that
+        # asks before the row is there finds it by asking the nodes)
         with contextlib.suppress(ValueError):
             out = json.loads(data)
             if status == 200 and isinstance(out, dict) and isinstance(out.get("id"), str):
-                await owned.claim(fleet, "response", out["id"], org, node.id)
+                _memo(fleet).remember(out["id"], org, node.id)
+                _spawn(owned.claim(fleet, "response", out["id"], org, node.id), f"response {out['id']}")
 
     def seen(event: dict[str, Any]) -> None:
         made = event.get("response")
         if isinstance(made, dict) and isinstance(made.get("id"), str):
-            _spawn(owned.claim(fleet, "response", made["id"], org, node.id), f"response {made['id']}")
+            _spawn(_claim(fleet, "response", made["id"], org, node.id), f"response {made['id']}")
 
     resp = await _send(request, org, node, "/v1/responses", raw)
     return await _answer(request, org, node, resp, on_json=claim, on_event=seen)
