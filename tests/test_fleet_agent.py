@@ -67,10 +67,11 @@ def _wait_ended(fleet: DirectFleet, task_id: str, replica: int = 1) -> Any:
     return _status(fleet, task_id, replica)
 
 
-def _replay(fleet: DirectFleet, task_id: str, replica: int = 1) -> list[dict[str, Any]]:
-    """``GET /agent/tasks/{id}/stream`` through the SDK's own SSE decoder."""
+def _replay(fleet: DirectFleet, task_id: str, replica: int = 1, after: int = 0) -> list[dict[str, Any]]:
+    """``GET /agent/tasks/{id}/stream`` (after event ``after``) through the SDK's own SSE decoder."""
     stream = fleet.client(replica=replica).get(f"/agent/tasks/{task_id}/stream", cast_to=object, stream=True,
-                                               stream_cls=tzafon.Stream[object])
+                                               stream_cls=tzafon.Stream[object],
+                                               options={"headers": {"Last-Event-ID": str(after)}})
     return [dict(e) for e in stream]  # type: ignore[arg-type]
 
 
@@ -95,6 +96,8 @@ def test_a_task_started_through_one_replica_is_reached_through_the_other(
         # screenshot links in the stream are the replica's, and work through the other replica too
         shots = [e["url"] for e in events if e["type"] == "screenshot" and e.get("url")]
         assert shots and all(u.startswith(f"{fleet.replicas[1].base_url}/files/{node}.") for u in shots), shots[:2]
+        later = _replay(fleet, tid, replica=0, after=3)  # resumed after event 3, through the other replica
+        assert [e["seq"] for e in later] == [e["seq"] for e in events[3:]]
         other_base = shots[0].replace(fleet.replicas[1].base_url, fleet.replicas[0].base_url)
         assert httpx.get(other_base, timeout=30).content[:2] == b"\xff\xd8"
         with fleet.http(replica=1) as h:
@@ -178,6 +181,22 @@ def test_tasks_on_given_computers_go_to_their_nodes_and_list_merged(
             client.computers.delete(cid)
 
 
+def test_a_retried_start_reaches_the_task_of_its_idempotency_key_through_any_replica(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    fleet = agent_fleet
+    fake_models.script(latency=2.0)
+    params = {"instruction": INSTRUCTION, "model": PREVIEW, "start_url": form_site.form_url,
+              "idempotency_key": "retry-me-once"}
+    first = fleet.client(replica=0).agent.tasks.start(**params)
+    again = fleet.client(replica=1).agent.tasks.start(**params)
+    assert again.task_id == first.task_id and again.reused and not first.reused
+    assert fleet.sql(f"SELECT kind, node_id FROM fleet_objects WHERE node_id = '{_held_by(fleet, first.task_id)}' "
+                     "AND kind = 'task_key'")
+    with fleet.http(replica=1) as h:
+        assert h.post(f"/agent/tasks/{first.task_id}/cancel").json()["status"] in ("cancelled", "completed")
+    assert _wait_ended(fleet, first.task_id).status in ("cancelled", "completed")
+
+
 def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet: DirectFleet,
                                                                       fake_models: FakeModels) -> None:
     fleet = agent_fleet
@@ -208,6 +227,8 @@ def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet:
         third = stream.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
     assert wait_until(lambda: _held_by(fleet, third.id) == holder, 10)
+    replayed = [e.type for e in a.responses.retrieve(third.id, stream=True)]  # its events again, through A
+    assert replayed[0] == "response.created" and replayed[-1] == "response.completed"
 
     other = _sdk(fleet, 1, fleet.new_org_key("responses-b"))
     with pytest.raises(openai.NotFoundError):
