@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -34,6 +35,7 @@ from opencone.fleet import replica as r
 from opencone.fleet.replica_notte import Made, _inspector, forward_anywhere, forward_placing, recording
 
 KIND = "openenv"
+HELD_SECONDS = 5.0  # an episode's node remembered this long (as a computer's route is)
 COMPUTER_IN_FRAME = re.compile(r'"computer_id": ?"([A-Za-z0-9_-]{1,128})"')
 
 
@@ -44,8 +46,22 @@ def _object_id(org: str, episode_id: str) -> str:
 
 
 async def _holder(request: Request, org: str, episode_id: str) -> registry.NodeInfo | None:
+    """The node holding the episode: remembered for a few seconds, as routes are (a step is two
+    database reads fewer; an episode never moves, and a node that went away answers 503 meanwhile)."""
+    state = request.app.state
+    if getattr(state, "openenv_held", None) is None:
+        state.openenv_held = {}
+    held: dict[tuple[str, str], tuple[float, registry.NodeInfo]] = state.openenv_held
+    hit = held.get((org, episode_id))
+    if hit is not None and time.monotonic() - hit[0] < HELD_SECONDS:
+        return hit[1]
     probe = f"{oe.PREFIX}/state?episode_id={quote(episode_id, safe='')}"
-    return await owned.locate(r._fleet(request), org, KIND, _object_id(org, episode_id), probe)
+    node = await owned.locate(r._fleet(request), org, KIND, _object_id(org, episode_id), probe)
+    if node is not None:
+        if len(held) > 100_000:
+            held.clear()
+        held[(org, episode_id)] = (time.monotonic(), node)
+    return node
 
 
 async def _to_episode(request: Request, org: str, episode_id: str | None, path: str) -> Response:
