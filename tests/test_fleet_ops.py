@@ -17,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import wait_until
 from fleet_direct import DirectFleet, start_direct_fleet
 from mcp_helpers import MODES, create, mcp_client, ok, ref_of, round_trip, shot, text
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from opencone.fleet.replica_ops import merge
@@ -84,6 +86,17 @@ def test_metrics_merge_both_nodes_and_count_a_create(fleet: DirectFleet) -> None
     finally:
         fleet.client().computers.delete(created.id)
 
+
+
+def test_an_open_events_relay_is_counted_while_it_is_open(fleet: DirectFleet) -> None:
+    created = fleet.client().computers.create(kind="browser")
+    try:
+        with fleet.http() as h, h.stream("GET", f"/computers/{created.id}/events") as events:
+            assert events.status_code == 200
+            assert value(scrape(fleet)[1], "opencone_replica_relays_open", kind="events") == 1.0
+        assert wait_until(lambda: value(scrape(fleet)[1], "opencone_replica_relays_open", kind="events") == 0.0)
+    finally:
+        fleet.client().computers.delete(created.id)
 
 def test_metrics_and_status_take_an_operator_key(fleet: DirectFleet) -> None:
     base = fleet.replicas[0].base_url
@@ -258,3 +271,39 @@ def test_merge_labels_every_sample_and_leaves_out_a_text_that_does_not_parse() -
                        (("kind", "b"), ("node", "n1")): 3.0,
                        (("exported_node", "inner"), ("kind", "a"), ("node", "n2")): 2.0,
                        (("kind", "b"), ("node", "n2")): 3.0}
+
+
+
+async def test_counting_sees_refusals_and_unreachable_nodes() -> None:
+    """fleet/replica_ops.Counting alone, around a small ASGI app answering as the replica does when the
+    fleet is full (429) and when a computer's node does not answer (503 naming the node)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from opencone.fleet.replica_ops import Counting, ReplicaMetrics
+
+    app = FastAPI()
+
+    @app.post("/computers")
+    async def full() -> JSONResponse:
+        return JSONResponse({"detail": "no node of the fleet can take a browser computer now"}, 429)
+
+    @app.post("/computers/{cid}/click")
+    async def gone(cid: str) -> JSONResponse:
+        return JSONResponse({"detail": "the node does not answer", "node_id": "n1"}, 503)
+
+    @app.post("/computers/{cid}/type")
+    async def database(cid: str) -> JSONResponse:
+        return JSONResponse({"detail": "the fleet database is unavailable"}, 503)  # no node named
+
+    metrics = ReplicaMetrics()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=Counting(app, metrics)), base_url="http://r") as h:
+        assert (await h.post("/computers")).status_code == 429
+        assert (await h.post("/computers/c1/click")).status_code == 503
+        assert (await h.post("/computers/c1/type")).status_code == 503
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(generate_latest(metrics.registry).decode()) for s in f.samples}
+    assert got[("opencone_replica_placement_refusals_total", ())] == 1.0
+    assert got[("opencone_replica_creates_total", (("outcome", "refused"),))] == 1.0
+    assert got[("opencone_replica_node_unreachable_total", (("route", "action"),))] == 1.0
+    assert got[("opencone_replica_requests_total", (("code", "5xx"), ("route", "action")))] == 2.0
