@@ -191,6 +191,7 @@ async def test_mcp_tools_reach_computers_on_the_fleet(fleet: DirectFleet, site: 
         with fleet.http() as h:
             assert h.get(f"/computers/{cid}").json()["status"] == "ready"
         assert cid in {v["computer_id"] for v in json.loads(text(await ok(c, "computer_list")))}
+        assert isinstance(json.loads(text(await ok(c, "environment_list"))), list)  # the nodes' lists, merged
         snap = text(await ok(c, "snapshot", computer_id=cid))
         await ok(c, "click", computer_id=cid, ref=ref_of(snap, 'button "Go"'))
         assert '"go"' in text(await ok(c, "read_page", computer_id=cid))  # the page saw the click
