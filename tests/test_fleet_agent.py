@@ -320,3 +320,30 @@ def test_bad_input_is_a_4xx_that_says_why(agent_fleet: DirectFleet) -> None:
     assert answers["no instruction"].status_code == 422 and "instruction" in answers["no instruction"].text
     assert "error" in answers["response not json"].json()  # OpenAI's shape on /v1
     assert answers["unknown response"].status_code == 404 and "error" in answers["unknown response"].json()
+
+
+def test_an_object_whose_node_is_gone_is_a_503_not_a_404(agent_fleet: DirectFleet) -> None:
+    """Last in the module: it stops a node. What it held is not copied elsewhere, so a request for it
+    says its node is not ready (retry), not that it never existed."""
+    fleet = agent_fleet
+    made = _sdk(fleet, 0).responses.create(model=EMULATED, input="soon on a lost node")
+    assert wait_until(lambda: _held_by(fleet, made.id) is not None, 10)
+    node = next(n for n in fleet.nodes if n.node_id == _held_by(fleet, made.id))
+    node.stop()
+    fleet.sql(f"UPDATE nodes SET state = 'dead' WHERE id = '{node.node_id}'")  # the controller's verdict
+
+    def unavailable(replica: int) -> bool:
+        try:
+            _sdk(fleet, replica).responses.retrieve(made.id)
+        except openai.APIStatusError as exc:
+            assert exc.status_code in (503, 404), exc  # 404 only while a replica's node list is a second old
+            return exc.status_code == 503 and "not ready" in exc.message
+        return False
+
+    for replica in (0, 1):  # one remembers where it is, the other reads the table
+        assert wait_until(lambda r=replica: unavailable(r), 10)
+    with pytest.raises(openai.APIStatusError) as err:
+        _sdk(fleet, 1).responses.create(model=EMULATED, input="more", previous_response_id=made.id)
+    assert err.value.status_code == 503
+    with fleet.http(replica=1) as h:  # what no node has is still a 404, from a node that is ready
+        assert h.get("/v1/responses/resp_nevermade").status_code == 404

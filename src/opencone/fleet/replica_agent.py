@@ -241,8 +241,27 @@ def _first_event(frames: bytes) -> dict[str, Any] | None:
 async def _held(request: Request, org: str, kind: str, object_id: str, probe: str) -> registry.NodeInfo:
     """The node holding ``object_id`` for ``org``; else any ready node (its own 404 is the answer)."""
     fleet = r._fleet(request)
-    node = await _locate(fleet, org, kind, object_id, probe)
+    node = await _held_or_none(fleet, org, kind, object_id, probe)
     return node or owned.pick_any(await _ready(fleet))
+
+
+async def _held_or_none(fleet: r.Fleet, org: str, kind: str, object_id: str, probe: str) -> registry.NodeInfo | None:
+    """The ready node holding ``object_id`` for ``org``, None when no node has it, a 503 when the
+    node that has it is not ready (it is not copied elsewhere: it is back when its node is)."""
+    node = await _locate(fleet, org, kind, object_id, probe)
+    if node is not None:
+        return node
+    hit = _memo(fleet).where.get(object_id)
+    if hit is None:
+        async with fleet.sessions() as s, registry.guarded(s):
+            row = (await s.execute(select(FleetObject.org_id, FleetObject.node_id).where(
+                FleetObject.id == object_id))).first()
+            await s.commit()
+        hit = (row.org_id, row.node_id) if row is not None else None
+    if hit is not None and hit[0] == org:
+        raise r.NodeUnreachable(f"{kind} {object_id} is on node {hit[1]}, which is not ready now; retry when it "
+                                "is back", node_id=hit[1])
+    return None
 
 
 # -- agent tasks ----------------------------------------------------------------------------------
@@ -554,7 +573,7 @@ async def create_response(request: Request, org: str = Depends(current_org)) -> 
         parsed = json.loads(raw)
         previous = parsed.get("previous_response_id") if isinstance(parsed, dict) else None
         if isinstance(previous, str) and OBJECT_ID.match(previous):
-            target = await _locate(fleet, org, "response", previous, f"/v1/responses/{previous}")
+            target = await _held_or_none(fleet, org, "response", previous, f"/v1/responses/{previous}")
     node, raw = await _computer_links(request, raw, target)
     node = node or await _any(request)
 
