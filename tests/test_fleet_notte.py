@@ -151,6 +151,9 @@ def test_sessions_listed_over_both_nodes_page_as_one_server(fleet: DirectFleet) 
             assert "no session" in _problem(h.get("/sessions/comp_0000000000000000"), 404)
             assert _problem(h.post(f"/sessions/{made[0]}/page/dance", json={}), 404)
             assert h.get("/sessions/..%2F..%2Fcomputers").status_code == 404
+            for odd in ("%2E%2E", "a%20b", "x" * 200):  # ids no session has: not a path to the node's other routes
+                assert "no session" in _problem(h.get(f"/sessions/{odd}"), 404)
+                assert "no session" in _problem(h.post(f"/sessions/{odd}/page/observe", json={}), 404)
             assert h.get("/sessions/").status_code == 200
         with httpx.Client(base_url=fleet.replicas[0].base_url) as anon:
             assert anon.post("/sessions/start", json={}).status_code == 401

@@ -104,6 +104,8 @@ async def _route(request: Request, org: str, session_id: str) -> r.Route | None:
 
 
 async def _to_session(request: Request, org: str, session_id: str, path: str, body: bytes | None = None) -> Response:
+    if not r.COMPUTER_ID.match(session_id):  # no session has it, and it must not reach a node's path
+        raise NotFound(f"no session {session_id!r}")
     route = await _route(request, org, session_id)
     if route is None:
         return await forward_anywhere(request, org, path, body)
