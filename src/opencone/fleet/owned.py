@@ -35,7 +35,8 @@ from opencone.fleet import placement, registry
 if TYPE_CHECKING:
     from opencone.fleet.replica import Fleet
 
-KINDS = ("task", "response", "environment", "recording", "openenv")
+KINDS = ("task", "response", "environment", "recording", "openenv",
+         "task_key")  # task_key: the node that has the task of a start's idempotency key (replica_agent.py)
 Inspect = Callable[[int, bytes], Awaitable[None]]
 
 
