@@ -335,3 +335,28 @@ def test_starts_fill_the_fleet_node_by_node_then_429(fleet: DirectFleet) -> None
         finally:
             for sid in made:
                 assert h.delete(f"/sessions/{sid}/stop").json()["status"] == "closed"
+
+
+BAD_START = b'"idle_timeout_minutes": -1, "session_timeout_minutes": 99, "kind": "toaster"'  # no start takes it
+HOSTILE = [b"{nope", b"[]", b'"x"', b"\xff\xfe\x00", b"[" * 100_000,
+           b'{"session_id": 5, "episode_id": 5, ' + BAD_START + b"}",
+           b'{"session_id": "' + b"s" * 300 + b'", "episode_id": "' + b"e" * 300 + b'", ' + BAD_START + b"}",
+           b'{"session_id": "../../computers", "action_id": "L1", "action": {"action": "wait"}, "episode_id": "../x", '
+           + BAD_START + b"}",
+           b'{"session_id": "\\ud800", "keep_alive": "maybe", ' + BAD_START + b"}"]
+
+
+def test_hostile_bodies_get_a_4xx_json_answer_never_a_5xx(fleet: DirectFleet) -> None:
+    posts = ["/sessions/start", "/sessions/comp_0000000000000000/page/observe",
+             "/sessions/comp_0000000000000000/page/execute", "/session/start", "/session/close", "/env/observe",
+             "/env/step", "/env/scrape", "/openenv/reset", "/openenv/step", "/openenv/close"]
+    with fleet.http(replica=0) as h:
+        before = {c["id"] for c in h.get("/computers").json()}
+        for path in posts:
+            for body in HOSTILE:
+                answer = h.post(path, content=body, headers={"content-type": "application/json"})
+                assert 400 <= answer.status_code < 500, (path, body[:60], answer.status_code, answer.text[:300])
+                assert isinstance(answer.json()["detail"], str), (path, body[:60])
+        for path in ("/sessions/?page=x", "/sessions/?only_active=perhaps", "/openenv/state?episode_id=" + "e" * 300):
+            assert 400 <= h.get(path).status_code < 500, path
+        assert {c["id"] for c in h.get("/computers").json()} == before  # none of it made a computer
