@@ -15,6 +15,8 @@ Chromium, Xvfb and bubblewrap. The replicas are ``opencone serve`` processes wit
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -38,6 +40,8 @@ TESTS = Path(__file__).parent
 IN_NETNS = os.environ.get("OPENCONE_TEST_NETNS") == "1"
 BROWSER_SLOTS, DESKTOP_SLOTS = 4, 1
 FAKE_SLOTS = 350  # each of three nodes whose computers are records only (fleet_null_driver)
+# the replicas keep a route this long here (5 s by default): an end seen sooner than that was NOTIFY'd
+ROUTE_TTL = "120"
 # fast enough that a removed node is declared dead in seconds; loose enough that a loaded machine's
 # slow raylet is not taken for a dead one
 HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_timeout_ms": 1500,
@@ -113,7 +117,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[F
             "PYTHONPATH": str(TESTS)})
         assert len(status["agents"]) == 3, status
         env = {"OPENCONE_FLEET": "ray", "OPENCONE_DATABASE_URL": url, "OPENCONE_FLEET_INTERNAL_TOKEN": token,
-               "OPENCONE_FLEET_PLACEMENT_K": "3"}
+               "OPENCONE_FLEET_PLACEMENT_K": "3", "OPENCONE_FLEET_ROUTE_TTL_SECONDS": ROUTE_TTL}
         for name in ("a", "b"):  # one after the other: the first migrates the database
             replicas.append(start_server(tmp / name, api_key=key, env=env))
         assert wait_until(lambda: len(_ready_nodes(replicas[0], key)) == 3, 20)
@@ -133,6 +137,34 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[F
 def _ready_nodes(server: Server, key: str) -> list[dict[str, Any]]:
     with server.http(key) as h:
         return [n for n in h.get("/nodes").json() if n["state"] == "ready"]
+
+
+class Heard:
+    """The ids the fleet NOTIFYs on its channel, heard on a connection of the test's own (a thread with
+    its own event loop)."""
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        from opencone.fleet.registry import COMPUTERS_CHANNEL
+
+        self.ids: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def listen() -> Any:
+            conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+            await conn.add_listener(COMPUTERS_CHANNEL, lambda *args: self.ids.extend(args[3].split(",")))
+            return conn
+
+        self._conn = asyncio.run_coroutine_threadsafe(listen(), self._loop).result(30)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._conn.close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def _sse(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
@@ -225,6 +257,41 @@ def test_events_resume_and_screencast(fleet: Fleet, computers: dict[str, list[st
         assert r.status_code == 200
         frame = next(d for _, d in _sse(r.iter_lines()) if "image_data" in d)
         assert frame["image_data"] and frame["metadata"]["width"] > 0
+
+
+def test_an_end_reaches_the_other_replica_at_once(fleet: Fleet) -> None:
+    """Replica B keeps where a computer lives (here for ROUTE_TTL s); an end written anywhere is
+    NOTIFY'd, and B drops the route at once."""
+    a, b = fleet.a.client(), fleet.b.client()
+    heard = Heard(fleet.url)
+    try:
+        # deleted through A: A's end is NOTIFY'd, and B's next request sees it ended
+        cid = a.computers.create(kind="browser").id
+        assert b.computers.click(cid, x=5, y=5).status == "success"  # B holds its route, live
+        a.computers.delete(cid)
+        assert wait_until(lambda: cid in heard.ids, 20, 0.05), heard.ids
+        assert wait_until(lambda: b.computers.retrieve(cid).status == "terminated", 20, 0.1)
+        assert b.computers.retrieve(cid).to_dict()["termination_reason"] == "deleted"
+        # an end its node does not know of (the controller's verdict on a node it could not reach, which
+        # still runs the computer): B forwards to the node while its route lives, so only the NOTIFY can
+        # make B answer as the record says before ROUTE_TTL
+        cid = a.computers.create(kind="browser").id
+        assert b.computers.click(cid, x=5, y=5).status == "success"
+        fleet.sql(f"UPDATE computers SET status = 'terminated', termination_reason = 'node_lost', "
+                  f"terminated_at = now() WHERE id = '{cid}'; SELECT pg_notify('opencone_computers', '{cid}')")
+
+        def refused() -> bool:
+            with fleet.b.http() as h:
+                r = h.post(f"/computers/{cid}/click", json={"x": 5, "y": 5})
+            return r.status_code == 409 and "node_lost" in r.json()["detail"]
+
+        assert wait_until(refused, 30, 0.1)  # well within ROUTE_TTL: not by the route's expiry
+        # the record back as it was, then deleted through A (the node's computer ends)
+        fleet.sql(f"UPDATE computers SET status = 'ready', termination_reason = NULL, terminated_at = NULL "
+                  f"WHERE id = '{cid}'; SELECT pg_notify('opencone_computers', '{cid}')")
+        a.computers.delete(cid)
+    finally:
+        heard.close()
 
 
 # -- failures ------------------------------------------------------------------------------------------
@@ -323,8 +390,8 @@ def test_placement_hint_and_bad_input(fleet: Fleet, computers: dict[str, list[st
         assert r.status_code == 422
         r = h.post("/computers", json={"kind": "mainframe"})
         assert r.status_code == 422 and "kind" in r.text
-        r = h.post("/computers", json={"persistent": True})
-        assert r.status_code == 422 and "fleet mode" in r.json()["detail"]
+        r = h.post("/computers", json={"max_lifetime_seconds": 0})
+        assert r.status_code == 422 and "max_lifetime_seconds" in r.text
         assert h.get("/computers/comp_unknown").status_code == 404
     # the agents answer only their internal protocol, and only with the internal token
     url = fleet.sql("SELECT url FROM nodes WHERE state = 'ready' LIMIT 1")[0][0]
@@ -364,7 +431,7 @@ def test_a_replica_that_dies_loses_nothing(fleet: Fleet, computers: dict[str, li
     cid = computers["browser"][-1]
     fleet.a.stop(signal.SIGKILL)
     env = {"OPENCONE_FLEET": "ray", "OPENCONE_DATABASE_URL": fleet.url, "OPENCONE_FLEET_INTERNAL_TOKEN": fleet.token,
-           "OPENCONE_FLEET_PLACEMENT_K": "3"}
+           "OPENCONE_FLEET_PLACEMENT_K": "3", "OPENCONE_FLEET_ROUTE_TTL_SECONDS": ROUTE_TTL}
     fleet.a = start_server(tmp_path / "a2", api_key=fleet.key, env=env)  # a new replica: nothing to recover
     fleet.replicas.append(fleet.a)  # (stopped with the others)
     client = fleet.a.client()
@@ -393,9 +460,14 @@ def test_a_thousand_creates_on_fake_capacity_nodes(fleet: Fleet, computers: dict
     keys = {"authorization": f"Bearer {fleet.key}"}
     clients = [httpx.Client(base_url=s.base_url, headers=keys, timeout=60) for s in (fleet.a, fleet.b)]
     # a computer that ends on its node by itself (its lifetime) ends in the fleet's records too
-    short = clients[0].post("/computers", json={"max_lifetime_seconds": 1}).json()["id"]
-    assert wait_until(lambda: fleet.sql(f"SELECT status, termination_reason FROM computers WHERE id = '{short}'")
-                      == [["terminated", "max_lifetime_reached"]], 15, 0.2)
+    heard = Heard(fleet.url)
+    try:
+        short = clients[0].post("/computers", json={"max_lifetime_seconds": 1}).json()["id"]
+        assert wait_until(lambda: fleet.sql(f"SELECT status, termination_reason FROM computers WHERE id = '{short}'")
+                          == [["terminated", "max_lifetime_reached"]], 15, 0.2)
+        assert wait_until(lambda: short in heard.ids, 10, 0.05), heard.ids  # the node's write is NOTIFY'd
+    finally:
+        heard.close()
 
     def create(i: int) -> int:
         return clients[i % 2].post("/computers", json={}).status_code

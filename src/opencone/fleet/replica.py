@@ -8,7 +8,8 @@ It authenticates (API keys in PostgreSQL), validates, places and routes; it owns
   here, and the reservation becomes a live slot in one statement. ``node_hint`` (a fleet node id or
   a Ray node id) puts the computer on that node or nowhere.
 - every other request for computer X goes to X's node (``computers.node_id`` → ``nodes.url``, cached
-  5 s, the cache outliving a database outage): REST over a keep-alive httpx pool, the CDP WebSocket
+  5 s and dropped at once when an end is NOTIFY'd on ``opencone_computers``, the cache outliving a
+  database outage): REST over a keep-alive httpx pool, the CDP WebSocket
   relayed frame by frame, ``/events`` and ``/screencast`` relayed as bytes. An events relay that
   breaks because the node died ends with the ``terminated`` event the fleet record then holds.
 - URLs the agent hands out (its internal base, the internal token) are rewritten to this replica's
@@ -69,7 +70,7 @@ from opencone.fleet.agent_routes import node_key
 
 log = logging.getLogger(__name__)
 
-ROUTE_TTL = 5.0  # E2B's catalogue cache: a moved or ended computer is seen within this
+LISTEN_CHECK_SECONDS = 5.0  # the listening connection is checked this often (a half-open one shows no error)
 PLACE_ATTEMPTS = 4
 TERMINAL_WAIT_SECONDS = 30.0  # a broken events relay waits this long for the fleet's verdict
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
@@ -141,11 +142,17 @@ class Fleet:
         self.token = settings.fleet_internal_token
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = sessionmaker(self.engine)
+        # a create's statements, each one round trip: no BEGIN/COMMIT, no ORM (fleet/placement.py), and no
+        # ping of a connection used in the last second (a restart within it costs one create a 503)
+        self.direct = make_engine(settings.resolved_database_url, autocommit=True, ping_idle_after=1.0)
         self.accounts = ReplicaAccounts(self.sessions)
         # keep-alive to every agent; no overall timeout for streams (events, screencast), a connect timeout
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(120, connect=5), limits=httpx.Limits(
             max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60))
         self._routes: dict[str, Route] = {}
+        self.route_ttl = settings.fleet_route_ttl_seconds
+        self._heard = 0  # ends heard on the channel: a route read while one arrives is not cached
+        self._listener: asyncio.Task[None] | None = None
         self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
         self.first_key: str | None = None
         self._node_keys: dict[str, str] = {}
@@ -159,17 +166,24 @@ class Fleet:
         await self.accounts.ensure_org()
         if self.settings.api_key:
             await self.accounts.ensure_key(self.settings.api_key)
+        self._listener = asyncio.create_task(self._listen_forever(), name="fleet-listen")
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self.http.aclose()
         await self.engine.dispose()
+        await self.direct.dispose()
 
     # -- where computer X lives -----------------------------------------------------------
     async def route(self, org: str, computer_id: str, *, fresh: bool = False) -> Route:
         """X's node, for ``org`` (404 for another organisation's computer or an unknown one)."""
         hit = self._routes.get(computer_id)
-        if hit and not fresh and time.monotonic() - hit.at < ROUTE_TTL:
+        if hit and not fresh and time.monotonic() - hit.at < self.route_ttl:
             return self._check(hit, org, computer_id)
+        heard = self._heard
         try:
             async with self.sessions() as s, registry.guarded(s):
                 found = (await s.execute(
@@ -187,7 +201,8 @@ class Fleet:
         route = Route(row.org_id, row.node_id, url, row, time.monotonic())
         if len(self._routes) > 100_000:
             self._routes.clear()
-        self._routes[computer_id] = route
+        if heard == self._heard:  # else an end arrived meanwhile: this read may predate it
+            self._routes[computer_id] = route
         return self._check(route, org, computer_id)
 
     @staticmethod
@@ -199,9 +214,49 @@ class Fleet:
     def forget(self, computer_id: str) -> None:
         self._routes.pop(computer_id, None)
 
+    def _on_ended(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """A NOTIFY on ``registry.COMPUTERS_CHANNEL``: ids of computers the fleet just ended (another
+        replica's delete, a node's own end, a lost node). Runs on the event loop; only drops routes."""
+        self._heard += 1
+        for computer_id in payload.split(","):
+            self._routes.pop(computer_id, None)
+
+    async def _listen_forever(self) -> None:
+        """LISTEN on a dedicated asyncpg connection (not the pool's: a pooled connection is reset and
+        shared; PgBouncer in transaction mode drops LISTEN), connected again after an outage. Every
+        route is dropped at each (re)connection: ends sent while nobody listened were not heard."""
+        import asyncpg  # the fleet extra's driver; only a replica imports it
+
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        delay = 0.5
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(*cargs, **cparams, timeout=10)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, gone=lost: gone.set())
+                await conn.add_listener(registry.COMPUTERS_CHANNEL, self._on_ended)
+                self._routes.clear()
+                self._heard += 1
+                delay = 0.5
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LISTEN_CHECK_SECONDS)
+                    if not lost.is_set():
+                        await asyncio.wait_for(conn.execute("SELECT 1"), LISTEN_CHECK_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database away: routes live by their TTL until it is back
+                log.warning("fleet LISTEN connection lost (%s); reconnecting in %.1f s", type(exc).__name__, delay)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
     async def node_url(self, node_id: str) -> str | None:
         hit = self._nodes.get(node_id)
-        if hit and time.monotonic() - hit[0] < ROUTE_TTL:
+        if hit and time.monotonic() - hit[0] < self.route_ttl:
             return hit[1].url
         try:
             async with self.sessions() as s:
@@ -219,6 +274,7 @@ class Fleet:
                 await s.execute(update(ComputerRecord).where(
                     ComputerRecord.id == computer_id, ComputerRecord.status != TERMINATED).values(
                     status=TERMINATED, termination_reason=reason, terminated_at=datetime.now(UTC)))
+                await registry.notify_ended(s, [computer_id])  # the other replicas drop its route (at commit)
                 await s.commit()
         self.forget(computer_id)
 
@@ -431,8 +487,8 @@ async def _create(request: Request, org: str) -> Response:
     public = _public_base(request, fleet.settings)
     refusals: list[str] = []
     for _ in range(PLACE_ATTEMPTS):
-        async with fleet.sessions() as s:
-            node = await placement.place(s, kind, hint=hint, exclude=frozenset(exclude), **fleet.placing)
+        async with fleet.direct.connect() as db:
+            node = await placement.place(db, kind, hint=hint, exclude=frozenset(exclude), **fleet.placing)
         if node is None:
             break
         try:
@@ -449,13 +505,13 @@ async def _create(request: Request, org: str) -> Response:
                 with contextlib.suppress(Exception):
                     await fleet.http.delete(f"{node.url}/computers/{out['id']}",
                                             headers=fleet.agent_headers(org))
-                async with fleet.sessions() as s:
-                    await placement.release(s, node.id, kind)
+                async with fleet.direct.connect() as db:
+                    await placement.release(db, node.id, kind)
                 raise
             return Response(fleet.rewrite(resp.content, node.url, node.id, public, presented_key(request, False), org),
                             200, media_type="application/json")
-        async with fleet.sessions() as s:
-            await placement.release(s, node.id, kind)
+        async with fleet.direct.connect() as db:
+            await placement.release(db, node.id, kind)
         if resp is not None and resp.status_code not in (429, 503):
             # the node's own verdict on the request (bad input): the client's answer
             return Response(fleet.rewrite(resp.content, node.url, node.id, public, None, org), resp.status_code,
@@ -480,18 +536,17 @@ def _when(value: str | None) -> datetime | None:
 
 
 async def _record(fleet: Fleet, org: str, node_id: str, kind: str, out: dict[str, Any]) -> None:
-    """The fleet record of a computer the node just made, and its slot from reserved to live."""
+    """The fleet record of a computer the node just made, and its slot from reserved to live: one statement."""
     d = out.get("display") or {}
-    row = ComputerRecord(
+    row = dict(
         id=out["id"], org_id=org, kind=kind, status=out.get("status", "ready"),
         created_at=_when(out.get("created_at")), last_activity_at=_when(out.get("last_activity_at")),
         max_lifetime_seconds=out["max_lifetime_seconds"], inactivity_timeout_seconds=out["inactivity_timeout_seconds"],
         idle_timeout_enabled=out["idle_timeout_enabled"], display_width=d.get("width", 0),
         display_height=d.get("height", 0), display_scale=d.get("scale", 1.0), persistent=bool(out.get("persistent")),
         environment_id=out.get("environment_id"), context_id=out.get("context_id"), options={}, node_id=node_id)
-    async with fleet.sessions() as s, registry.guarded(s):
-        s.add(row)
-        await placement.confirm(s, node_id, kind)  # one transaction: confirm's commit writes the row too
+    async with fleet.direct.connect() as db:
+        await placement.confirm(db, node_id, kind, record=row)
 
 
 # -- list --------------------------------------------------------------------------------------
