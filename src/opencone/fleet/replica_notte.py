@@ -52,7 +52,7 @@ async def forward_placing(request: Request, org: str, kind: str, path: str, body
         status: list[int] = []
         try:
             answer = await owned.forward_to(request, org, node, path, content=body,
-                                            inspect=_inspector(node, status, made))
+                                            inspect=inspector(node, status, made))
         except r.NodeUnreachable:
             refusals.append(f"{node.id}: unreachable")
             continue
@@ -64,7 +64,7 @@ async def forward_placing(request: Request, org: str, kind: str, path: str, body
                        f"{': ' + '; '.join(refusals) if refusals else ''}); end one or retry")
 
 
-def _inspector(node: registry.NodeInfo, status: list[int], made: Made) -> owned.Inspect:
+def inspector(node: registry.NodeInfo, status: list[int], made: Made) -> owned.Inspect:
     async def inspect(code: int, data: bytes) -> None:
         status.append(code)
         if code == 200:

@@ -32,7 +32,7 @@ from opencone.api.openenv_sessions import ResetParams
 from opencone.api.routes import openenv as oe
 from opencone.fleet import owned, registry
 from opencone.fleet import replica as r
-from opencone.fleet.replica_notte import Made, _inspector, forward_anywhere, forward_placing, recording
+from opencone.fleet.replica_notte import Made, forward_anywhere, forward_placing, inspector, recording
 
 KIND = "openenv"
 HELD_SECONDS = 5.0  # an episode's node remembered this long (as a computer's route is)
@@ -81,7 +81,7 @@ async def _reset(request: Request, body: ResetParams | None = None, org: str = D
         node = await _holder(request, org, params.episode_id)
         if node is not None:  # the episode again, where it lives (a new computer there)
             return await owned.forward_to(request, org, node, path, content=raw,
-                                          inspect=_inspector(node, [], made))
+                                          inspect=inspector(node, [], made))
     return await forward_placing(request, org, params.kind, path, raw, made)
 
 
