@@ -360,3 +360,48 @@ def test_hostile_bodies_get_a_4xx_json_answer_never_a_5xx(fleet: DirectFleet) ->
         for path in ("/sessions/?page=x", "/sessions/?only_active=perhaps", "/openenv/state?episode_id=" + "e" * 300):
             assert 400 <= h.get(path).status_code < 500, path
         assert {c["id"] for c in h.get("/computers").json()} == before  # none of it made a computer
+
+
+async def _mark_dead(fleet: DirectFleet, node_ids: set[str]) -> None:
+    """The controller's verdict on lost nodes (no Ray here): dead, their computers node_lost."""
+    from opencone.core.store.db import make_engine, sessionmaker
+    from opencone.fleet import registry
+
+    engine = make_engine(fleet.url)
+    try:
+        async with sessionmaker(engine)() as s:
+            for node_id in node_ids:
+                await registry.mark_dead(s, node_id)
+    finally:
+        await engine.dispose()
+
+
+def test_a_session_whose_node_is_lost_ended_in_error(fleet: DirectFleet, tmp_path: Path) -> None:
+    """Last in the module: it kills nodes. The session's state died with its node; the fleet record says how."""
+    with fleet.http(replica=0) as h:
+        sid = h.post("/sessions/start", json={}).json()["session_id"]
+        seed_sid = h.post("/session/start", json={"keep_alive": True}).json()["session_id"]
+        assert h.get(f"/sessions/{sid}").json()["status"] == "active"  # (its route now held by replica A)
+    lost = {fleet.node_of(sid), fleet.node_of(seed_sid)}
+    for node in fleet.nodes:
+        if node.node_id in lost:
+            node.proc.kill()  # without grace: its browsers die with it
+            node.proc.wait(10)
+    asyncio.run(_mark_dead(fleet, lost))
+    for replica in (0, 1):
+        with fleet.http(replica=replica) as h:
+            status = h.get(f"/sessions/{sid}")
+            assert status.status_code == 200, status.text
+            ended = status.json()
+            assert ended["status"] == "error" and "node_lost" in ended["error"] and ended["closed_at"]
+            assert "already stopped" in _problem(h.delete(f"/sessions/{sid}/stop"), 409)
+            assert "node_lost" in _problem(h.post(f"/sessions/{sid}/page/observe", json={}), 409)
+            closed = h.post("/session/close", json={"session_id": seed_sid, "keep_alive": True})
+            assert closed.status_code == 200 and closed.json()["status"] == "error", closed.text
+            assert "node_lost" in _problem(h.post("/env/observe", json={"session_id": seed_sid, "keep_alive": True}),
+                                           400)
+    sdk = NotteProcess("sdk", fleet.replicas[1].base_url, fleet.key, tmp_path / "sdk.log")
+    try:  # the current client reads it as a session that ended in error
+        assert sdk.call("attach", session_id=sid)["status"] == "error"
+    finally:
+        sdk.close()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,11 +31,13 @@ from starlette.requests import HTTPConnection
 from opencone.api.auth import current_org, presented_key
 from opencone.api.routes import notte_seed
 from opencone.api.wire import notte as w
-from opencone.core.errors import LimitReached, NotFound, ServiceError
+from opencone.core.computers import _view_of
+from opencone.core.errors import Conflict, LimitReached, NotFound, ServiceError
 from opencone.fleet import owned, registry
 from opencone.fleet import replica as r
 
 PAGE_OPS = ("observe", "execute", "scrape", "screenshot")
+LOST = ("node_lost", "node_agent_restarted")  # a computer's ends that took its node's memory of the session
 SEED_OPS = ("observe", "step", "scrape")
 NODE_PAGE = 100  # a node's largest page of GET /sessions/
 Made = Callable[[registry.NodeInfo, dict[str, Any]], Awaitable[None]]
@@ -109,9 +111,31 @@ async def _to_session(request: Request, org: str, session_id: str, path: str, bo
     route = await _route(request, org, session_id)
     if route is None:
         return await forward_anywhere(request, org, path, body)
-    if route.url is None:  # its node is gone from the fleet, and the session's state with it
-        return r._ended_answer(request, route.row, path)
-    return await r._forward(request, route, path, org)
+    if _lost(route) or route.url is None:
+        return _lost_answer(request, route, path)
+    answer = await r._forward(request, route, path, org)
+    if answer.status_code in (409, 503):  # the node may have just gone: the fleet's verdict, read again
+        fresh = await _route(request, org, session_id)
+        if fresh is not None and _lost(fresh):
+            return _lost_answer(request, fresh, path)
+    return answer
+
+
+def _lost(route: r.Route) -> bool:
+    """Whether the session ended with its node (lost, or its agent restarted: its state went with it)."""
+    return route.row.status == r.TERMINATED and route.row.termination_reason in LOST
+
+
+def _lost_answer(request: Request, route: r.Route, path: str) -> Response:
+    """A session whose node is gone, answered from its fleet record: it ended in error."""
+    view = _view_of(route.row)
+    session = w.current_session(view, None, datetime.now(UTC), r._public_base(request, r._fleet(request).settings),
+                                None)
+    if request.method == "GET" and path == f"/sessions/{view.id}":
+        return JSONResponse(session)
+    if path == f"/sessions/{view.id}/stop":
+        raise Conflict(f"session {view.id} is already stopped (error: {session['error']})")
+    raise Conflict(f"session {view.id} is error ({session['error']}); start a new session")
 
 
 # -- the current era ------------------------------------------------------------------------------
@@ -191,10 +215,19 @@ async def _seed(request: Request, path: str, model: type[w.SeedSessionIn], org: 
     route = await _route(request, org, parsed.session_id)
     if route is None:
         return await forward_anywhere(request, org, path, body)
-    if route.url is None:
-        raise notte_seed.Refused(f"session {parsed.session_id} ended with its node "
-                                 f"({route.row.termination_reason}); start a new session")
-    return await r._forward(request, route, path, org)
+    if not _lost(route) and route.url is not None:
+        answer = await r._forward(request, route, path, org)
+        if answer.status_code not in (400, 503):
+            return answer
+        fresh = await _route(request, org, parsed.session_id)  # the node may have just gone
+        if fresh is None or not _lost(fresh):
+            return answer
+        route = fresh
+    view = _view_of(route.row)  # ended with its node: answered from its fleet record, as the seed era says it
+    session = w.seed_session(view, None, datetime.now(UTC))
+    if path == "/session/close":
+        return JSONResponse(session)  # (close is idempotent: the session as it ended)
+    raise notte_seed.Refused(f"session {view.id} is error ({session['error']}); start a new session")
 
 
 def _seed_route(path: str, model: type[w.SeedSessionIn]) -> Callable[..., Awaitable[Response]]:

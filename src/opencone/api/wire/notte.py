@@ -365,7 +365,8 @@ def lifecycle(view: ComputerView, state: SessionState | None) -> Lifecycle:
         return Lifecycle("timed_out", "idle_timeout", view.idle_expires_at or view.terminated_at, None)
     if reason == "max_lifetime_reached":
         return Lifecycle("timed_out", "max_duration", view.expires_at, None)
-    if reason in ("browser_crashed", "desktop_crashed", "start_failed"):
+    if reason in ("browser_crashed", "desktop_crashed", "start_failed", "node_lost", "node_agent_restarted"):
+        # (the last two in fleet mode: the node that ran the session was lost, or its agent restarted)
         return Lifecycle("error", "error", view.terminated_at, f"the session's browser ended: {reason}")
     closed_by = state.close_reason if state is not None and state.close_reason else None
     return Lifecycle("closed", closed_by or ("manual" if reason == "deleted" else "unknown"),
