@@ -33,7 +33,7 @@ from opencone.core.lifetimes import EndReason, Lifetime
 from opencone.core.metrics import Metrics
 from opencone.core.store.batch import BatchInserter, write
 from opencone.core.store.models import ComputerRecord
-from opencone.core.teardowns import Teardowns
+from opencone.core.teardowns import BatchedWrites, Teardowns
 from opencone.drivers.base import CommandResult, ComputerDriver, ComputerGone, Display, DriverError
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ class ComputerService:
         # full pool, p50 1.5 s, the event loop idle); queued here each waits only for the ones before
         self._writes = asyncio.Lock()
         self._inserts = BatchInserter(lambda: write(self._writes, self._sessions))  # creates' rows, together
+        self._ended_rows = BatchedWrites(_MARK_ENDED, lambda: write(self._writes, self._sessions))  # teardowns', too
         self._reaper: asyncio.Task[None] | None = None
         self._limits = Limits(settings.navigation_timeout_seconds, settings.screenshot_quality)
         # hooks the runtime registers: run when a computer ends (e.g. kill its execs), and the
@@ -419,10 +420,8 @@ class ComputerService:
                 except Exception:
                     log.exception("end hook for computer %s", comp.id)
             with contextlib.suppress(Exception):
-                async with self._writes, self._sessions() as s, s.begin():
-                    await s.execute(_MARK_ENDED, {
-                        "ended_id": comp.id, "ended_at": comp.terminated_at, "ended_reason": reason.value,
-                        "ended_activity": comp.last_activity_at})
+                await self._ended_rows.write({"ended_id": comp.id, "ended_at": comp.terminated_at,
+                                              "ended_reason": reason.value, "ended_activity": comp.last_activity_at})
             self._live.pop(comp.id, None)  # (until here its view says terminated, its row may not yet)
             self._ending -= 1
 
