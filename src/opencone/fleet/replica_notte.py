@@ -38,7 +38,6 @@ from opencone.fleet import replica as r
 
 PAGE_OPS = ("observe", "execute", "scrape", "screenshot")
 LOST = ("node_lost", "node_agent_restarted")  # a computer's ends that took its node's memory of the session
-SEED_OPS = ("observe", "step", "scrape")
 NODE_PAGE = 100  # a node's largest page of GET /sessions/
 Made = Callable[[registry.NodeInfo, dict[str, Any]], Awaitable[None]]
 
