@@ -30,6 +30,7 @@ import psutil
 
 READY_TIMEOUT_SECONDS = 120.0
 OLD_SERVER_GRACE_SECONDS = 10.0
+RAYLET_POLL_SECONDS = 0.5
 
 
 def _end_old_server(pidfile: Path) -> None:
@@ -48,6 +49,15 @@ def _end_old_server(pidfile: Path) -> None:
         except psutil.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def _die_with_raylet(raylet: int) -> None:
+    """A thread: exit when this worker's raylet is gone (reparented). Ray's worker does not always exit
+    then: with the head's GCS killed, one lived on (its raylet gone) and so did the node's server, which
+    watches this worker, and its browsers (tests/fleet_gcs_cases.py)."""
+    while os.getppid() == raylet:
+        time.sleep(RAYLET_POLL_SECONDS)
+    os._exit(1)
 
 
 class NodeAgent:
@@ -86,6 +96,7 @@ class NodeAgent:
             time.sleep(0.05)
         self.ready: dict[str, Any] = json.loads(ready.read_text())  # (renamed into place whole)
         threading.Thread(target=self._supervise, daemon=True, name="supervise-node-server").start()
+        threading.Thread(target=_die_with_raylet, args=(os.getppid(),), daemon=True, name="die-with-raylet").start()
 
     def _supervise(self) -> None:
         """The server died: die too, so Ray restarts the agent (and the next incarnation cleans up)."""
