@@ -224,6 +224,9 @@ class RecordingService:
         self._events = events
         self._active: dict[str, _Active] = {}  # by computer id
         self._starting: set[str] = set()  # computers whose recording is being set up
+        # computers this process recorded: only theirs can have rows to drop at their end (a dead
+        # process's unkept rows go at start), so every other end skips the query (~4 ms a teardown)
+        self._recorded: set[str] = set()
         self._monitor: asyncio.Task[None] | None = None
         # the organisation's stored bytes, recordings included (set by the runtime: saved environments'
         # usage, which adds ours); without it, recordings alone
@@ -336,6 +339,7 @@ class RecordingService:
         row = RecordingRecord(id=rec_id, org_id=org_id, computer_id=computer_id, kind=comp.kind, status=RECORDING,
                               keep=active.keep, started_at=active.started_at, duration_seconds=0.0, size_bytes=0,
                               width=0, height=0, frames=0)
+        self._recorded.add(computer_id)  # (before the row: an end that comes meanwhile still looks)
         async with self._sessions() as s, s.begin():
             s.add(row)
         self._active[computer_id] = active
@@ -493,6 +497,9 @@ class RecordingService:
         active = self._active.get(computer_id)
         if active is not None:
             await self._finish(active, "computer_ended")
+        if computer_id not in self._recorded:
+            return
+        self._recorded.discard(computer_id)
         async with self._sessions() as s:
             gone = [r.id for r in (await s.execute(
                 select(RecordingRecord).where(RecordingRecord.computer_id == computer_id, ~RecordingRecord.keep)
