@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, bindparam, case, exists, insert, select, update
 
 from opencone.core.store.models import ComputerRecord, NodeRecord
-from opencone.fleet.registry import READY, Db, Kind, NodeInfo, check_kind, guarded, list_nodes
+from opencone.fleet.registry import READY, Db, Kind, NodeInfo, check_kind, guarded, list_nodes, node_info
 
 if TYPE_CHECKING:
     from opencone.config import Settings
@@ -100,7 +100,7 @@ def _statements(kind: Kind) -> dict[str, Any]:
     return {
         "reserve": update(table).where(node, table.c.state == READY, live + reserved < capacity)
         .values({reserved: reserved + 1, table.c.reserved_at: bindparam("now", type_=table.c.reserved_at.type)})
-        .returning(table.c.id),
+        .returning(*table.c),
         "release": update(table).where(node).values({reserved: give_back}),
         "confirm": confirm,
         "confirm_record": confirm.where(exists(select(written.c.id))).add_cte(written),
@@ -110,11 +110,15 @@ def _statements(kind: Kind) -> dict[str, Any]:
 
 async def reserve(session: Db, node_id: str, kind: str, *, now: datetime | None = None) -> bool:
     """Take one slot of ``kind`` on ``node_id`` if it still has one: one atomic statement (commits)."""
-    stmt = _statements(check_kind(kind))["reserve"]
+    return await _take(session, node_id, check_kind(kind), now or datetime.now(UTC)) is not None
+
+
+async def _take(session: Db, node_id: str, kind: Kind, now: datetime) -> NodeInfo | None:
+    """``reserve``, answering with the node's row as the reservation left it (or None)."""
     async with guarded(session):
-        taken = (await session.execute(stmt, {"node_id": node_id, "now": now or datetime.now(UTC)})).first()
+        row = (await session.execute(_statements(kind)["reserve"], {"node_id": node_id, "now": now})).first()
         await session.commit()
-    return taken is not None
+    return node_info(row) if row is not None else None
 
 
 async def release(session: Db, node_id: str, kind: str) -> None:
@@ -143,17 +147,21 @@ async def confirm(session: Db, node_id: str, kind: str, *, record: Mapping[str, 
 
 async def place(session: Db, kind: str, *, hint: str | None = None, exclude: frozenset[str] = frozenset(),
                 k: int = 2, rng: random.Random | None = None, now: datetime | None = None,
-                heartbeat_ttl: timedelta = HEARTBEAT_TTL,
-                memory_reserve_mb: Mapping[str, int] = MEMORY_RESERVE_MB) -> NodeInfo | None:
+                heartbeat_ttl: timedelta = HEARTBEAT_TTL, memory_reserve_mb: Mapping[str, int] = MEMORY_RESERVE_MB,
+                nodes: Sequence[NodeInfo] | None = None) -> NodeInfo | None:
     """Choose a node and reserve a slot there, trying the next choice when another replica took the last
-    slot first. The node reserved (the caller then confirms or releases), or None: no node can take it."""
+    slot first. The node as its reservation left it (the caller then confirms or releases), or None: no
+    node can take it. ``nodes``: the ready nodes as the caller last read them (a replica's read of a
+    moment ago, instead of one more here: the choice may be stale, the reservation never is)."""
     at = now or datetime.now(UTC)
-    nodes = await list_nodes(session, states=[READY])
-    by_id = {n.id: n for n in nodes}
-    for node_id in choose(nodes, kind, k=k, hint=hint, exclude=exclude, rng=rng, now=at,
+    kind_ = check_kind(kind)
+    if nodes is None:
+        nodes = await list_nodes(session, states=[READY])
+    for node_id in choose(nodes, kind_, k=k, hint=hint, exclude=exclude, rng=rng, now=at,
                           heartbeat_ttl=heartbeat_ttl, memory_reserve_mb=memory_reserve_mb):
-        if await reserve(session, node_id, kind, now=at):
-            return by_id[node_id]
+        taken = await _take(session, node_id, kind_, at)
+        if taken is not None:
+            return taken
     return None
 
 

@@ -97,7 +97,8 @@ _ALL_NODES = select(_NODES).order_by(_NODES.c.id)
 _NODES_IN = _ALL_NODES.where(_NODES.c.state.in_(bindparam("states", expanding=True)))
 
 
-def _info(row: Any) -> NodeInfo:  # a NodeRecord or a row of the nodes table
+def node_info(row: Any) -> NodeInfo:
+    """A NodeRecord, or a row of the nodes table, as a NodeInfo."""
     return NodeInfo(**{name: getattr(row, name) for name in _FIELDS})
 
 
@@ -127,7 +128,7 @@ async def upsert_node(session: AsyncSession, node: NodeInfo, *, now: datetime | 
                 if name not in ("reserved_browser", "reserved_desktop"):
                     setattr(row, name, value)
         await session.commit()
-        return _info(row)
+        return node_info(row)
 
 
 async def heartbeat(session: AsyncSession, node_id: str, *, live_browser: int, live_desktop: int,
@@ -227,7 +228,7 @@ async def list_nodes(session: Db, *, states: Sequence[str] | None = None) -> lis
     them at every create."""
     stmt, params = (_ALL_NODES, {}) if states is None else (_NODES_IN, {"states": list(states)})
     async with guarded(session):
-        infos = [_info(row) for row in (await session.execute(stmt, params)).all()]
+        infos = [node_info(row) for row in (await session.execute(stmt, params)).all()]
         await session.commit()  # ends the read transaction: the next read sees fresh rows
     return infos
 
@@ -235,7 +236,7 @@ async def list_nodes(session: Db, *, states: Sequence[str] | None = None) -> lis
 async def get_node(session: Db, node_id: str) -> NodeInfo | None:
     async with guarded(session):
         row = (await session.execute(select(_NODES).where(_NODES.c.id == node_id))).first()
-        info = _info(row) if row is not None else None
+        info = node_info(row) if row is not None else None
         await session.commit()
     return info
 
@@ -246,7 +247,7 @@ async def node_for_computer(session: AsyncSession, computer_id: str) -> NodeInfo
             .where(ComputerRecord.id == computer_id))
     async with guarded(session):
         row = (await session.execute(stmt)).scalar_one_or_none()
-        info = _info(row) if row is not None else None
+        info = node_info(row) if row is not None else None
         await session.commit()
     return info
 

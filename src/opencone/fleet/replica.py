@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 
 LISTEN_CHECK_SECONDS = 5.0  # the listening connection is checked this often (a half-open one shows no error)
 PLACE_ATTEMPTS = 4
+NODES_TTL = 1.0  # a replica's read of the ready nodes serves its creates' choices this long (not their reservations)
 TERMINAL_WAIT_SECONDS = 30.0  # a broken events relay waits this long for the fleet's verdict
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                "content-length", "authorization", "proxy-authorization", "accept-encoding"}
@@ -151,6 +152,8 @@ class Fleet:
             max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60))
         self._routes: dict[str, Route] = {}
         self.route_ttl = settings.fleet_route_ttl_seconds
+        self._ready: tuple[float, dict[str, registry.NodeInfo]] | None = None  # (when read, the ready nodes)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per forwarded request costs more
         self._heard = 0  # ends heard on the channel: a route read while one arrives is not cached
         self._listener: asyncio.Task[None] | None = None
         self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
@@ -253,6 +256,25 @@ class Fleet:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def place(self, kind: str, hint: str | None, exclude: frozenset[str]) -> registry.NodeInfo | None:
+        """A node with a slot reserved for a create (fleet/placement.py), chosen over this replica's read
+        of the ready nodes when it is under NODES_TTL old (this replica's own reservations in it), read
+        again when that finds none (full, or a node registered since). The reservation is always atomic."""
+        async with self.direct.connect() as db:
+            view = self._ready
+            if view is not None and time.monotonic() - view[0] < NODES_TTL:
+                node = await placement.place(db, kind, hint=hint, exclude=exclude, nodes=list(view[1].values()),
+                                             **self.placing)
+                if node is not None:
+                    view[1][node.id] = node
+                    return node
+            nodes = await registry.list_nodes(db, states=[registry.READY])
+            self._ready = (time.monotonic(), {n.id: n for n in nodes})
+            node = await placement.place(db, kind, hint=hint, exclude=exclude, nodes=nodes, **self.placing)
+            if node is not None:
+                self._ready[1][node.id] = node
+            return node
 
     async def node_url(self, node_id: str) -> str | None:
         hit = self._nodes.get(node_id)
@@ -487,8 +509,7 @@ async def _create(request: Request, org: str) -> Response:
     public = _public_base(request, fleet.settings)
     refusals: list[str] = []
     for _ in range(PLACE_ATTEMPTS):
-        async with fleet.direct.connect() as db:
-            node = await placement.place(db, kind, hint=hint, exclude=frozenset(exclude), **fleet.placing)
+        node = await fleet.place(kind, hint, frozenset(exclude))
         if node is None:
             break
         try:
