@@ -98,3 +98,23 @@ def test_a_computer_the_node_made_itself_gets_its_fleet_record(fleet: DirectFlee
     finally:
         with fleet.http() as h:
             assert h.delete(f"/computers/{cid}").status_code == 204
+
+
+def test_what_a_node_makes_itself_is_held_to_its_slots_of_that_kind(fleet: DirectFleet) -> None:
+    """A Notte start (or a task's computer, an OpenEnv reset) is made by the node, not by a replica's create:
+    it is still held to the node's browser slots, not only to its total (browser + desktop) limit."""
+    org = fleet.sql("SELECT org_id FROM api_keys LIMIT 1")[0][0]
+    node = fleet.nodes[0]
+    headers = {"authorization": f"Bearer {node_key(fleet.token, org)}", "x-opencone-org": org}
+    made: list[str] = []
+    try:
+        for _ in range(3):  # the node's three browser slots
+            answer = httpx.post(node.url + PREFIX + "/sessions/start", json={}, headers=headers, timeout=90)
+            assert answer.status_code == 200, answer.text
+            made.append(answer.json()["session_id"])
+        refused = httpx.post(node.url + PREFIX + "/sessions/start", json={}, headers=headers, timeout=90)
+        assert refused.status_code == 429, refused.text
+        assert "at most 3 browser computers" in refused.text
+    finally:
+        for sid in made:
+            httpx.delete(node.url + PREFIX + f"/sessions/{sid}/stop", headers=headers, timeout=60)

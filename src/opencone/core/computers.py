@@ -215,6 +215,10 @@ class ComputerService:
         self._live: dict[str, LiveComputer] = {}
         self.events = events or EventBus(self._clock)
         self._starting = 0
+        self._starting_kind: dict[str, int] = {}
+        # a fleet node's slots per kind (fleet/node.py): every create is held to them, the replicas'
+        # and those the node makes itself (a task's, a Notte start's, an OpenEnv reset's) alike
+        self.kind_limits: dict[str, int] = {}
         self._ending = 0  # ended computers whose teardown still runs (still in _live until it is done)
         # teardowns (kill, Playwright's close, /proc reads, sandbox clean-up) run off the request, after
         # the wave of deletes that asked for them, a few at a time: they must not take the CPU from creates
@@ -316,7 +320,14 @@ class ComputerService:
                 "delete one or wait for one to expire",
                 limit=self.settings.max_computers,
             )
+        limit = self.kind_limits.get(spec.kind)
+        if limit is not None:
+            held = sum(1 for c in self._live.values() if c.kind == spec.kind and not c.ending)
+            if held + self._starting_kind.get(spec.kind, 0) >= limit:
+                raise LimitReached(f"this node runs at most {limit} {spec.kind} computers at once; "
+                                   "delete one or wait for one to expire", limit=limit)
         self._starting += 1
+        self._starting_kind[spec.kind] = self._starting_kind.get(spec.kind, 0) + 1
         try:
             try:
                 factory = self._factories[spec.kind]
@@ -354,6 +365,7 @@ class ComputerService:
             self.events.open(comp.id)
         finally:
             self._starting -= 1
+            self._starting_kind[spec.kind] -= 1
         driver.on_gone(lambda reason: self._on_gone(comp, reason))
         self._forward_driver_events(comp)
         d = driver.display

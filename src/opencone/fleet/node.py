@@ -130,6 +130,7 @@ def main() -> None:
         try:
             async with app_lifespan(a) as inner:
                 rt = a.state.runtime
+                rt.computers.kind_limits = dict(capacity)  # what the node makes itself is held to its slots too
                 state["runtime"], state["org"] = rt, await rt.accounts.org_for_key(token)
                 if registry_url:
                     from opencone.fleet.node_link import NodeLink
