@@ -118,3 +118,19 @@ def test_what_a_node_makes_itself_is_held_to_its_slots_of_that_kind(fleet: Direc
     finally:
         for sid in made:
             httpx.delete(node.url + PREFIX + f"/sessions/{sid}/stop", headers=headers, timeout=60)
+
+
+def test_a_replica_bounds_and_checks_bodies_as_a_single_server_does(fleet: DirectFleet) -> None:
+    """Before a replica reads a body into memory to place or forward it: too large is a 413 said by its
+    Content-Length, too deep or not UTF-8 a 422, all JSON problems, and nothing reaches a node."""
+    with fleet.http() as h:
+        live_before = len(h.get("/computers").json())
+        huge = h.post("/computers", content=b"{" + b" " * (12 << 20) + b"}",
+                      headers={"content-type": "application/json"})
+        assert huge.status_code == 413 and "bytes" in huge.json()["detail"], huge.text
+        deep = h.post("/computers", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"})
+        assert deep.status_code == 422 and "deep" in deep.json()["detail"], deep.text
+        not_utf8 = h.post("/agent/tasks", content=b'{"instruction": "\xff\xfe"}',
+                          headers={"content-type": "application/json"})
+        assert not_utf8.status_code == 422 and "UTF-8" in not_utf8.json()["detail"], not_utf8.text
+        assert len(h.get("/computers").json()) == live_before

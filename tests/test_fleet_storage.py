@@ -207,6 +207,9 @@ def test_a_kept_recording_while_and_after_its_computer_lives(fleet: DirectFleet)
     with fleet.http(replica=0) as h:
         video = h.get(f"/computers/{comp.id}/recording")
         assert video.status_code == 200 and video.headers["content-type"] == "video/mp4", video.text
+        # relayed byte for byte, with the node's length (a player sizes its buffer by it), not chunked
+        assert int(video.headers["content-length"]) == len(video.content)
+        assert "transfer-encoding" not in video.headers
         facts, frames = decode(video.content)
         assert facts["codec"] == "h264" and len(frames) >= 2 and is_colour(frames[-1][1], "blue")
         timeline = h.get(f"/computers/{comp.id}/recording/timeline").json()
@@ -220,6 +223,7 @@ def test_a_kept_recording_while_and_after_its_computer_lives(fleet: DirectFleet)
         part = h.get(f"/recordings/{rec_id}", headers={"range": "bytes=0-99"})
         assert part.status_code == 206 and part.content == video.content[:100]
         assert part.headers["content-range"] == f"bytes 0-99/{len(video.content)}"
+        assert part.headers["content-length"] == "100"
         tail = h.get(f"/recordings/{rec_id}", headers={"range": "bytes=-50"})
         assert tail.status_code == 206 and tail.content == video.content[-50:]
         assert h.get(f"/recordings/{rec_id}/timeline").json()["recording"]["status"] == "ready"

@@ -130,7 +130,7 @@ async def forward_to(request: Request, org: str, node: registry.NodeInfo, path: 
         public = r._public_base(request, fleet.settings)
         return Response(fleet.rewrite(data, node.url, node.id, public, r.presented_key(request, True), org),
                         resp.status_code, headers=headers)
-    return StreamingResponse(r._relay_bytes(resp), resp.status_code, headers=headers,
+    return StreamingResponse(r._relay_bytes(resp), resp.status_code, headers=r._answer_headers(resp, as_is=True),
                              background=BackgroundTask(resp.aclose))
 
 

@@ -46,7 +46,12 @@ from opencone import __version__
 from opencone.api import errors
 from opencone.api.auth import current_org, current_org_or_token, org_for, presented_key
 from opencone.api.errors import describe_validation, problem
+from opencone.api.guard import BodyGuard
+from opencone.api.routes import computer_files as computer_files_routes
+from opencone.api.routes import exec as exec_routes
 from opencone.api.routes import live
+from opencone.api.routes import notte_seed as notte_seed_routes
+from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
 from opencone.config import Settings
 from opencone.core.accounts import DEFAULT_ORG_ID, Accounts
@@ -362,8 +367,13 @@ def _headers_for_agent(conn: Request | WebSocket, fleet: Fleet, org: str) -> dic
     return {**out, **fleet.agent_headers(org)}
 
 
-def _answer_headers(resp: httpx.Response) -> dict[str, str]:
-    return {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
+def _answer_headers(resp: httpx.Response, *, as_is: bool = False) -> dict[str, str]:
+    """The node's answer headers for the client; ``as_is``: its body is relayed byte for byte, so its
+    Content-Length still holds (a video's length lets a player size its buffer and seek)."""
+    out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS and k.lower() != "content-encoding"}
+    if as_is and "content-length" in resp.headers and "transfer-encoding" not in resp.headers:
+        out["content-length"] = resp.headers["content-length"]
+    return out
 
 
 def _is_terminated_frame(data: bytes) -> bool:
@@ -401,7 +411,7 @@ async def _forward(request: Request, route: Route, path: str, org: str) -> Respo
     if "text/event-stream" in kind and path.endswith("/events"):
         return StreamingResponse(_relay_events(fleet, resp, route, public, client_key, org), resp.status_code,
                                  headers=headers, background=BackgroundTask(resp.aclose))
-    return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=headers,
+    return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=_answer_headers(resp, as_is=True),
                              background=BackgroundTask(resp.aclose))
 
 
@@ -680,13 +690,19 @@ def create_replica_app(settings: Settings | None = None) -> FastAPI:
                                          stream=True)
         except httpx.TransportError as exc:
             raise NodeUnreachable("the node holding this file does not answer") from exc
-        return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=_answer_headers(resp),
+        return StreamingResponse(_relay_bytes(resp), resp.status_code, headers=_answer_headers(resp, as_is=True),
                                  background=BackgroundTask(resp.aclose))
 
     @app.websocket("/computers/{computer_id}/{rest:path}")
     async def socket(ws: WebSocket, computer_id: str, rest: str) -> None:
         await _relay_socket(ws, computer_id, rest)
 
+    # outermost, as on a single server: a body is bounded and checked before the replica reads it into
+    # memory to place or forward it (a file upload streams on to its node, which caps it)
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes,
+                       renderers={exec_routes.STREAM_PATH: exec_routes.refused, openai_wire.PATHS: openai_wire.refused,
+                                  notte_seed_routes.PATHS: notte_seed_routes.refused},
+                       raw_uploads=computer_files_routes.UPLOAD_PATH)
     return app
 
 
