@@ -115,11 +115,14 @@ def main() -> None:
                 counts[view.kind] = counts.get(view.kind, 0) + 1
         return counts
 
+    org_lock = asyncio.Lock()  # an organisation's first requests at once: one writes its key, not each (a 500)
+
     async def ensure_org(org_id: str, key: str) -> None:
         """An organisation a replica speaks for, as the node's own: the same id as the fleet's."""
         rt = state["runtime"]
-        await rt.accounts.ensure_org(org_id, name=org_id)
-        await rt.accounts.ensure_key(key, org_id, name="fleet")
+        async with org_lock:
+            await rt.accounts.ensure_org(org_id, name=org_id)
+            await rt.accounts.ensure_key(key, org_id, name="fleet")
 
     parent_gone = threading.Event()
     app_lifespan = app.router.lifespan_context
