@@ -134,3 +134,29 @@ def test_a_replica_bounds_and_checks_bodies_as_a_single_server_does(fleet: Direc
                           headers={"content-type": "application/json"})
         assert not_utf8.status_code == 422 and "UTF-8" in not_utf8.json()["detail"], not_utf8.text
         assert len(h.get("/computers").json()) == live_before
+
+
+def test_a_key_revoked_with_the_cli_is_refused_by_a_replica_that_had_it_cached(fleet: DirectFleet) -> None:
+    """A replica keeps a key found valid for a minute, since every change is NOTIFY'd to it: a revocation
+    made from the CLI against the fleet database is heard at once, not a minute later."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    key = fleet.new_org_key("revoked-soon")
+    with fleet.http(key) as h:
+        assert h.get("/computers").status_code == 200  # now in the replica's cache
+        time.sleep(1.5)  # past the one-second cache a replica would use without the NOTIFY
+        assert h.get("/computers").status_code == 200
+    env = {**os.environ, **fleet.env}
+    listed = subprocess.run([sys.executable, "-m", "opencone", "keys", "list", "--json",
+                             "--data-dir", str(fleet.tmp / "cli")], env=env, capture_output=True, text=True,
+                            timeout=60, check=True)
+    key_id = next(json.loads(line)["id"] for line in listed.stdout.splitlines()
+                  if line.strip() and json.loads(line)["prefix"] == key[:10])
+    subprocess.run([sys.executable, "-m", "opencone", "keys", "revoke", key_id, "--data-dir", str(fleet.tmp / "cli")],
+                   env=env, capture_output=True, text=True, timeout=60, check=True)
+    with fleet.http(key) as h:
+        assert wait_until(lambda: h.get("/computers").status_code == 401, 10)

@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from opencone.core.clock import Clock, SystemClock
@@ -29,6 +30,14 @@ DEFAULT_ORG_ID = "org_default"
 KEY_PREFIX = "oc_"
 _CACHE_SECONDS = 60.0  # a key found valid
 _MISS_CACHE_SECONDS = 1.0  # a key not found (it may be created from the CLI meanwhile)
+# on PostgreSQL every key change is NOTIFY'd here in its own transaction: fleet replicas, which share no
+# marker file, LISTEN and drop their caches (fleet/replica.py)
+KEYS_CHANNEL = "opencone_keys"
+
+
+async def _announce(session: Any) -> None:
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_notify(:c, '')"), {"c": KEYS_CHANNEL})
 KEYS_CHANGED = "keys.changed"  # the marker's name in the data dir
 
 
@@ -60,6 +69,9 @@ class Accounts:
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._changes = changes
         self._seen_change = self._change_mark()
+        # a key found valid is cached a minute only where a change elsewhere is heard (the marker file,
+        # or a replica's LISTEN on KEYS_CHANNEL), else a second
+        self.changes_heard = changes is not None
 
     def _change_mark(self) -> int:
         if self._changes is None:
@@ -96,6 +108,7 @@ class Accounts:
                 id=new_id("key"), org_id=org_id, name=name, key_hash=hash_key(key),
                 prefix=key[:10], created_at=self._clock.now(),
             ))
+            await _announce(s)
         self._changed()
         return key
 
@@ -112,6 +125,7 @@ class Accounts:
                     id=new_id("key"), org_id=org_id, name=name, key_hash=hash_key(key),
                     prefix=key[:10], created_at=self._clock.now(),
                 ))
+            await _announce(s)
         self._changed()
         return added
 
@@ -131,8 +145,13 @@ class Accounts:
             if row is None:
                 return False
             row.revoked_at = row.revoked_at or self._clock.now()
+            await _announce(s)
         self._changed()
         return True
+
+    def forget_cached(self) -> None:
+        """A key changed somewhere else (a NOTIFY on KEYS_CHANNEL): look every key up again."""
+        self._cache.clear()
 
     async def org_for_key(self, key: str) -> str | None:
         """The organisation a key belongs to, or None for an unknown or revoked key."""
@@ -143,7 +162,8 @@ class Accounts:
             self._seen_change = mark
         hit = self._cache.get(digest)
         now = time.monotonic()
-        if hit and now - hit[0] < (_CACHE_SECONDS if hit[1] is not None and self._changes else _MISS_CACHE_SECONDS):
+        ttl = _CACHE_SECONDS if hit is not None and hit[1] is not None and self.changes_heard else _MISS_CACHE_SECONDS
+        if hit and now - hit[0] < ttl:
             return hit[1]
         async with self._sessions() as s:
             row = (await s.execute(

@@ -54,7 +54,7 @@ from opencone.api.routes import notte_seed as notte_seed_routes
 from opencone.api.wire import openai as openai_wire
 from opencone.api.wire.computers import ComputerCreate, computer_response, status_response
 from opencone.config import Settings
-from opencone.core.accounts import DEFAULT_ORG_ID, Accounts
+from opencone.core.accounts import DEFAULT_ORG_ID, KEYS_CHANNEL, Accounts
 from opencone.core.clock import iso
 from opencone.core.computers import _view_of
 from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound, ServiceError
@@ -229,6 +229,10 @@ class Fleet:
         for computer_id in payload.split(","):
             self._routes.pop(computer_id, None)
 
+    def _on_keys_changed(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        """A key was made or revoked (the CLI, another replica): every key is looked up again."""
+        self.accounts.forget_cached()
+
     async def _listen_forever(self) -> None:
         """LISTEN on a dedicated asyncpg connection (not the pool's: a pooled connection is reset and
         shared; PgBouncer in transaction mode drops LISTEN), connected again after an outage. Every
@@ -244,7 +248,10 @@ class Fleet:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, gone=lost: gone.set())
                 await conn.add_listener(registry.COMPUTERS_CHANNEL, self._on_ended)
+                await conn.add_listener(KEYS_CHANNEL, self._on_keys_changed)
                 self._routes.clear()
+                self.accounts.forget_cached()  # changes made while nobody listened were not heard
+                self.accounts.changes_heard = True
                 self._heard += 1
                 delay = 0.5
                 while not lost.is_set():
@@ -257,6 +264,7 @@ class Fleet:
             except Exception as exc:  # the database away: routes live by their TTL until it is back
                 log.warning("fleet LISTEN connection lost (%s); reconnecting in %.1f s", type(exc).__name__, delay)
             finally:
+                self.accounts.changes_heard = False  # unheard, a revocation must not wait a minute
                 if conn is not None:
                     conn.terminate()
             await asyncio.sleep(delay)
