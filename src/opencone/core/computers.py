@@ -31,9 +31,9 @@ from opencone.core.events import EventBus, action_fields, clip, completed_fields
 from opencone.core.ids import new_id
 from opencone.core.lifetimes import EndReason, Lifetime
 from opencone.core.metrics import Metrics
-from opencone.core.store.batch import BatchInserter, write
+from opencone.core.store.batch import BatchedWrites, BatchInserter, write
 from opencone.core.store.models import ComputerRecord
-from opencone.core.teardowns import BatchedWrites, Teardowns
+from opencone.core.teardowns import Teardowns
 from opencone.drivers.base import CommandResult, ComputerDriver, ComputerGone, Display, DriverError
 
 log = logging.getLogger(__name__)

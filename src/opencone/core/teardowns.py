@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
 
 TEARDOWNS_AT_ONCE = 4
 QUIET_SECONDS = 0.05  # ends closer together are one wave (a client sends 32 within ~30 ms; more on a loaded machine)
@@ -59,36 +57,3 @@ class Teardowns:
     def __len__(self) -> int:
         return len(self._tasks)
 
-
-class BatchedWrites:
-    """One statement executed for many parameter sets in one transaction: every set that arrives
-    while a commit runs goes in the next (the rows of a wave of teardowns, together; as
-    core/store/batch.py does for creates' inserts). ``write`` returns once its own set is committed."""
-
-    def __init__(self, statement: Any, transaction: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
-        self._statement = statement
-        self._transaction = transaction
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._drainer: asyncio.Task[None] | None = None
-
-    async def write(self, params: dict[str, Any]) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((params, done))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.get_running_loop().create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self._transaction() as session:
-                    await session.execute(self._statement, [params for params, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
