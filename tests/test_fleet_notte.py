@@ -379,7 +379,14 @@ async def _mark_dead(fleet: DirectFleet, node_ids: set[str]) -> None:
 def test_a_session_whose_node_is_lost_ended_in_error(fleet: DirectFleet, tmp_path: Path) -> None:
     """Last in the module: it kills nodes. The session's state died with its node; the fleet record says how."""
     with fleet.http(replica=0) as h:
-        sid = h.post("/sessions/start", json={}).json()["session_id"]
+        # the test before filled the fleet: its ends reach the nodes' reports with their next heartbeat
+        def room() -> int:
+            return sum(n["capacity_browser"] - n["live_browser"] - n["reserved_browser"]
+                       for n in h.get("/nodes").json() if n["state"] == "ready")
+        assert wait_until(lambda: room() >= 2, 20), h.get("/nodes").json()
+        started = h.post("/sessions/start", json={})
+        assert started.status_code == 200, started.text
+        sid = started.json()["session_id"]
         seed_sid = h.post("/session/start", json={"keep_alive": True}).json()["session_id"]
         assert h.get(f"/sessions/{sid}").json()["status"] == "active"  # (its route now held by replica A)
     lost = {fleet.node_of(sid), fleet.node_of(seed_sid)}
