@@ -62,6 +62,10 @@ class Mp4Writer:
             raise
         self._stream = stream
         self._decoder = av.CodecContext.create("mjpeg", "r")
+        # one thread per recording, decoder and scaler too: their default (0, one per core) makes
+        # threads of their own, so a recording could take every core and the server's thread count
+        # would depend on the frames' sizes
+        self._decoder.thread_count = 1
         self._last: av.VideoFrame | None = None
         self._last_pts = -1
         self.frames = 0  # pictures encoded, repeats included
@@ -80,7 +84,7 @@ class Mp4Writer:
         if not pictures:
             return
         source = pictures[-1]
-        picture = source.reformat(width=self.width, height=self.height, format="yuv420p")
+        picture = source.reformat(width=self.width, height=self.height, format="yuv420p", threads=1)
         if pointer is not None:
             draw_pointer(picture, pointer[0] * self.width // max(source.width, 1),
                          pointer[1] * self.height // max(source.height, 1))
