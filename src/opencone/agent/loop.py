@@ -255,7 +255,9 @@ class TaskRun:
         self.items.append(Text(self.spec.instruction, "user", "instruction"))
         max_steps = self.spec.max_steps or self.limits.max_steps
         outcomes: tuple[Outcome, ...] = ()
-        acted = False
+        # the start navigate is an action too: on a desktop its first paint reaches the X screen a
+        # little after the navigate answered, and the first look must see the page
+        acted = bool(self.spec.start_url)
         while True:
             await self._checkpoint()
             if acted and self.limits.settle_seconds:
