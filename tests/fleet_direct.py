@@ -102,12 +102,12 @@ def start_node(tmp: Path, node_id: str, database_url: str, token: str, *, browse
     ready = node_dir / "agent-server.ready"
     ready.unlink(missing_ok=True)
     full = {**os.environ, "OPENCONE_POOL_SIZE": "1", "OPENCONE_EGRESS_ALLOW": "127.0.0.1",
-            "PYTHONFAULTHANDLER": "1", **(env or {}),
+            "PYTHONFAULTHANDLER": "1", "OPENCONE_NODE_HEARTBEAT_SECONDS": "1", **(env or {}),
             "OPENCONE_FLEET": "local", "OPENCONE_NODE_ID": node_id, "OPENCONE_NODE_DIR": str(node_dir),
             "OPENCONE_NODE_READY_FILE": str(ready), "OPENCONE_NODE_PARENT_PID": str(os.getpid()),
             "OPENCONE_NODE_ADDRESS": "127.0.0.1", "OPENCONE_NODE_BROWSER_SLOTS": str(browser_slots),
             "OPENCONE_NODE_DESKTOP_SLOTS": str(desktop_slots), "OPENCONE_NODE_REGISTRY_URL": database_url,
-            "OPENCONE_NODE_HEARTBEAT_SECONDS": "1", "OPENCONE_FLEET_INTERNAL_TOKEN": token}
+            "OPENCONE_FLEET_INTERNAL_TOKEN": token}
     full.pop("OPENCONE_DATABASE_URL", None)
     with (node_dir / "agent-server.log").open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "opencone.fleet.node"], env=full, cwd=node_dir,

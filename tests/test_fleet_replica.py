@@ -8,7 +8,9 @@ here through the replica with a second organisation's key, and at the node with 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -160,3 +162,27 @@ def test_a_key_revoked_with_the_cli_is_refused_by_a_replica_that_had_it_cached(f
                    env=env, capture_output=True, text=True, timeout=60, check=True)
     with fleet.http(key) as h:
         assert wait_until(lambda: h.get("/computers").status_code == 401, 10)
+
+
+def test_a_slot_freed_by_a_delete_is_free_for_the_next_create_at_once(tmp_path: Path, postgres: Any) -> None:
+    """A node's end of a computer brings its next heartbeat forward (fleet/node_link.py): the freed slot
+    shows in the node's row in well under a second, not at the next beat. Heartbeats here are 8 s apart,
+    so without that a create right after a delete on the full fleet reads it full and is a 429."""
+    fleet = start_direct_fleet(tmp_path, postgres, nodes=1, browser_slots=1, desktop_slots=0,
+                               node_env={"OPENCONE_NODE_HEARTBEAT_SECONDS": "8"})
+    try:
+        with fleet.http() as h:
+            first = h.post("/computers", json={"kind": "browser"})
+            assert first.status_code == 200, first.text
+            assert h.post("/computers", json={"kind": "browser"}).status_code == 429  # the one slot is taken
+            assert h.delete(f"/computers/{first.json()['id']}").status_code == 204
+            deleted = time.monotonic()
+            while True:
+                again = h.post("/computers", json={"kind": "browser"})
+                if again.status_code != 429 or time.monotonic() - deleted > 1.5:
+                    break
+                time.sleep(0.05)
+            assert again.status_code == 200, f"{time.monotonic() - deleted:.2f} s after the delete: {again.text}"
+            assert h.delete(f"/computers/{again.json()['id']}").status_code == 204
+    finally:
+        fleet.stop()
