@@ -11,8 +11,9 @@ replicas need to know about them into the shared database (fleet/registry.py):
   teardown only queues it and brings the next beat forward (``END_BEAT_DELAY``, ends of a burst
   together), so the freed slot shows in the node's row at once rather than up to ``interval``
   later (a create right after a delete on a full fleet would be a 429 meanwhile), and a database
-  outage never slows a computer's end; queued ends are retried with the next beat. The ends written are NOTIFY'd (their ids) in the same transaction. A
-  check at each beat ends records whose computer is no longer here.
+  outage never slows a computer's end; queued ends are retried with the next beat. The ends
+  written are NOTIFY'd (their ids) in the same transaction. A check at each beat ends records
+  whose computer is no longer here.
 
 When the node is going away (its parent, the Ray worker, is gone) nothing more is written: what the
 fleet records then is the controller's verdict (``node_lost``) or the next incarnation's.
