@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -24,7 +27,9 @@ from fake_models.site import FormSite
 from fleet_direct import DirectFleet, start_direct_fleet
 from test_agent_adapters import INSTRUCTION, VALUE, agent_env
 
+from opencone.core.accounts import hash_key
 from opencone.fleet.agent_routes import PREFIX, node_key
+from opencone.fleet.replica_agent import task_key_id
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,8 +43,11 @@ def agent_fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any,
                 fake_models_server: FakeModels) -> Iterator[DirectFleet]:
     tmp = tmp_path_factory.mktemp("fleet-agent")
     env = agent_env(tmp, fake_models_server, OPENCONE_MODEL_MAX_RETRIES="0")
+    # placement K=1: a start goes to a random node, so starts of one key at once through two replicas
+    # would land on both nodes if nothing but the nodes deduplicated them
     fleet = start_direct_fleet(tmp, postgres, nodes=2, replicas=2, browser_slots=3, desktop_slots=0,
-                               node_env=env, replica_env={"OPENCONE_MAX_BODY_BYTES": str(1 << 20)})
+                               node_env=env, replica_env={"OPENCONE_MAX_BODY_BYTES": str(1 << 20),
+                                                          "OPENCONE_FLEET_PLACEMENT_K": "1"})
     yield fleet
     fleet.stop()
 
@@ -197,6 +205,90 @@ def test_a_retried_start_reaches_the_task_of_its_idempotency_key_through_any_rep
     assert _wait_ended(fleet, first.task_id).status in ("cancelled", "completed")
 
 
+def _key_rows(fleet: DirectFleet, org: str, key: str) -> list[list[str]]:
+    return fleet.sql(f"SELECT node_id FROM fleet_objects WHERE kind = 'task_key' AND id = '{task_key_id(org, key)}'")
+
+
+def _org(fleet: DirectFleet) -> str:
+    """The organisation of the fleet's key."""
+    return fleet.sql(f"SELECT org_id FROM api_keys WHERE key_hash = '{hash_key(fleet.key)}'")[0][0]
+
+
+def _cancel(fleet: DirectFleet, task_id: str) -> None:
+    with fleet.http(replica=1) as h:
+        assert h.post(f"/agent/tasks/{task_id}/cancel").json()["status"] in ("cancelled", "completed")
+    assert _wait_ended(fleet, task_id).status in ("cancelled", "completed")
+
+
+def test_starts_of_one_idempotency_key_at_once_through_both_replicas_make_one_task(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    fleet = agent_fleet
+    fake_models.script(latency=2.0)
+    key, n = f"at-once-{secrets.token_hex(4)}", 6
+    params = {"instruction": INSTRUCTION, "model": PREVIEW, "start_url": form_site.form_url, "idempotency_key": key}
+    clients = [fleet.client(replica=i % 2) for i in range(n)]
+    together = threading.Barrier(n)
+
+    def start(i: int) -> dict[str, Any]:
+        together.wait()
+        if i == n - 1:  # one through /agent/tasks/stream: its first event names the task
+            stream = clients[i].agent.tasks.start_stream(**params)  # type: ignore[arg-type]
+            first = dict(next(iter(stream)))  # type: ignore[call-overload]
+            stream.close()
+            return {"task_id": first["task_id"], "stream": True}
+        return clients[i].agent.tasks.start(**params).to_dict()  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(start, range(n)))
+    tids = {a["task_id"] for a in answers}
+    try:
+        assert len(tids) == 1, answers
+        made = [a for a in answers if not a.get("stream") and not a["reused"]]
+        assert len(made) <= 1, answers  # the rest found the one task (the stream may be the one that made it)
+        with fleet.http() as h:  # what the nodes hold: one task of the key, over both
+            held = [t for t in h.get("/agent/tasks").json() if t.get("idempotency_key") == key]
+        assert [t["task_id"] for t in held] == list(tids), held
+        (tid,) = tids
+        assert _key_rows(fleet, _org(fleet), key) == [[_held_by(fleet, tid)]]
+    finally:
+        for tid in tids:
+            _cancel(fleet, tid)
+
+
+def test_a_key_claimed_for_a_full_node_moves_to_the_node_that_starts_it(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    """The claim of a start whose node refused (429: nothing made) is the next node's, not stuck."""
+    fleet = agent_fleet
+    fake_models.script(latency=2.0)
+    client = fleet.client()
+    full, other = fleet.nodes[0].node_id, fleet.nodes[1].node_id
+    filled: list[str] = []
+    try:
+        while len(filled) < 6:  # every slot of the first node taken (a task's computer may still be ending)
+            try:
+                filled.append(client.computers.create(kind="browser", extra_body={"node_hint": full}).id)
+            except tzafon.RateLimitError:
+                break
+        assert filled and all(_recorded_on(fleet, cid) == full for cid in filled)
+        org = _org(fleet)
+        key = f"full-{secrets.token_hex(4)}"
+        fleet.sql("INSERT INTO fleet_objects (id, kind, org_id, node_id, created_at) VALUES "
+                  f"('{task_key_id(org, key)}', 'task_key', '{org}', '{full}', now())")  # as a start claims it
+        task = fleet.client(replica=1).agent.tasks.start(instruction=INSTRUCTION, model=PREVIEW,
+                                                         start_url=form_site.form_url, idempotency_key=key)
+        try:
+            assert not task.reused and _held_by(fleet, task.task_id) == other
+            assert _key_rows(fleet, org, key) == [[other]]
+            again = fleet.client(replica=0).agent.tasks.start(instruction=INSTRUCTION, model=PREVIEW,
+                                                              start_url=form_site.form_url, idempotency_key=key)
+            assert again.task_id == task.task_id and again.reused
+        finally:
+            _cancel(fleet, task.task_id)
+    finally:
+        for cid in filled:
+            client.computers.delete(cid)
+
+
 def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet: DirectFleet,
                                                                       fake_models: FakeModels) -> None:
     fleet = agent_fleet
@@ -347,3 +439,29 @@ def test_an_object_whose_node_is_gone_is_a_503_not_a_404(agent_fleet: DirectFlee
     assert err.value.status_code == 503
     with fleet.http(replica=1) as h:  # what no node has is still a 404, from a node that is ready
         assert h.get("/v1/responses/resp_nevermade").status_code == 404
+
+
+def test_a_key_claimed_for_a_lost_node_starts_a_new_task_on_a_ready_one(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    """After the test above (a node is dead), or alone (it stops one): a retry of a start whose task
+    was lost with its node (``node_lost``) starts the task again on a ready node, and the key is its."""
+    fleet = agent_fleet
+    dead = fleet.sql("SELECT id FROM nodes WHERE state = 'dead'")
+    if not dead:
+        fleet.nodes[0].stop()
+        fleet.sql(f"UPDATE nodes SET state = 'dead' WHERE id = '{fleet.nodes[0].node_id}'")
+    lost = fleet.sql("SELECT id FROM nodes WHERE state = 'dead'")[0][0]
+    ready = next(n.node_id for n in fleet.nodes if n.node_id != lost)
+    fake_models.script(latency=2.0)
+    org, key = _org(fleet), f"lost-{secrets.token_hex(4)}"
+    fleet.sql("INSERT INTO fleet_objects (id, kind, org_id, node_id, created_at) VALUES "
+              f"('{task_key_id(org, key)}', 'task_key', '{org}', '{lost}', now())")  # its start's claim
+    params = {"instruction": INSTRUCTION, "model": PREVIEW, "start_url": form_site.form_url, "idempotency_key": key}
+    task = fleet.client(replica=1).agent.tasks.start(**params)  # type: ignore[arg-type]
+    try:
+        assert not task.reused and _held_by(fleet, task.task_id) == ready
+        assert _key_rows(fleet, org, key) == [[ready]]
+        again = fleet.client(replica=0).agent.tasks.start(**params)  # type: ignore[arg-type]
+        assert again.task_id == task.task_id and again.reused
+    finally:
+        _cancel(fleet, task.task_id)

@@ -3,9 +3,11 @@ recordings, OpenEnv sessions (fleet mode only).
 
 A computer's node is in its fleet record (``computers.node_id``); the other objects live in their node's
 own store, as on a single server, and the ``fleet_objects`` table says which node holds each. A replica
-writes a row when it sees the object made (``claim``); a request about an id it has no row for asks the
-ready nodes once (``locate``: the node that answers 200 holds it) and writes the row then, so an object
-made in a way no replica saw (a task's computer, a save at a computer's end) is still found.
+writes a row when it sees the object made (``claim``; a task start's idempotency key before its task is
+made, moved with ``move_claim`` when its node refuses: fleet/replica_agent.py); a request about an id it
+has no row for asks the ready nodes once (``locate``: the node that answers 200 holds it) and writes the
+row then, so an object made in a way no replica saw (a task's computer, a save at a computer's end) is
+still found.
 
 Each request goes to the node for the request's organisation (its derived key, fleet/agent_routes.py):
 the node's own tenancy decides what the organisation may see, as on a single server; the table only
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from starlette.background import BackgroundTask
 
@@ -40,13 +42,37 @@ KINDS = ("task", "response", "environment", "recording", "openenv",
 Inspect = Callable[[int, bytes], Awaitable[None]]
 
 
-async def claim(fleet: Fleet, kind: str, object_id: str, org: str, node_id: str) -> None:
-    """Write where ``object_id`` lives (a no-op when a row is there: ids are unique across the fleet)."""
+async def claim(fleet: Fleet, kind: str, object_id: str, org: str, node_id: str) -> bool:
+    """Write where ``object_id`` lives (a no-op when a row is there: ids are unique across the fleet).
+    True when this call wrote it: of claims made at once, on any replicas, exactly one wins."""
     async with fleet.sessions() as s, registry.guarded(s):
-        await s.execute(insert(FleetObject).values(
+        won = (await s.execute(insert(FleetObject).values(
             id=object_id, kind=kind, org_id=org, node_id=node_id, created_at=datetime.now(UTC),
-        ).on_conflict_do_nothing(index_elements=["id"]))
+        ).on_conflict_do_nothing(index_elements=["id"]).returning(FleetObject.id))).first() is not None
         await s.commit()
+    return won
+
+
+async def claimed(fleet: Fleet, object_id: str, org: str) -> str | None:
+    """The node a row names for ``org`` (None: no row, or another organisation's)."""
+    async with fleet.sessions() as s, registry.guarded(s):
+        row = (await s.execute(select(FleetObject.node_id).where(
+            FleetObject.id == object_id, FleetObject.org_id == org))).first()
+        await s.commit()
+    return row.node_id if row is not None else None
+
+
+async def move_claim(fleet: Fleet, object_id: str, from_node: str, to_node: str | None) -> bool:
+    """Point a row at ``to_node`` (None: delete it) if it still names ``from_node``; True when it did.
+    Conditioned on the old node, so of replicas moving one claim at once only the first moves it (the
+    others read where it went)."""
+    table = FleetObject.__table__
+    where = (table.c.id == object_id) & (table.c.node_id == from_node)
+    stmt = delete(table).where(where) if to_node is None else update(table).where(where).values(node_id=to_node)
+    async with fleet.sessions() as s, registry.guarded(s):
+        done = (await s.execute(stmt.returning(table.c.id))).first() is not None
+        await s.commit()
+    return done
 
 
 async def ready_nodes(fleet: Fleet) -> list[registry.NodeInfo]:

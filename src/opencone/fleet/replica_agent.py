@@ -8,8 +8,11 @@ its node's store (fleet/owned.py says how such objects are found):
   node; a task that makes its own computer goes to the placer's choice (``owned.placing_order``), the
   next node tried when one refuses (429/503, or out of reach). The task id is claimed (kind ``task``)
   and its computer's fleet record written as soon as the node answers; for a stream, from its first
-  event as it passes, the stream not held back. A start's ``idempotency_key`` is claimed too, so a
-  retried start (the SDK retries) reaches the node that has the task, whichever replica it hits.
+  event as it passes, the stream not held back. A start's ``idempotency_key`` is claimed (kind
+  ``task_key``) for its node *before* it is sent, one atomic insert, so starts with one key sent at
+  once to any replicas all reach that node, which dedups them as a single server does (``reused``);
+  a node that refuses (nothing made) loses the claim to the next one tried, and a claim of a lost
+  (dead) node is taken over: a retry after ``node_lost`` starts a new task on a ready node.
 - every other ``/agent/tasks/{id}…`` request goes to the task's node; ``GET /agent/tasks`` merges
   every node's list, newest first, cut to ``limit``.
 - the gateway: models from one ready node (the nodes are configured alike); chat and responses to
@@ -50,7 +53,7 @@ from opencone.api.errors import describe_validation, problem
 from opencone.api.guard import check_json
 from opencone.api.wire.agent import TaskStart
 from opencone.api.wire.openai import OpenAIRoute
-from opencone.core.errors import InvalidInput, LimitReached, NotFound, ServiceError
+from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound, ServiceError
 from opencone.core.store.models import FleetObject
 from opencone.fleet import owned, registry, replica_storage
 from opencone.fleet import replica as r
@@ -61,6 +64,7 @@ log = logging.getLogger(__name__)
 
 OBJECT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # task and response ids as the nodes make them
 START_ATTEMPTS = 4
+CLAIM_TRIES = 4  # conditional writes of a key's claim lost to other replicas' before a start is a 409
 MAX_FRAME = 64 << 20  # a frame longer than this (no blank line yet) is passed on as it is
 TASK_KEY = "task_key"  # fleet_objects kind: where a start's idempotency key made its task
 # a screenshot link this replica handed out: <our origin>/files/<node id>.<token>.<jpg|png>
@@ -157,7 +161,7 @@ def _id(value: str, what: str) -> str:
     return value
 
 
-def _spawn(coro: Coroutine[Any, Any, None], what: str) -> None:
+def _spawn(coro: Coroutine[Any, Any, object], what: str) -> None:
     """Work a stream must not wait for (a claim, a record), kept referenced until done."""
     async def run() -> None:
         try:
@@ -268,30 +272,15 @@ async def _held_or_none(fleet: r.Fleet, org: str, kind: str, object_id: str, pro
 tasks = APIRouter(tags=["agent"])
 
 
-def _key_id(org: str, key: str) -> str:
+def task_key_id(org: str, key: str) -> str:
+    """The ``fleet_objects`` id of an organisation's idempotency key (``task_key`` row)."""
     return "tkey_" + hashlib.sha256(f"{org}\0{key}".encode()).hexdigest()[:48]
 
 
-async def _owner_of(request: Request, object_id: str, org: str) -> registry.NodeInfo | None:
-    """The ready node a ``fleet_objects`` row names for ``org`` (no asking the nodes)."""
-    fleet = r._fleet(request)
-    async with fleet.sessions() as s, registry.guarded(s):
-        row = (await s.execute(select(FleetObject.node_id).where(
-            FleetObject.id == object_id, FleetObject.org_id == org))).first()
-        await s.commit()
-    if row is None:
-        return None
-    return next((n for n in await owned.ready_nodes(fleet) if n.id == row.node_id), None)
-
-
 async def _pinned(request: Request, org: str, spec: TaskStart) -> registry.NodeInfo | None:
-    """The one node a start must go to (its computer's, its saved environment's, the node that has
-    the task of its idempotency key), or None when the task makes a new computer anywhere."""
+    """The one node a start must go to (its computer's, its saved environment's), or None when the
+    task makes a new computer anywhere."""
     fleet = r._fleet(request)
-    if spec.idempotency_key:
-        node = await _owner_of(request, _key_id(org, spec.idempotency_key), org)
-        if node is not None:
-            return node
     nodes = await owned.ready_nodes(fleet)
     if spec.computer_id:
         named = OBJECT_ID.match(spec.computer_id) is not None  # else no computer or session has that id
@@ -333,39 +322,152 @@ def _parse_start(raw: bytes) -> TaskStart | Response:
         return problem(422, detail, extra={"errors": items})
 
 
+class _Order:
+    """The nodes a start is sent to, in turn: its pinned node, or the placer's order (the next one after
+    a refusal: 429/503, out of reach). Read when first needed."""
+
+    def __init__(self, candidates: Callable[[], Awaitable[list[registry.NodeInfo]]], kind: str) -> None:
+        self._candidates = candidates
+        self._left: list[registry.NodeInfo] | None = None
+        self.kind = kind
+
+    async def left(self) -> list[registry.NodeInfo]:
+        if self._left is None:
+            self._left = list(await self._candidates())
+        return self._left
+
+    def full(self) -> LimitReached:
+        return LimitReached(f"no node of the fleet can take a {self.kind} computer now (all full or none ready); "
+                            "delete one or retry")
+
+    async def first(self) -> registry.NodeInfo:
+        left = await self.left()
+        if not left:
+            raise self.full()
+        return left.pop(0)
+
+    async def refused(self, node: registry.NodeInfo) -> registry.NodeInfo | None:
+        """The node to try after ``node`` refused; None: none left (its refusal is the answer)."""
+        left = await self.left()
+        return left.pop(0) if left else None
+
+    async def answered(self, node: registry.NodeInfo, status: int) -> None:
+        """``node``'s answer (not a refusal) is the client's."""
+
+
+class _KeyedOrder(_Order):
+    """The order of a start with an ``idempotency_key``: the key is claimed (a ``task_key`` row) for a
+    node before the start is sent there, so every start of the key, on any replica, goes where the claim
+    points; a node that refuses hands the claim on (or drops it) with a write conditioned on its own id,
+    so a key never stays on a node that made nothing."""
+
+    def __init__(self, fleet: r.Fleet, org: str, key: str,
+                 candidates: Callable[[], Awaitable[list[registry.NodeInfo]]], kind: str) -> None:
+        super().__init__(candidates, kind)
+        self.fleet, self.org, self.key_id = fleet, org, task_key_id(org, key)
+        self.tried: set[str] = set()  # nodes that refused this start
+        self.sends = 0
+        self.mine = False  # the claim names the node because this start put it there
+
+    async def first(self) -> registry.NodeInfo:
+        node = await self._settle(None)
+        if node is None:
+            raise self.full()
+        return node
+
+    async def refused(self, node: registry.NodeInfo) -> registry.NodeInfo | None:
+        self.tried.add(node.id)
+        self.sends += 1
+        if self.sends >= 2 * START_ATTEMPTS:  # claims moving back and forth between replicas: stop somewhere
+            await owned.move_claim(self.fleet, self.key_id, node.id, None)
+            return None
+        return await self._settle(node.id)
+
+    async def answered(self, node: registry.NodeInfo, status: int) -> None:
+        # a 4xx of a node this start claimed for: it made nothing (a 409 is its own start of the key in flight)
+        if self.mine and 400 <= status < 500 and status != 409:
+            await owned.move_claim(self.fleet, self.key_id, node.id, None)
+
+    async def _settle(self, refused: str | None) -> registry.NodeInfo | None:
+        """The node to send the start to: the claim's when that node can hold the task, else the next
+        candidate, with the claim made for it or moved to it from ``refused`` or from a lost node (None:
+        no candidate left, the claim dropped)."""
+        for _ in range(CLAIM_TRIES):
+            held = await owned.claimed(self.fleet, self.key_id, self.org)
+            if held is not None and held != refused:
+                node = await _holder(self.fleet, held)
+                if node is not None:
+                    self.mine = False
+                    return node
+            want = next((n for n in await self.left() if n.id not in self.tried and n.id != held), None)
+            if held is None:
+                if want is None:
+                    return None
+                if await owned.claim(self.fleet, TASK_KEY, self.key_id, self.org, want.id):
+                    self.mine = True
+                    return want
+            elif await owned.move_claim(self.fleet, self.key_id, held, want.id if want else None):
+                self.mine = want is not None
+                return want
+            # another replica claimed or moved it between the read and the write: read it again
+        raise Conflict("a task with this idempotency_key is being started through another replica; retry")
+
+
+async def _holder(fleet: r.Fleet, node_id: str) -> registry.NodeInfo | None:
+    """The node a key's claim names while it can hold the task: ready, or draining (it keeps what it
+    has); None when it is dead or gone (what it held went with it: the key starts anew elsewhere)."""
+    async with fleet.sessions() as s, registry.guarded(s):
+        node = await registry.get_node(s, node_id)
+    if node is None or not node.url or node.state not in (registry.READY, registry.DRAINING):
+        return None
+    return node
+
+
 async def _start(request: Request, org: str, path: str) -> Response:
     fleet = r._fleet(request)
     raw = await _body(request)
     spec = _parse_start(raw)
     if isinstance(spec, Response):
         return spec
-    pinned = await _pinned(request, org, spec)
-    if pinned is not None:
-        order = [pinned]
-    else:
-        kind = spec.kind or ("browser" if spec.start_url else "desktop")
-        order = owned.placing_order(fleet, await owned.ready_nodes(fleet), kind)[:START_ATTEMPTS]
-        if not order:
-            raise LimitReached(f"no node of the fleet can take a {kind} computer now (all full or none ready); "
-                               "delete one or retry")
+    kind = spec.kind or ("browser" if spec.start_url else "desktop")
+
+    async def candidates() -> list[registry.NodeInfo]:
+        pinned = await _pinned(request, org, spec)
+        if pinned is not None:
+            return [pinned]
+        return owned.placing_order(fleet, await owned.ready_nodes(fleet), kind)[:START_ATTEMPTS]
+
+    order = (_KeyedOrder(fleet, org, spec.idempotency_key, candidates, kind) if spec.idempotency_key
+             else _Order(candidates, kind))
+    node = await order.first()
     refusals: list[str] = []
-    for i, node in enumerate(order):
+    while True:
         try:
             resp = await _send(request, org, node, path, raw)
         except r.NodeUnreachable:
-            if i == len(order) - 1:
+            after = await order.refused(node)
+            if after is None:
                 raise
             refusals.append(f"{node.id}: unreachable")
+            node = after
             continue
-        if resp.status_code in (429, 503) and i < len(order) - 1:  # full: the next node
-            await resp.aclose()
-            refusals.append(f"{node.id}: {resp.status_code}")
-            continue
+        if resp.status_code in (429, 503):  # full: the next node
+            try:
+                after = await order.refused(node)
+            except BaseException:  # (the claim's database) the refusal is not passed on
+                await resp.aclose()
+                raise
+            if after is not None:
+                await resp.aclose()
+                refusals.append(f"{node.id}: {resp.status_code}")
+                node = after
+                continue
+        else:
+            await order.answered(node, resp.status_code)
         if refusals:
             log.info("task start placed on %s after %s", node.id, "; ".join(refusals))
         return await _answer(request, org, node, resp, on_json=_claims(request, org, node, spec),
                              on_event=_stream_claims(request, org, node, spec))
-    raise AssertionError("unreachable")  # the last node's answer is always returned
 
 
 def _claims(request: Request, org: str, node: registry.NodeInfo,
@@ -397,8 +499,8 @@ async def _remember(request: Request, org: str, node: registry.NodeInfo, spec: T
     if not isinstance(task_id, str):
         return
     await _claim(fleet, "task", task_id, org, node.id)
-    if spec.idempotency_key:
-        await owned.claim(fleet, TASK_KEY, _key_id(org, spec.idempotency_key), org, node.id)
+    if spec.idempotency_key:  # claimed before the start was sent; written again if a refusal elsewhere dropped it
+        await owned.claim(fleet, TASK_KEY, task_key_id(org, spec.idempotency_key), org, node.id)
     if isinstance(computer_id, str) and computer_id != spec.computer_id:
         await owned.record_made(fleet, org, node, computer_id)  # the task's own computer
 
