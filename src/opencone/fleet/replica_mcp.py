@@ -7,8 +7,11 @@ goes to the computer's node through the same routing, tenancy and error answers 
 organisation's computer is a 404 the tool reports. Actions cross in the canonical model
 (``POST /computers/{id}/perform``, api/routes/perform.py, answered by the node).
 
-The SDK's session manager runs in the replica app's lifespan (wrapped here, so the replica's own
-lifespan is unchanged).
+The 2025-11-25 handshake era is served statelessly here (mcp/mount.py's ``stateless``): no
+``Mcp-Session-Id`` is issued, so a client that initialised through one replica calls tools through
+any other, and a load balancer needs no sticky route for ``/mcp``. The tools hold nothing per session,
+so a replica has no reason to. The SDK's session manager (which then only runs each request's
+transport) runs in the replica app's lifespan (wrapped here, so the replica's own lifespan is unchanged).
 """
 
 from __future__ import annotations
@@ -114,7 +117,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     def computers() -> Computers:
         return RestComputers(client, mount.caller_key(), settings.mcp_screenshot_max_side)
 
-    mounted = mount.install(app, settings, computers=computers)
+    # stateless: a handshake-era client may reach another replica with its next request
+    mounted = mount.install(app, settings, computers=computers, stateless=True)
     inner: Callable[[Any], Any] = app.router.lifespan_context
 
     @contextlib.asynccontextmanager

@@ -5,6 +5,14 @@ The SDK's app serves both protocol eras on one endpoint (the 2025-11-25 handshak
 every other route stays as it was, and its session manager runs inside the app's lifespan (a
 mounted app's own lifespan never runs). Without the ``mcp`` extra, ``/mcp`` answers a JSON 501
 saying how to install it.
+
+``stateless=True`` (a fleet replica, fleet/replica_mcp.py) serves the handshake era without sessions
+too: ``initialize`` is answered with no ``Mcp-Session-Id``, so a client sends none and each request
+stands alone, on whichever replica it reaches. The tools keep nothing per session and send the client
+no requests or notifications (what a session would carry). One server keeps its sessions: there
+a 2025-11-25 client's ``notifications/cancelled`` reaches the session running the call and stops it (a
+``wait`` ends at once); stateless, it would reach a request of its own and the call would run on. A
+replica loses nothing: its calls run on a node, which that cancel never reached.
 """
 
 from __future__ import annotations
@@ -99,8 +107,10 @@ class Mounted:
             yield
 
 
-def install(app: FastAPI, settings: Settings, computers: Callable[[], Computers] | None = None) -> Mounted:
-    """Add ``/mcp`` to ``app``; its tools run over ``computers`` (default: this process's services)."""
+def install(app: FastAPI, settings: Settings, computers: Callable[[], Computers] | None = None, *,
+            stateless: bool = False) -> Mounted:
+    """Add ``/mcp`` to ``app``; its tools run over ``computers`` (default: this process's services).
+    ``stateless``: no handshake-era sessions either (any request on any process of a fleet)."""
     if not sdk_available():
         app.router.routes.append(Route(PATH, _not_installed, methods=["GET", "POST", "DELETE"]))
         log.info("MCP: the mcp SDK is not installed; %s answers 501", PATH)
@@ -126,9 +136,9 @@ def install(app: FastAPI, settings: Settings, computers: Callable[[], Computers]
     # request must carry an API key, which a rebound page in a victim's browser cannot send, and the
     # default (localhost Host headers only) would refuse a server reached by its real name with a 421
     asgi = server.streamable_http_app(
-        streamable_http_path=PATH, json_response=True,
-        # handshake-era sessions are held in memory until the client ends them or they idle out:
-        # bounded, so a key cannot pile them up (the sessionless era keeps none)
+        streamable_http_path=PATH, json_response=True, stateless_http=stateless,
+        # handshake-era sessions (unless stateless) are held in memory until the client ends them or
+        # they idle out: bounded, so a key cannot pile them up (the sessionless era keeps none)
         session_idle_timeout=900, max_sessions=1000,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     # the SDK's app (its auth middleware around its route) answers /mcp
