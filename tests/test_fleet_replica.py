@@ -186,3 +186,82 @@ def test_a_slot_freed_by_a_delete_is_free_for_the_next_create_at_once(tmp_path: 
             assert h.delete(f"/computers/{again.json()['id']}").status_code == 204
     finally:
         fleet.stop()
+
+
+def _table_reads(h: httpx.Client) -> float:
+    """The replica's reads of the nodes table for placement (fleet/nodes_view.py), from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = h.get("/metrics")
+    assert resp.status_code == 200, resp.text
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            if sample.name == "opencone_replica_node_table_reads_total" and "node" not in sample.labels:
+                return sample.value
+    raise AssertionError("no opencone_replica_node_table_reads_total in the replica's /metrics")
+
+
+def test_spaced_creates_choose_over_the_notified_view_of_the_nodes(fleet: DirectFleet) -> None:
+    """The replica keeps its view of the nodes from their NOTIFYs (a trigger on the nodes table): creates
+    spaced wider than the view's TTL read the table no more, and a node drained by an operator's plain
+    SQL, then made ready again, is left out and then chosen again, all without a read."""
+    made: list[str] = []
+    with fleet.http() as h:
+        try:
+            for _ in range(2):  # the view read once after the replica started listening
+                made.append(h.post("/computers", json={"kind": "browser"}).json()["id"])
+            before = _table_reads(h)
+            for _ in range(3):
+                time.sleep(1.3)  # longer than the view's TTL without NOTIFY (replica.NODES_TTL, 1 s)
+                resp = h.post("/computers", json={"kind": "browser"})
+                assert resp.status_code == 200, resp.text
+                made.append(resp.json()["id"])
+            assert _table_reads(h) == before, "a spaced create read the nodes table"
+            for cid in made:
+                assert h.delete(f"/computers/{cid}").status_code == 204
+            made.clear()
+            drained = fleet.nodes[0].node_id
+            fleet.sql(f"UPDATE nodes SET state = 'draining' WHERE id = '{drained}'")
+            time.sleep(0.5)
+            for _ in range(2):
+                resp = h.post("/computers", json={"kind": "browser"})
+                assert resp.status_code == 200, resp.text
+                made.append(resp.json()["id"])
+            assert {fleet.node_of(c) for c in made} == {fleet.nodes[1].node_id}
+            fleet.sql(f"UPDATE nodes SET state = 'ready' WHERE id = '{drained}'")
+            time.sleep(0.5)
+            resp = h.post("/computers", json={"kind": "browser"})  # the emptier node, ready again
+            assert resp.status_code == 200, resp.text
+            made.append(resp.json()["id"])
+            assert fleet.node_of(made[-1]) == drained
+            assert _table_reads(h) == before, "the drain and its end were read from the table, not heard"
+        finally:
+            fleet.sql(f"UPDATE nodes SET state = 'ready' WHERE id = '{fleet.nodes[0].node_id}'")
+            for cid in made:
+                h.delete(f"/computers/{cid}")
+
+
+def test_a_postgresql_restart_costs_the_next_create_nothing(tmp_path: Path) -> None:
+    """After PostgreSQL restarts, the replica's pooled connections are known closed without a round trip
+    (core/store/db.py) and replaced at checkout: the first create after the restart is a 200, not a 503."""
+    from postgres import PostgresServer
+
+    pg = PostgresServer()  # its own: this test stops it
+    fleet = None
+    try:
+        fleet = start_direct_fleet(tmp_path, pg, nodes=1, browser_slots=50, desktop_slots=0, node_env={
+            "OPENCONE_FLEET_TEST_FACTORY": "fleet_null_driver:factory", "PYTHONPATH": str(Path(__file__).parent)})
+        with fleet.http() as h:
+            for _ in range(3):  # the replica's pools hold connections now
+                assert h.post("/computers", json={}).status_code == 200
+            pg.stop()  # no request meanwhile: the first one after the restart meets the closed connections
+            pg.start()
+            node = fleet.nodes[0].node_id  # back in the view once its agent beats again
+            assert wait_until(lambda: fleet.sql(f"SELECT state FROM nodes WHERE id = '{node}'") == [["ready"]], 30)
+            time.sleep(2.5)  # a heartbeat after the restart (1 s apart), and the replica listening again
+            first = h.post("/computers", json={})
+            assert first.status_code == 200, first.text
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        pg.close()

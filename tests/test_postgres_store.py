@@ -26,7 +26,7 @@ async def _check(url: str) -> None:
         await migrate(engine)  # a second start finds everything applied
         async with engine.connect() as conn:
             head = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
-            assert head == "0007_fleet_objects"
+            assert head == "0008_nodes_notify"
             drift = await conn.run_sync(_schema_drift)
             assert drift == [], f"the migrations and the models differ: {drift}"
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,9 @@ STATES = (READY, DRAINING, DEAD)
 # NOTIFY channel: payload = comma-separated ids of computers the fleet just ended (mark_dead, end_computers,
 # a replica's delete, a node's write of a computer's end); every replica LISTENs and drops them from its routes
 COMPUTERS_CHANNEL = "opencone_computers"
+# NOTIFY channel (a trigger on nodes, migration 0008): a node's row as JSON when its report changes (heartbeat,
+# state, address, capacity), or {"id": ..., "deleted": true}; replicas keep their view of the nodes from it
+NODES_CHANNEL = "opencone_nodes"
 NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a payload at 8000 bytes
 # a reservation not confirmed or released in this long belongs to a create that died with its replica
 RESERVATION_TTL = timedelta(seconds=60)
@@ -100,6 +104,24 @@ _NODES_IN = _ALL_NODES.where(_NODES.c.state.in_(bindparam("states", expanding=Tr
 def node_info(row: Any) -> NodeInfo:
     """A NodeRecord, or a row of the nodes table, as a NodeInfo."""
     return NodeInfo(**{name: getattr(row, name) for name in _FIELDS})
+
+
+def node_from_notify(payload: str) -> NodeInfo | str:
+    """A NOTIFY on ``NODES_CHANNEL`` as the node's new row, or the id of a node deleted. Raises ValueError
+    on a payload that is not one (a replica then reads the table instead)."""
+    data = json.loads(payload)
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise ValueError("not a node row")
+    if data.get("deleted"):
+        return data["id"]
+
+    def when(value: Any) -> datetime | None:  # row_to_json: the naive UTC the store writes (UTCDateTime)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC) if isinstance(value, str) else None
+
+    fields = {name: data[name] for name in _FIELDS if name in data}
+    for name in ("heartbeat_at", "created_at"):
+        fields[name] = when(fields.get(name))
+    return NodeInfo(**fields)
 
 
 def _now(now: datetime | None) -> datetime:

@@ -72,12 +72,14 @@ from opencone.fleet import (
     replica_storage,
 )
 from opencone.fleet.agent_routes import node_key
+from opencone.fleet.nodes_view import NodesView
 
 log = logging.getLogger(__name__)
 
 LISTEN_CHECK_SECONDS = 5.0  # the listening connection is checked this often (a half-open one shows no error)
 PLACE_ATTEMPTS = 4
-NODES_TTL = 1.0  # a replica's read of the ready nodes serves its creates' choices this long (not their reservations)
+NODES_TTL = 1.0  # a read of the ready nodes serves creates' choices this long when no NOTIFY keeps it fresh
+DIRECT_PING_IDLE = 30.0  # a placement connection idle this long is pinged at checkout (a half-open one)
 TERMINAL_WAIT_SECONDS = 30.0  # a broken events relay waits this long for the fleet's verdict
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                "content-length", "authorization", "proxy-authorization", "accept-encoding"}
@@ -146,18 +148,20 @@ class Fleet:
             raise ValueError("OPENCONE_FLEET=ray needs OPENCONE_FLEET_INTERNAL_TOKEN (the agents' secret)")
         self.settings = settings
         self.token = settings.fleet_internal_token
-        self.engine = make_engine(settings.resolved_database_url)
+        # routes, keys, records: no ping round trips (BEGIN, ping, ROLLBACK) at checkout either, as below
+        self.engine = make_engine(settings.resolved_database_url, ping_idle_after=DIRECT_PING_IDLE)
         self.sessions = sessionmaker(self.engine)
         # a create's statements, each one round trip: no BEGIN/COMMIT, no ORM (fleet/placement.py), and no
-        # ping of a connection used in the last second (a restart within it costs one create a 503)
-        self.direct = make_engine(settings.resolved_database_url, autocommit=True, ping_idle_after=1.0)
+        # ping round trip at checkout unless the connection idled DIRECT_PING_IDLE seconds (a connection the
+        # server closed is seen closed locally, for free: core/store/db.py)
+        self.direct = make_engine(settings.resolved_database_url, autocommit=True, ping_idle_after=DIRECT_PING_IDLE)
         self.accounts = ReplicaAccounts(self.sessions)
         # keep-alive to every agent; no overall timeout for streams (events, screencast), a connect timeout
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(120, connect=5), limits=httpx.Limits(
             max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60))
         self._routes: dict[str, Route] = {}
         self.route_ttl = settings.fleet_route_ttl_seconds
-        self._ready: tuple[float, dict[str, registry.NodeInfo]] | None = None  # (when read, the ready nodes)
+        self.nodes_view = NodesView(NODES_TTL)  # the ready nodes, kept fresh by NOTIFY (fleet/nodes_view.py)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per forwarded request costs more
         self._heard = 0  # ends heard on the channel: a route read while one arrives is not cached
         self._listener: asyncio.Task[None] | None = None
@@ -229,6 +233,10 @@ class Fleet:
         for computer_id in payload.split(","):
             self._routes.pop(computer_id, None)
 
+    def _on_node(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        """A NOTIFY on ``registry.NODES_CHANNEL``: a node's new report (or its removal)."""
+        self.nodes_view.heard(payload)
+
     def _on_keys_changed(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
         """A key was made or revoked (the CLI, another replica): every key is looked up again."""
         self.accounts.forget_cached()
@@ -249,6 +257,8 @@ class Fleet:
                 conn.add_termination_listener(lambda _c, gone=lost: gone.set())
                 await conn.add_listener(registry.COMPUTERS_CHANNEL, self._on_ended)
                 await conn.add_listener(KEYS_CHANNEL, self._on_keys_changed)
+                await conn.add_listener(registry.NODES_CHANNEL, self._on_node)
+                self.nodes_view.listening(True)
                 self._routes.clear()
                 self.accounts.forget_cached()  # changes made while nobody listened were not heard
                 self.accounts.changes_heard = True
@@ -265,28 +275,30 @@ class Fleet:
                 log.warning("fleet LISTEN connection lost (%s); reconnecting in %.1f s", type(exc).__name__, delay)
             finally:
                 self.accounts.changes_heard = False  # unheard, a revocation must not wait a minute
+                self.nodes_view.listening(False)  # unheard, the view of the nodes lives by its TTL
                 if conn is not None:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
     async def place(self, kind: str, hint: str | None, exclude: frozenset[str]) -> registry.NodeInfo | None:
-        """A node with a slot reserved for a create (fleet/placement.py), chosen over this replica's read
-        of the ready nodes when it is under NODES_TTL old (this replica's own reservations in it), read
-        again when that finds none (full, or a node registered since). The reservation is always atomic."""
+        """A node with a slot reserved for a create (fleet/placement.py), chosen over this replica's view
+        of the ready nodes (fleet/nodes_view.py: kept by NOTIFY, else under NODES_TTL old; this replica's
+        own reservations in it), read again when that finds none (full, or a node registered since). The
+        reservation is always atomic."""
         async with self.direct.connect() as db:
-            view = self._ready
-            if view is not None and time.monotonic() - view[0] < NODES_TTL:
-                node = await placement.place(db, kind, hint=hint, exclude=exclude, nodes=list(view[1].values()),
-                                             **self.placing)
+            nodes = self.nodes_view.current()
+            if nodes is not None:
+                node = await placement.place(db, kind, hint=hint, exclude=exclude, nodes=nodes, **self.placing)
                 if node is not None:
-                    view[1][node.id] = node
+                    self.nodes_view.update(node)
                     return node
+            began = self.nodes_view.begin_read()
             nodes = await registry.list_nodes(db, states=[registry.READY])
-            self._ready = (time.monotonic(), {n.id: n for n in nodes})
+            self.nodes_view.read(nodes, began)
             node = await placement.place(db, kind, hint=hint, exclude=exclude, nodes=nodes, **self.placing)
             if node is not None:
-                self._ready[1][node.id] = node
+                self.nodes_view.update(node)
             return node
 
     async def node_url(self, node_id: str) -> str | None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -92,6 +92,21 @@ class ReplicaMetrics:
         self.started_at = time.time()
         for kind in ("events", "screencast", "cdp"):
             self.relays.labels(kind)  # a zero from the start, not a family that appears with the first stream
+
+
+class ViewReads(Collector):
+    """``opencone_replica_node_table_reads_total``: reads of the nodes table a create's placement made
+    (fleet/nodes_view.py; kept fresh by NOTIFY, the view is read again only when it finds no node or the
+    channel was lost), read from the fleet at each scrape."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterable[Metric]:
+        fleet = getattr(self.app.state, "fleet", None)
+        yield CounterMetricFamily("opencone_replica_node_table_reads", "Reads of the nodes table for a "
+                                  "create's placement (the replica's view of the nodes is otherwise kept by "
+                                  "NOTIFY).", value=fleet.nodes_view.reads if fleet is not None else 0)
 
 
 class Counting:
@@ -286,6 +301,7 @@ def install(app: FastAPI) -> None:
     """``/metrics``, ``/status`` and ``GET /`` on a replica app, and the middleware that counts."""
     metrics = ReplicaMetrics()
     app.state.replica_metrics = metrics
+    metrics.registry.register(ViewReads(app))
     app.add_middleware(Counting, metrics=metrics)
     app.include_router(root.router)
 

@@ -75,7 +75,9 @@ PG_CONNECT_TIMEOUT = 10.0  # asyncpg waits 60 s for a server that does not answe
 
 def _ping_when_idle(engine: AsyncEngine, seconds: float) -> None:
     """The pool's pre-ping, only for a connection idle longer than ``seconds`` (one that was just used
-    is there; a busy server saves a round trip per checkout). A failed ping: a new connection."""
+    is there; a busy server saves a round trip per checkout). A failed ping: a new connection. Before
+    that, at every checkout, a connection the server closed (a restart, an admin's terminate: asyncpg
+    saw its socket end) is known closed without a round trip, and replaced."""
     from sqlalchemy.exc import DisconnectionError
 
     @event.listens_for(engine.sync_engine, "checkin")
@@ -84,6 +86,9 @@ def _ping_when_idle(engine: AsyncEngine, seconds: float) -> None:
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _checkout(dbapi_conn, record, _proxy):  # type: ignore[no-untyped-def]
+        driver = getattr(dbapi_conn, "_connection", None)  # SQLAlchemy's adapter around asyncpg's connection
+        if driver is not None and getattr(driver, "is_closed", lambda: False)():
+            raise DisconnectionError("the database closed this connection")
         since = record.info.get("idle_since")
         if since is not None and time.monotonic() - since > seconds:
             try:
