@@ -204,9 +204,10 @@ async def _copy(fleet: r.Fleet, org: str, env_id: str, source: registry.NodeInfo
         if out.status_code != 200:
             await out.aread()
             raise _refused(out, source, f"export environment {env_id}")
-        headers = {"content-type": "application/x-tar", "content-length": out.headers.get("content-length", ""),
-                   "x-opencone-environment": out.headers.get("x-opencone-environment", "")}
-        await _agent(fleet, org, target, "PUT", env_id, f"take environment {env_id}", out.aiter_raw(), headers)
+        # the holder's length passed on: the target refuses an archive over its cap before reading it
+        headers = {k: out.headers[k] for k in ("content-length", "x-opencone-environment") if k in out.headers}
+        await _agent(fleet, org, target, "PUT", env_id, f"take environment {env_id}", out.aiter_raw(),
+                     {"content-type": "application/x-tar", **headers})
     finally:
         await out.aclose()
 
