@@ -471,6 +471,11 @@ class ComputerService:
         """Every organisation's live computers (a fleet node counts and reports them all)."""
         return [c.view() for c in self._live.values() if not c.ending]
 
+    def environment_in_use(self, env_id: str) -> bool:
+        """Whether a computer here will save into environment ``env_id`` when it ends (a persistent one
+        made from it, or the one whose id it is), including one whose end is saving now."""
+        return any(c.spec.persistent and env_id in (c.spec.environment_id, c.id) for c in self._live.values())
+
     async def delete(self, org_id: str, computer_id: str) -> None:
         comp = self._live_for(org_id, computer_id)
         if comp is not None:

@@ -25,28 +25,38 @@ any moment leaves either the previous complete state or the new complete
 state. At the next start, temporary files left by a crash are removed, and so
 is an archive renamed into place just before a crash that left it without a
 database row (its computer's end never finished; nobody can restore it).
+
+In a fleet an environment moves between nodes (fleet/replica_storage.py): the
+holder ``export``s its archive, the target ``import_archive``s it (streamed to a
+temporary file, size-capped by the organisation's storage cap, then checked by
+``check_archive`` as hostile bytes before it is renamed into place), and the
+holder ``release``s it, unless a persistent computer made from it still runs
+there (that one saves back at its end, so the environment must stay).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
+import re
 import secrets
 import shutil
 import tarfile
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from opencone.config import Settings
 from opencone.core.clock import Clock
-from opencone.core.errors import Conflict, InvalidInput, NotFound, StartFailed
+from opencone.core.errors import Conflict, InvalidInput, NotFound, ServiceError, StartFailed
 from opencone.core.store.models import EnvironmentRecord
 from opencone.drivers.chromium import profiles
 
@@ -58,6 +68,15 @@ SAVED = "saved"
 NOT_SAVED = "not_saved"  # a first save failed: the row carries the reason, there is no archive
 
 Keep = Callable[[Path, bool], bool]
+ENV_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a computer's id: safe as a file name
+PARTS = {"browser": ("profile",), "desktop": ("home", "workspace", "browser")}  # what ``pack`` writes per kind
+MAX_MEMBERS = 500_000  # an imported archive's entries (a real profile has a few thousand)
+
+
+class TooLarge(ServiceError):
+    """An imported archive over the organisation's room under its storage cap."""
+
+    status = 413
 
 
 def _keep_all(_relative: Path, _is_dir: bool) -> bool:
@@ -107,6 +126,10 @@ def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None
         for m in tar.getmembers():
             if m.name == prefix or not m.name.startswith(prefix + "/"):
                 continue
+            if m.islnk():  # a hard link names its target by archive path: stripped of the prefix as well
+                if not m.linkname.startswith(prefix + "/"):
+                    continue  # a link into another part (never written by pack)
+                m.linkname = m.linkname[len(prefix) + 1:]
             m.name = m.name[len(prefix) + 1:]
             members.append(m)
         tar.extractall(dest, members=members, filter=_safe)
@@ -118,12 +141,95 @@ def unpack(archive: Path, prefix: str, dest: Path, owner: tuple[int, int] | None
     return len(members)
 
 
+def check_archive(path: Path, kind: str) -> None:
+    """Refuse (InvalidInput) an archive that ``pack`` could not have written for ``kind``: it comes from
+    another node, so it is hostile until shown otherwise. Uncompressed tar only (a compressed one could
+    expand past the cap), entries under the kind's parts only, regular files, directories, links and pipes
+    only (no devices, no sparse files), each entry's data inside the file, and every name and link target
+    inside its part as ``unpack``'s filter resolves them."""
+    parts, total = PARTS[kind], path.stat().st_size
+    with tempfile.TemporaryDirectory() as probe:
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                for count, member in enumerate(tar, 1):
+                    _check_member(member, parts, total, probe, count)
+        except (tarfile.TarError, EOFError, UnicodeError) as exc:
+            raise InvalidInput(f"the archive is not a valid uncompressed tar: {exc}") from exc
+
+
+def _check_member(member: tarfile.TarInfo, parts: tuple[str, ...], total: int, probe: str, count: int) -> None:
+    if count > MAX_MEMBERS:
+        raise InvalidInput(f"the archive has more than {MAX_MEMBERS} entries")
+    top, _, rest = member.name.partition("/")
+    if top not in parts:
+        raise InvalidInput(f"archive entry {member.name[:200]!r} is outside {', '.join(parts)}")
+    # a FIFO is what pack writes for a user's named pipe (unpack's filter skips it); a device it never writes
+    if member.issparse() or not (member.isfile() or member.isdir() or member.issym() or member.islnk()
+                                 or member.isfifo()):
+        raise InvalidInput(f"archive entry {member.name[:200]!r} is not a file, directory, link or pipe")
+    if member.isfile() and member.offset_data + member.size > total:
+        raise InvalidInput(f"archive entry {member.name[:200]!r} runs past the end of the archive")
+    if not rest:
+        if not member.isdir():
+            raise InvalidInput(f"archive entry {top!r} must be a directory")
+        return
+    # as ``unpack`` extracts it: the prefix stripped (of a hard link's target too), into a directory
+    seen = copy.copy(member)
+    seen.name = rest
+    if member.isfifo():  # unpack's filter skips it; its name is still checked
+        seen.type = tarfile.REGTYPE
+    if member.islnk():
+        link_top, _, link_rest = member.linkname.partition("/")
+        if link_top != top or not link_rest:
+            raise InvalidInput(f"archive entry {member.name[:200]!r} is a hard link outside {top}")
+        seen.linkname = link_rest
+    try:
+        tarfile.data_filter(seen, os.path.join(probe, top))
+    except tarfile.FilterError as exc:
+        raise InvalidInput(f"archive entry {member.name[:200]!r} is refused: {exc}") from exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _import_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """The record fields of an imported environment, from its exporter's word (checked, not trusted)."""
+    kind = meta.get("kind")
+    if not isinstance(kind, str) or kind not in PARTS:
+        raise InvalidInput(f"kind must be one of {', '.join(PARTS)}", field="kind")
+    times = {}
+    for name in ("created_at", "saved_at"):
+        try:
+            times[name] = datetime.fromisoformat(str(meta.get(name)))
+        except ValueError:
+            times[name] = None
+        if times[name] is None or times[name].tzinfo is None:
+            raise InvalidInput(f"{name} must be an ISO 8601 time with its UTC offset", field=name)
+    context, saved_by = meta.get("context_id"), meta.get("saved_by")
+    if context is not None and (not isinstance(context, str) or len(context) > 256):
+        raise InvalidInput("context_id must be a string of at most 256 characters", field="context_id")
+    if saved_by is not None and (not isinstance(saved_by, str) or not ENV_ID.match(saved_by)):
+        raise InvalidInput("saved_by must be a computer id", field="saved_by")
+    return {"kind": kind, **times, "context_id": context, "saved_by": saved_by}
+
+
+async def _receive(chunks: AsyncIterator[bytes], dest: Path, room: int,
+                   too_large: Callable[[int, int], ServiceError]) -> int:
+    """``chunks`` written to ``dest`` and fsynced, refused past ``room`` bytes; their size."""
+    size = 0
+    with open(dest, "wb") as out:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > room:
+                raise too_large(size, room)
+            await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(os.fsync, out.fileno())
+    return size
 
 
 def has_state(row: EnvironmentRecord) -> bool:
@@ -224,6 +330,92 @@ class EnvironmentService:
                 await s.execute(delete(EnvironmentRecord).where(EnvironmentRecord.id == env_id))
             self.path(env_id).unlink(missing_ok=True)
         log.info("environment %s deleted", env_id)
+
+    # -- moving between nodes (fleet) -----------------------------------------------------
+    async def export(self, org_id: str, env_id: str) -> tuple[dict[str, Any], IO[bytes], int]:
+        """The organisation's environment for another node: its record (as ``import_archive`` takes it),
+        its archive opened for reading and its size. The open file keeps the state it had even if a save
+        renames a newer archive over it meanwhile."""
+        row = await self._get(org_id, env_id) if ENV_ID.match(env_id) else None
+        if row is None:
+            raise NotFound(f"no saved environment {env_id!r}")
+        if not has_state(row):
+            raise Conflict(f"environment {env_id} has nothing saved: {row.last_error}")
+        try:
+            raw = await asyncio.to_thread(open, self.path(env_id), "rb")
+        except FileNotFoundError as exc:
+            raise Conflict(f"the saved state of environment {env_id} is missing on this server") from exc
+        size = os.fstat(raw.fileno()).st_size
+        meta = {"kind": row.kind, "created_at": row.created_at.isoformat(), "saved_at": row.saved_at.isoformat(),
+                "context_id": row.context_id, "saved_by": row.saved_by}
+        return meta, raw, size
+
+    async def import_archive(self, org_id: str, env_id: str, meta: dict[str, Any],
+                             chunks: AsyncIterator[bytes], declared: int | None) -> dict[str, Any]:
+        """Take the environment another node exported: streamed into a temporary file (at most the
+        organisation's room under its storage cap), checked (``check_archive``), renamed into place and
+        recorded. Replaces this node's copy of the same id, if any (a move back)."""
+        if not ENV_ID.match(env_id):
+            raise InvalidInput(f"{env_id[:80]!r} is not an environment id", field="environment_id")
+        fields = _import_fields(meta)
+        existing = await self._get_any(env_id)
+        if existing is not None and existing.org_id != org_id:
+            raise Conflict(f"environment {env_id} exists here for another organisation")
+        room = self._room(await self.usage(org_id), existing)
+        if declared is not None and declared > room:
+            raise self._too_large(declared, room)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{env_id}{ARCHIVE_SUFFIX}{_TMP_MARK}{secrets.token_hex(4)}"
+        try:
+            size = await _receive(chunks, tmp, room, self._too_large)
+            await asyncio.to_thread(check_archive, tmp, fields["kind"])
+            async with self._lock(env_id):
+                existing = await self._get_any(env_id)
+                room = self._room(await self.usage(org_id), existing)
+                if size > room:  # a save of the organisation's landed meanwhile
+                    raise self._too_large(size, room)
+                await asyncio.to_thread(os.replace, tmp, self.path(env_id))
+                await asyncio.to_thread(_fsync_dir, self.root)
+                async with self._sessions() as s, s.begin():
+                    row = await s.get(EnvironmentRecord, env_id)
+                    if row is None:
+                        row = EnvironmentRecord(id=env_id, org_id=org_id, path=self.path(env_id).name)
+                        s.add(row)
+                    for name, value in {**fields, "size_bytes": size, "last_error": None}.items():
+                        setattr(row, name, value)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        log.info("environment %s imported: %d bytes", env_id, size)
+        return await self.get(org_id, env_id)
+
+    async def release(self, org_id: str, env_id: str, in_use: Callable[[str], bool]) -> None:
+        """Drop this node's copy once another node holds the environment; refused (409) while a persistent
+        computer made from it runs here: it saves back into it at its end."""
+        async with self._lock(env_id):
+            if await self._get(org_id, env_id) is None:
+                raise NotFound(f"no saved environment {env_id!r}")
+            if in_use(env_id):
+                raise Conflict(f"a persistent computer of environment {env_id} runs on this node and saves "
+                               "back into it when it ends, so the environment stays here until then; retry "
+                               "after it ended", in_use=True)
+            async with self._sessions() as s, s.begin():
+                await s.execute(delete(EnvironmentRecord).where(EnvironmentRecord.id == env_id))
+            self.path(env_id).unlink(missing_ok=True)
+        log.info("environment %s released: another node holds it now", env_id)
+
+    async def _get_any(self, env_id: str) -> EnvironmentRecord | None:
+        async with self._sessions() as s:
+            return await s.get(EnvironmentRecord, env_id)
+
+    def _room(self, used: int, existing: EnvironmentRecord | None) -> int:
+        """What an import may take under the cap (a copy it replaces frees its bytes)."""
+        return self.settings.storage_cap_bytes - used + (existing.size_bytes if existing is not None else 0)
+
+    def _too_large(self, size: int, room: int) -> TooLarge:
+        return TooLarge(f"the archive's {size} bytes do not fit: this organisation has {max(room, 0)} bytes left "
+                        f"under its storage cap of {self.settings.storage_cap_bytes} bytes on this node "
+                        "(OPENCONE_STORAGE_CAP_BYTES)", room_bytes=max(room, 0))
 
     def _lock(self, env_id: str) -> asyncio.Lock:
         return self._locks.setdefault(env_id, asyncio.Lock())

@@ -12,6 +12,11 @@ a rolling upgrade:
   apart with its own tenancy (its own org and key, made on first sight), so an id in a body (a task's
   computer, an environment, a previous response) resolves only within that organisation, as on a
   single server;
+- ``/internal/v1/environments/{id}/archive`` (for an organisation only) moves a saved environment
+  between nodes (fleet/replica_storage.py): ``GET`` streams its archive (its record in the
+  ``X-Opencone-Environment`` header, JSON), ``PUT`` takes one streamed (that header, the archive as the
+  body: capped, checked as hostile bytes, core/environments.py), ``DELETE`` drops this node's copy
+  (409 while a persistent computer made from it runs here);
 - anything else is a 404 naming the protocol this agent speaks.
 
 Creates are also held to the node's per-kind slots here (``429`` when full): the replicas'
@@ -21,15 +26,18 @@ raced or lost its database still cannot oversubscribe the node.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import IO, Any, Protocol
 
 from opencone.api.guard import replay
+from opencone.core.errors import InvalidInput, ServiceError
 
 PREFIX = "/internal/v1"
 VERSION = 1
@@ -42,6 +50,20 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_CREATE_BODY = 1 << 20
 ORG_HEADER = b"x-opencone-org"
 ORG_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ARCHIVE_PATH = re.compile(r"^/environments/([^/]{1,128})/archive$")
+ENV_HEADER = b"x-opencone-environment"
+MAX_ENV_HEADER = 4096
+
+
+class Archives(Protocol):
+    """A node's saved environments, as another node takes them (core/environments.py)."""
+
+    async def export(self, org: str, env_id: str) -> tuple[dict[str, Any], IO[bytes], int]: ...
+
+    async def import_archive(self, org: str, env_id: str, meta: dict[str, Any], chunks: AsyncIterator[bytes],
+                             declared: int | None) -> dict[str, Any]: ...
+
+    async def release(self, org: str, env_id: str) -> None: ...
 
 
 def node_key(token: str, org_id: str) -> str:
@@ -87,9 +109,66 @@ async def _answer(scope: Scope, send: Send, status: int, body: dict[str, Any]) -
 
 
 def _problem(status: int, detail: str, **extra: Any) -> dict[str, Any]:
-    titles = {401: "Unauthorized", 404: "Not found", 413: "Request body too large", 429: "Too many requests"}
+    titles = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+              413: "Request body too large", 422: "Unprocessable content", 429: "Too many requests"}
     return {"type": "about:blank", "title": titles.get(status, "Error"), "status": status, "detail": detail,
             "error_message": detail, **extra}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _env_meta(scope: Scope) -> dict[str, Any]:
+    """The ``X-Opencone-Environment`` header of an import: a JSON object (its fields are checked later)."""
+    text = _header(scope, ENV_HEADER) or ""
+    try:
+        meta = json.loads(text) if 0 < len(text) <= MAX_ENV_HEADER else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise InvalidInput(f"an import needs X-Opencone-Environment: the environment's record as a JSON object "
+                           f"(at most {MAX_ENV_HEADER} bytes)")
+    return meta
+
+
+def _declared(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """A request's body as it arrives (a client that goes away ends it: the import is refused)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ServiceError("the client went away before the whole archive arrived")
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body"):
+            return
+
+
+async def _send_file(send: Send, raw: IO[bytes], size: int, meta: dict[str, Any]) -> None:
+    """An open archive streamed as the answer (then closed), its record in a header."""
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/x-tar"), (b"content-length", str(size).encode()),
+            (ENV_HEADER, json.dumps(meta).encode())]})
+        left = size
+        while left > 0:  # the size when opened: a file replaced meanwhile is this inode, unchanged
+            chunk = await asyncio.to_thread(raw.read, min(left, 256 * 1024))
+            if not chunk:
+                break
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+        if left > 0:
+            await send({"type": "http.response.body", "body": b""})
+    finally:
+        raw.close()
 
 
 class InternalGate:
@@ -100,9 +179,11 @@ class InternalGate:
 
     def __init__(self, app: ASGIApp, token: str, node: NodeDescription,
                  live_by_kind: Callable[[], Awaitable[dict[str, int]]],
-                 ensure_org: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+                 ensure_org: Callable[[str, str], Awaitable[None]] | None = None,
+                 archives: Archives | None = None) -> None:
         self.app, self._token, self.node, self._live_by_kind = app, token.encode(), node, live_by_kind
         self._ensure_org, self._orgs_ready = ensure_org, set[str]()
+        self._archives = archives
 
     async def _authorized(self, scope: Scope) -> bool:
         """The internal token itself, or an organisation's node key (its org and key made here once)."""
@@ -143,7 +224,35 @@ class InternalGate:
         if scope["type"] == "http" and scope["method"] == "POST" and inner == "/computers":
             await self._create(scope, receive, send)
             return
+        if scope["type"] == "http" and (found := ARCHIVE_PATH.match(inner)):
+            await self._archive(scope, receive, send, found.group(1))
+            return
         await self.app(scope, receive, send)
+
+    async def _archive(self, scope: Scope, receive: Receive, send: Send, env_id: str) -> None:
+        """An environment's archive out, in or dropped (the module's docstring); errors as JSON problems."""
+        org, method = _org_of(scope), scope["method"]
+        if org is None or self._archives is None:
+            await _answer(scope, send, 404, _problem(404, "environment archives are an organisation's "
+                                                          "(X-Opencone-Org with its node key)"))
+            return
+        try:
+            if method == "GET":
+                meta, raw, size = await self._archives.export(org, env_id)
+                await _send_file(send, raw, size, meta)
+            elif method == "PUT":
+                info = await self._archives.import_archive(org, env_id, _env_meta(scope), _body(receive),
+                                                           _declared(scope))
+                await _answer(scope, send, 200, {k: v.isoformat() if isinstance(v, datetime) else v
+                                                 for k, v in info.items()})
+            elif method == "DELETE":
+                await self._archives.release(org, env_id)
+                await send({"type": "http.response.start", "status": 204, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await _answer(scope, send, 405, _problem(405, "an archive takes GET, PUT or DELETE"))
+        except ServiceError as exc:
+            await _answer(scope, send, exc.status, _problem(exc.status, exc.message, **exc.details))
 
     async def describe(self) -> dict[str, Any]:
         live = await self._live_by_kind()

@@ -9,6 +9,8 @@ with its own SQLite in the node's directory for its local records. What node mod
 - it registers itself in the fleet's PostgreSQL (fleet/node_link.py): the computers an earlier
   incarnation left there end as ``node_agent_restarted``, then heartbeats carry its capacity and load,
   and each computer's end is written to its fleet record;
+- it hands its saved environments to other nodes and takes theirs (``/internal/v1/environments/{id}/
+  archive``), when a replica moves one to the node a create is placed on;
 - it ends itself when its parent (the Ray actor's worker) goes: a node that Ray loses must not keep
   browsers running (its computers' process groups die with this process, drivers/processes.py).
 
@@ -124,6 +126,20 @@ def main() -> None:
             await rt.accounts.ensure_org(org_id, name=org_id)
             await rt.accounts.ensure_key(key, org_id, name="fleet")
 
+    class Archives:
+        """The node's saved environments as another node takes them (fleet/agent_routes.py)."""
+
+        async def export(self, org: str, env_id: str) -> Any:
+            return await state["runtime"].environments.export(org, env_id)
+
+        async def import_archive(self, org: str, env_id: str, meta: dict[str, Any], chunks: Any,
+                                 declared: int | None) -> Any:
+            return await state["runtime"].environments.import_archive(org, env_id, meta, chunks, declared)
+
+        async def release(self, org: str, env_id: str) -> None:
+            rt = state["runtime"]
+            await rt.environments.release(org, env_id, rt.computers.environment_in_use)
+
     parent_gone = threading.Event()
     app_lifespan = app.router.lifespan_context
 
@@ -153,7 +169,7 @@ def main() -> None:
 
     app.router.lifespan_context = lifespan
     threading.Thread(target=_watch_parent, args=(parent, parent_gone), daemon=True, name="parent-watch").start()
-    config = uvicorn.Config(InternalGate(app, token, node, live_by_kind, ensure_org),
+    config = uvicorn.Config(InternalGate(app, token, node, live_by_kind, ensure_org, Archives()),
                             log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
                             ws_max_size=128 * 2**20, lifespan="on")
     server = uvicorn.Server(config)

@@ -6,8 +6,12 @@ node when it ends, a recording is written by its computer's node. A replica find
 the ``fleet_objects`` row, else the ready nodes asked once) and forwards; the node's own tenancy decides
 what the organisation sees. Lists are merged over the ready nodes.
 
-- a create with ``environment_id`` is placed on the node holding it (``environment_hint``); that node
-  full: 429, not ready: 503. Environments are not copied between nodes (yet).
+- a create with ``environment_id`` is placed on the node holding it (``environment_hint``) when that node
+  has room; when it is full, or ``node_hint`` names another node, the computer is placed as any create
+  and the environment is moved to its node first (``move_environment``: streamed node to node, the
+  ``fleet_objects`` row pointed at the new node, the old copy dropped: one node holds it). Its node not
+  ready: 503 (its archive cannot be read); a persistent computer made from it still running on its
+  node: 409 (that one saves back there when it ends).
 - ``/computers/{id}/recording`` and ``/recording/timeline`` go to the computer's node while it lives
   AND after it ended (a kept recording outlives its computer on that node).
 - video answers are relayed as bytes with the node's status and headers: a ``Range`` request gets the
@@ -16,19 +20,26 @@ what the organisation sees. Lists are merged over the ready nodes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote
 
+import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert
 
 from opencone.api.auth import current_org, current_org_or_token
-from opencone.core.errors import InvalidInput, LimitReached, NotFound, ServiceError
+from opencone.core.errors import Conflict, InvalidInput, LimitReached, NotFound, ServiceError
 from opencone.core.store.models import ComputerRecord, FleetObject
 from opencone.fleet import owned, placement, registry
 from opencone.fleet import replica as r
+
+log = logging.getLogger(__name__)
 
 ENV_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # an environment's id is its first computer's id
 REC_ID = re.compile(r"^rec_[0-9a-f]{1,64}$")  # as core/recording.py makes them
@@ -92,22 +103,143 @@ async def environment_node(fleet: r.Fleet, org: str, env_id: str, field: str | N
 
 
 async def environment_hint(fleet: r.Fleet, org: str, kind: str, env_id: str, hint: str | None) -> str:
-    """The placement hint of a create from ``env_id``: the node holding it, if it can take a ``kind``
-    computer now (429 when it is full, 503 when it is not ready)."""
+    """The placement hint of a create from ``env_id``: the node holding it when it can take a ``kind``
+    computer now (the fast path); else, when it is full or ``hint`` names another node, the node the
+    computer is placed on, the environment moved there first (``move_environment``). 503 when the holder
+    is not ready: its archive cannot be read."""
     node = await environment_node(fleet, org, env_id, field="environment_id")
-    if hint is not None and placement.resolve_hint([node], hint) is None:
-        raise InvalidInput(f"environment {env_id} is saved on node {node.id}; node_hint {hint!r} names another "
-                           "node (leave node_hint out)", field="node_hint")
+    kind_ = registry.check_kind(kind)
     knobs = {k: v for k, v in fleet.placing.items() if k in ("heartbeat_ttl", "memory_reserve_mb")}
-    if not placement.eligible(node, registry.check_kind(kind), now=datetime.now(UTC), **knobs):
-        if node.heartbeat_at is None or datetime.now(UTC) - node.heartbeat_at >= knobs["heartbeat_ttl"]:
-            raise NodeNotReady(f"node {node.id}, which holds environment {env_id}, has not reported lately; "
-                               "retry in a few seconds", node_id=node.id)
-        raise LimitReached(f"node {node.id}, which holds environment {env_id}, cannot take another {kind} "
-                           f"computer now ({node.free(registry.check_kind(kind))} free slots); delete one of "
-                           "its computers or retry (environments are not copied between nodes)",
-                           node_id=node.id)
-    return node.id
+    now = datetime.now(UTC)
+    if node.heartbeat_at is None or now - node.heartbeat_at >= knobs["heartbeat_ttl"]:
+        raise NodeNotReady(f"node {node.id}, which holds environment {env_id}, has not reported lately; "
+                           "retry in a few seconds (its archive cannot be read meanwhile)", node_id=node.id)
+    names_holder = hint is not None and placement.resolve_hint([node], hint) is not None
+    if hint is None or names_holder:
+        if placement.eligible(node, kind_, now=now, **knobs):
+            return node.id
+        if names_holder:  # put there or nowhere, as any create with a hint
+            raise LimitReached(f"node {node.id} (node_hint), which holds environment {env_id}, cannot take another "
+                               f"{kind} computer now ({node.free(kind_)} free slots); delete one of its computers, "
+                               "retry, or leave node_hint out to have the environment copied to a node with room",
+                               node_id=node.id)
+    target = await _move_target(fleet, kind, node, env_id, hint)
+    return await move_environment(fleet, org, env_id, node, target)
+
+
+async def _move_target(fleet: r.Fleet, kind: str, holder: registry.NodeInfo, env_id: str,
+                       hint: str | None) -> registry.NodeInfo:
+    """Where a create from ``env_id`` goes when not on its holder: the node ``hint`` names, else the
+    placer's first choice among the others (a 429 when none can take the computer)."""
+    nodes = await owned.ready_nodes(fleet)
+    if hint is not None:
+        target = placement.resolve_hint(nodes, hint)
+        if target is None:
+            raise InvalidInput(f"node_hint {hint!r} names no ready node; ready: "
+                               f"{', '.join(n.id for n in nodes) or 'none'}", field="node_hint")
+        if not placement.choose([target], kind, **fleet.placing):
+            raise LimitReached(f"node {target.id} (node_hint) cannot take another {kind} computer now; "
+                               "delete one of its computers or retry", node_id=target.id)
+        return target
+    order = placement.choose(nodes, kind, exclude=frozenset({holder.id}), **fleet.placing)
+    if not order:
+        raise LimitReached(f"node {holder.id}, which holds environment {env_id}, cannot take another {kind} "
+                           f"computer now ({holder.free(registry.check_kind(kind))} free slots), and no other node "
+                           "can either; delete a computer or retry", node_id=holder.id)
+    return next(n for n in nodes if n.id == order[0])
+
+
+# -- moving an environment --------------------------------------------------------------------------
+MOVE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+
+
+async def move_environment(fleet: r.Fleet, org: str, env_id: str, source: registry.NodeInfo,
+                           target: registry.NodeInfo) -> str:
+    """Move ``env_id`` from ``source`` to ``target``; the id of the node holding it afterwards.
+
+    One move of an environment at a time in the whole fleet (an advisory lock in PostgreSQL, held for
+    the move's transaction); a move that finds the environment already moved by another replica leaves it
+    where it is. The archive streams from node to node through this replica (never whole in its memory),
+    the ``fleet_objects`` row is pointed at ``target`` and ``source`` drops its copy, so exactly one node
+    holds it. ``source`` refuses (409) while a persistent computer made from the environment runs there: it
+    saves back there at its end; the copy on ``target`` is then dropped again."""
+    released = False
+    try:
+        async with registry.guarded(), fleet.engine.begin() as db:
+            await db.execute(MOVE_LOCK, {"key": f"environment:{env_id}"})
+            row = (await db.execute(select(FleetObject.node_id).where(FleetObject.id == env_id))).first()
+            if row is not None and row.node_id != source.id:
+                return row.node_id  # moved meanwhile by another create (which then finds that node as it is)
+            await _copy(fleet, org, env_id, source, target)
+            try:
+                await db.execute(insert(FleetObject).values(
+                    id=env_id, kind="environment", org_id=org, node_id=target.id, created_at=datetime.now(UTC),
+                ).on_conflict_do_update(index_elements=["id"], set_={"node_id": target.id}))
+                await _agent(fleet, org, source, "DELETE", env_id, f"drop environment {env_id}")
+                released = True
+            except BaseException:
+                with contextlib.suppress(Exception):  # the move undone: the source keeps the only copy
+                    await _agent(fleet, org, target, "DELETE", env_id, "undo its copy")
+                raise
+    except BaseException:
+        if released:  # the commit failed after the source dropped its copy: only the log knows where it is
+            log.error("environment %s is on node %s only, but the fleet's record of the move could not be "
+                      "written (it still names node %s)", env_id, target.id, source.id)
+        raise
+    log.info("environment %s moved from node %s to node %s", env_id, source.id, target.id)
+    return target.id
+
+
+async def _copy(fleet: r.Fleet, org: str, env_id: str, source: registry.NodeInfo,
+                target: registry.NodeInfo) -> None:
+    """The archive streamed from ``source``'s export into ``target``'s import, chunk by chunk."""
+    url = f"{source.url}/environments/{quote(env_id, safe='')}/archive"
+    try:
+        out = await fleet.http.send(fleet.http.build_request("GET", url, headers=fleet.agent_headers(org)),
+                                    stream=True)
+    except httpx.TransportError as exc:
+        raise NodeNotReady(f"node {source.id}, which holds environment {env_id}, does not answer; retry in a "
+                           "few seconds", node_id=source.id) from exc
+    try:
+        if out.status_code != 200:
+            await out.aread()
+            raise _refused(out, source, f"export environment {env_id}")
+        # the holder's length passed on: the target refuses an archive over its cap before reading it
+        headers = {k: out.headers[k] for k in ("content-length", "x-opencone-environment") if k in out.headers}
+        await _agent(fleet, org, target, "PUT", env_id, f"take environment {env_id}", out.aiter_raw(),
+                     {"content-type": "application/x-tar", **headers})
+    finally:
+        await out.aclose()
+
+
+async def _agent(fleet: r.Fleet, org: str, node: registry.NodeInfo, method: str, env_id: str, what: str,
+                 content: Any = None, headers: dict[str, str] | None = None) -> None:
+    """One archive request to ``node``'s agent; a refusal raised as the client's answer."""
+    url = f"{node.url}/environments/{quote(env_id, safe='')}/archive"
+    try:
+        resp = await fleet.http.request(method, url, content=content,
+                                        headers=fleet.agent_headers(org, **(headers or {})))
+    except httpx.TransportError as exc:
+        raise NodeNotReady(f"node {node.id} does not answer (to {what}); retry in a few seconds",
+                           node_id=node.id) from exc
+    if resp.status_code not in (200, 204):
+        raise _refused(resp, node, what)
+
+
+def _refused(resp: httpx.Response, node: registry.NodeInfo, what: str) -> ServiceError:
+    """A node's refusal to hand over or take an environment, as the client's answer."""
+    try:
+        detail = str(resp.json().get("detail") or resp.text)
+    except ValueError:
+        detail = resp.text
+    message = f"node {node.id} could not {what}: {detail[:500]}"
+    if resp.status_code == 404:
+        return NotFound(message, field="environment_id")
+    if resp.status_code == 413:
+        return LimitReached(message + "; delete saved environments or recordings", node_id=node.id)
+    if resp.status_code in (409, 422):  # in use there, or nothing to copy: the environment's state, not the request
+        return Conflict(message, field="environment_id", node_id=node.id)
+    return NodeNotReady(message, node_id=node.id)
 
 
 async def saved_environments(request: Request, org: str) -> list[dict[str, object]]:
