@@ -201,6 +201,24 @@ def test_rest_actions_work_while_attached_and_new_pages_are_tabs(
         browser.close()
 
 
+def test_rest_navigates_take_turns_with_a_cdp_clients_gotos(
+        pw: Playwright, server: Server, client: Lightcone, comp_id: str, site: str) -> None:
+    """A REST navigate right after a CDP client's own goto (an agent that mixes both): the server's
+    Playwright may not have heard of the client's navigation yet, and took it for one that interrupted
+    its own ("interrupted by another navigation"); it catches up first (drivers/chromium/computer.py)."""
+    browser = pw.chromium.connect_over_cdp(cdp_url(server, comp_id))
+    try:
+        page = browser.contexts[0].pages[0]
+        for i in range(40):
+            page.goto(f"{site}/page2.html?cdp={i}", wait_until="load")
+            rest = f"{site}/playground.html?rest={i}"
+            result = client.computers.navigate(comp_id, url=rest)
+            assert result.status == "success", f"turn {i}: {result.error_message}"
+            page.wait_for_url(rest)  # this client hears of the REST navigate before its next goto
+    finally:
+        browser.close()
+
+
 def test_closing_the_client_leaves_the_computer_alive(pw: Playwright, server: Server, client: Lightcone,
                                                      comp_id: str, site: str) -> None:
     browser = pw.chromium.connect_over_cdp(cdp_url(server, comp_id))

@@ -88,9 +88,15 @@ class CdpSession:
     async def run(self, client: ClientSocket) -> None:
         """Pump until either side leaves; then close the other side."""
         tasks = {asyncio.create_task(self._upward(client)), asyncio.create_task(self._downward(client))}
+        driver = self._comp.driver
+        counted = hasattr(driver, "cdp_clients")  # a browser's driver catches up before a navigate then
+        if counted:
+            driver.cdp_clients += 1  # type: ignore[attr-defined]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if counted:
+                driver.cdp_clients -= 1  # type: ignore[attr-defined]
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

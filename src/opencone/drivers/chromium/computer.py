@@ -87,6 +87,7 @@ class ChromiumComputer(ChromiumPerception):
         # a desktop's own browser (None) is left as it is
         self.stealth: StealthConfig | None = DEFAULT_STEALTH if emulate_viewport else None
         self.stealth_targets: StealthTargets | None = None  # applies self.stealth to every target
+        self.cdp_clients = 0  # clients of the computer's CDP endpoint connected now (core/cdp_proxy.py)
         self.tabs = TabRegistry(context, self._prepare_tab)
         self._closing = False
         self._gone_callbacks: list[Callable[[str], None]] = []
@@ -360,10 +361,21 @@ class ChromiumComputer(ChromiumPerception):
 
     async def navigate(self, url: str, timeout: float, tab: str | None) -> None:
         t = await self._tab(tab)
+        if self.cdp_clients:
+            await self._catch_up(t)
         try:
             await t.page.goto(url, wait_until="load", timeout=timeout * 1000)
         except PlaywrightError as exc:
             raise DriverError(f"navigation to {url} failed: {_first_line(exc)}") from None
+
+    @staticmethod
+    async def _catch_up(t: Tab) -> None:
+        """One round trip on Playwright's connection, so it has heard every event the browser sent
+        before now. A CDP client of our endpoint may just have navigated the tab: its goto resolves
+        when the page loads, and the same events can still be on their way to our Playwright, which
+        would then take that finished navigation for one interrupting its own goto."""
+        with contextlib.suppress(PlaywrightError):
+            await t.cdp.send("Page.getFrameTree")
 
     async def html(self, tab: str | None) -> str:
         t = await self._tab(tab)
