@@ -289,6 +289,43 @@ def test_a_key_claimed_for_a_full_node_moves_to_the_node_that_starts_it(
             client.computers.delete(cid)
 
 
+def test_a_task_from_a_saved_environment_on_a_full_node_moves_it_to_the_other(
+        agent_fleet: DirectFleet, fake_models: FakeModels, form_site: FormSite) -> None:
+    """A start with ``environment_id`` whose node is full: the environment moves to the node the task is
+    placed on (as a create from it does, fleet/replica_storage.py), and the task's computer is made from it."""
+    fleet = agent_fleet
+    fake_models.script(latency=2.0)
+    client = fleet.client()
+    saved = client.computers.create(kind="browser", persistent=True)
+    holder = _recorded_on(fleet, saved.id)
+    other = next(n.node_id for n in fleet.nodes if n.node_id != holder)
+    client.computers.delete(saved.id)
+    with fleet.http() as h:
+        assert wait_until(lambda: h.get(f"/environments/{saved.id}").status_code == 200, 60)
+    filled: list[str] = []
+    try:
+        while len(filled) < 6:  # every slot of the holder taken
+            try:
+                filled.append(client.computers.create(kind="browser", extra_body={"node_hint": holder}).id)
+            except tzafon.RateLimitError:
+                break
+        assert filled and all(_recorded_on(fleet, cid) == holder for cid in filled)
+        task = fleet.client(replica=1).agent.tasks.start(instruction=INSTRUCTION, model=PREVIEW,
+                                                         start_url=form_site.form_url, environment_id=saved.id)
+        try:
+            made = task.to_dict()["computer_id"]
+            assert _held_by(fleet, task.task_id) == other
+            assert wait_until(lambda: _recorded_on(fleet, made) == other, 10)
+            assert _held_by(fleet, saved.id) == other  # the environment's one holder now
+            with fleet.http(replica=0) as h:
+                assert h.get(f"/computers/{made}").json()["environment_id"] == saved.id
+        finally:
+            _cancel(fleet, task.task_id)
+    finally:
+        for cid in filled:
+            client.computers.delete(cid)
+
+
 def test_responses_chain_across_replicas_and_stay_the_organisations(agent_fleet: DirectFleet,
                                                                       fake_models: FakeModels) -> None:
     fleet = agent_fleet

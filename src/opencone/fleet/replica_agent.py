@@ -300,8 +300,15 @@ async def _pinned(request: Request, org: str, spec: TaskStart) -> registry.NodeI
         if saved is not None:
             return saved
         return None if spec.on_missing_computer == "create_new" else owned.pick_any(nodes)
-    if spec.environment_id:  # its node, 404 when none has it, 503 when its node is not ready
-        return await replica_storage.environment_node(fleet, org, spec.environment_id, field="environment_id")
+    if spec.environment_id:  # its node when that has room, else moved to the placer's choice first (as a
+        # create from it: fleet/replica_storage.py); 404 when none has it, 503 when its node is not ready
+        kind = spec.kind or ("browser" if spec.start_url else "desktop")
+        node_id = await replica_storage.environment_hint(fleet, org, kind, spec.environment_id, None)
+        node = next((n for n in await owned.ready_nodes(fleet) if n.id == node_id), None)
+        if node is None:
+            raise r.NodeUnreachable(f"node {node_id}, which holds environment {spec.environment_id}, is not "
+                                    "ready now; retry in a few seconds", node_id=node_id)
+        return node
     return None
 
 
