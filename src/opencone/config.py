@@ -244,6 +244,11 @@ class Settings(BaseSettings):
                                    description="Placement draws this many ready nodes and takes the least loaded.")
     fleet_heartbeat_ttl_seconds: float = Field(
         default=10.0, gt=0, description="A node whose agent has not reported for this long gets no new computers.")
+    fleet_node_lost_seconds: float = Field(
+        default=20.0, ge=0,
+        description="A replica declares a node lost (dead, its computers terminated as node_lost) once its agent "
+                    "has not reported for this long while PostgreSQL answered throughout (fleet/replica_sweep.py); "
+                    "0: never (only Ray's controller decides). At least 3 s: agents report every 2 s.")
     fleet_route_ttl_seconds: float = Field(
         default=5.0, gt=0, le=3600,
         description="A replica keeps where a computer lives this long (an end NOTIFY'd by PostgreSQL drops it "
@@ -287,6 +292,13 @@ class Settings(BaseSettings):
             raise ValueError("OPENCONE_FLEET=ray needs OPENCONE_DATABASE_URL=postgresql+asyncpg://... "
                              "(the replicas and node agents share PostgreSQL)")
         return self
+
+    @field_validator("fleet_node_lost_seconds")
+    @classmethod
+    def _check_fleet_node_lost_seconds(cls, value: float) -> float:
+        if 0 < value < 3:  # under a heartbeat period or so, healthy nodes would be declared lost
+            raise ValueError("OPENCONE_FLEET_NODE_LOST_SECONDS must be 0 (off) or at least 3 (agents report every 2 s)")
+        return value
 
     @field_validator("advanced_proxy_url")
     @classmethod

@@ -284,3 +284,26 @@ async def sweep_stale(session: AsyncSession, *, older_than: timedelta = timedelt
             NodeRecord.state != DEAD, NodeRecord.heartbeat_at < at - older_than))).scalars().all()
         await session.commit()
     return {node_id: await mark_dead(session, node_id, reason, now=at) for node_id in stale}
+
+
+async def declare_lost(session: AsyncSession, node: NodeInfo, reason: str = "node_lost", *,
+                       now: datetime | None = None) -> list[str] | None:
+    """``mark_dead`` for a node seen silent (a replica's sweeper, fleet/replica_sweep.py), only if its row
+    still holds the report ``node`` was read with (same incarnation, same heartbeat) and is not dead yet:
+    the row dead and its computers ended with ``reason`` (NOTIFY'd), in one transaction. The ids ended, or
+    None when the row moved on (it beat, it registered again, another replica declared it first): then
+    nothing is touched, so replicas deciding at once declare a node once and end its computers once."""
+    at = _now(now)
+    async with guarded(session):
+        declared = (await session.execute(
+            update(_NODES)
+            .where(_NODES.c.id == node.id, _NODES.c.state != DEAD, _NODES.c.incarnation == node.incarnation,
+                   _NODES.c.heartbeat_at == node.heartbeat_at)
+            .values(state=DEAD, reserved_browser=0, reserved_desktop=0)
+            .returning(_NODES.c.id))).first()
+        if declared is None:
+            await session.rollback()
+            return None
+        ids = await _end(session, node.id, reason, at)  # the row lock taken above holds off its heartbeat
+        await session.commit()
+    return ids

@@ -73,6 +73,7 @@ from opencone.fleet import (
 )
 from opencone.fleet.agent_routes import node_key
 from opencone.fleet.nodes_view import NodesView
+from opencone.fleet.replica_sweep import NodeSweeper
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,10 @@ class Fleet:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # a log line per forwarded request costs more
         self._heard = 0  # ends heard on the channel: a route read while one arrives is not cached
         self._listener: asyncio.Task[None] | None = None
+        # nodes silent too long are declared lost here too: the controller may be gone (fleet/replica_sweep.py)
+        lost_after = settings.fleet_node_lost_seconds
+        self.sweeper = NodeSweeper(self.sessions, lost_after) if lost_after > 0 else None
+        self._sweeping: asyncio.Task[None] | None = None
         self._nodes: dict[str, tuple[float, registry.NodeInfo]] = {}
         self.first_key: str | None = None
         self._node_keys: dict[str, str] = {}
@@ -179,12 +184,15 @@ class Fleet:
         if self.settings.api_key:
             await self.accounts.ensure_key(self.settings.api_key)
         self._listener = asyncio.create_task(self._listen_forever(), name="fleet-listen")
+        if self.sweeper is not None:
+            self._sweeping = asyncio.create_task(self.sweeper.run_forever(), name="fleet-node-sweep")
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._sweeping, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.http.aclose()
         await self.engine.dispose()
         await self.direct.dispose()
