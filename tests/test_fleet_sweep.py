@@ -109,6 +109,14 @@ def test_a_killed_node_is_declared_lost_and_only_its_computers_end(null_fleet: D
     # both replicas watch; one of them declared the node, once
     verdicts = [r.log().count(f"node {victim} has not reported") for r in fleet.replicas]
     assert sorted(verdicts) == [0, 1], verdicts
+    # a record written just after the verdict (its create answered just before) is ended as well
+    org = fleet.sql("SELECT org_id FROM api_keys LIMIT 1")[0][0]
+    fleet.sql("INSERT INTO computers (id, org_id, kind, status, created_at, last_activity_at, max_lifetime_seconds, "
+              "inactivity_timeout_seconds, idle_timeout_enabled, display_width, display_height, display_scale, "
+              f"persistent, options, node_id) VALUES ('late-record', '{org}', 'browser', 'ready', now(), now(), "
+              f"3600, 600, true, 1024, 768, 1.0, false, '{{}}', '{victim}')")
+    assert wait_until(lambda: _record(fleet, "late-record") == ("terminated", "node_lost"), 15, 0.2), \
+        _record(fleet, "late-record")
 
 
 def test_an_events_reader_of_a_lost_node_gets_terminated(tmp_path: Path, postgres: Any) -> None:

@@ -12,6 +12,8 @@ every ``poll`` seconds (jittered, so replicas do not read in step):
 - only while this replica has reached the database continuously for longer than the threshold plus a
   heartbeat period: while PostgreSQL was away the nodes could not beat either, so a read that fails
   (or hangs) forgets everything seen, and a node's silence is counted again from the first read after;
+- a record still live on a node that turned dead (its create answered just before the verdict, written just
+  after) is ended too, in the minute after (``_end_strays``);
 - the verdict is ``registry.declare_lost``: the row dead and its computers ``node_lost`` (NOTIFY'd: the
   replicas drop their routes, a broken ``/events`` relay ends with that ``terminated``) in one
   transaction, and only if the row still holds the report seen. Replicas deciding at once declare the
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PERIOD = 2.0  # a node agent reports this often (fleet/node.py's default)
 POLL_SECONDS = 2.5  # the sweep reads the nodes this often at most (a quarter of a shorter threshold)
 READ_TIMEOUT = 5.0  # a read that takes longer counts as the database away (a half-open connection)
+STRAY_WINDOW = 60.0  # a node seen turning dead has its records swept this long (a create answered just before)
 Report = tuple[int, datetime | None]
 
 
@@ -57,6 +60,7 @@ class NodeSweeper:
         self.poll = poll if poll is not None else min(POLL_SECONDS, lost_after / 4)
         self._seen: dict[str, Seen] = {}
         self._reachable_since: float | None = None  # since when every read answered
+        self._dead: dict[str, float] | None = None  # dead nodes: when this replica first read them dead
 
     async def run_forever(self) -> None:
         while True:
@@ -77,6 +81,9 @@ class NodeSweeper:
             self._forget()
             return {}
         now = self._clock()
+        dead = [n.id for n in nodes if n.state == registry.DEAD]
+        nodes = [n for n in nodes if n.state != registry.DEAD]
+        await self._end_strays(dead, now)
         self._observe(nodes, now)
         ended: dict[str, list[str]] = {}
         for node in self.due(nodes, now):
@@ -104,13 +111,31 @@ class NodeSweeper:
             seen[node.id] = old if old is not None and old.report == report else Seen(report, now)
         self._seen = seen  # nodes gone from the read (dead, deleted) are forgotten
 
+    async def _end_strays(self, dead: list[str], now: float) -> None:
+        """A computer recorded live on a node that turned dead since this replica watches (its create was
+        answered just before the verdict, its record written just after) is ended as well: for
+        STRAY_WINDOW after the node was first read dead, each round. Nodes already dead at this replica's
+        first read are left alone (their records were ended with them; no sweep of old history)."""
+        if self._dead is None:
+            self._dead = {node_id: now - STRAY_WINDOW for node_id in dead}
+            return
+        self._dead = {node_id: self._dead.get(node_id, now) for node_id in dead}
+        for node_id, since in self._dead.items():
+            if now - since > STRAY_WINDOW:
+                continue
+            async with self.sessions() as s:
+                ids = await asyncio.wait_for(registry.end_computers(s, node_id, "node_lost"), READ_TIMEOUT)
+            if ids:
+                log.warning("node %s is dead: %d computers recorded on it since ended as node_lost (%s)",
+                            node_id, len(ids), ", ".join(ids[:10]))
+
     def _forget(self) -> None:
         self._seen.clear()
         self._reachable_since = None
 
     async def _read(self) -> list[registry.NodeInfo]:
         async with self.sessions() as s:
-            return await registry.list_nodes(s, states=[registry.READY, registry.DRAINING])
+            return await registry.list_nodes(s, states=[registry.READY, registry.DRAINING, registry.DEAD])
 
     async def _declare(self, node: registry.NodeInfo) -> list[str] | None:
         async with self.sessions() as s:
