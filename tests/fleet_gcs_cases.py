@@ -5,7 +5,8 @@ Without GCS fault tolerance (spec/scale-out.md §5.4) the agents die within
 ``gcs_rpc_server_reconnect_timeout_s`` (3 s here: ``RAY_gcs_rpc_server_reconnect_timeout_s``, set before
 the cluster starts, so every Ray process reads it) and every computer of every node goes with them. What
 must hold: the replicas, which are not Ray drivers, keep answering (health, a computer's record),
-creates fail with a clear JSON 429, and no Chromium, Xvfb or bubblewrap process of any node is left.
+creates fail with a clear JSON 429, no Chromium, Xvfb or bubblewrap process of any node is left, and
+the replica's own sweeper ends the computers' records as ``node_lost`` (no controller is left to).
 
 This pytest process is no Ray driver either (a driver dies with the GCS): the controller is started by a
 short driver of its own, as ``opencone ray up`` does.
@@ -33,6 +34,7 @@ from opencone.testing import loopback_up
 TESTS = Path(__file__).parent
 IN_NETNS = os.environ.get("OPENCONE_TEST_NETNS") == "1"
 RECONNECT_TIMEOUT_S = 3
+NODE_LOST_S = 5  # the replica's sweeper (fleet/replica_sweep.py): with the controller gone, it ends the records
 if not IN_NETNS:  # Ray outside a private network namespace would probe cloud-metadata addresses
     pytest.skip("runs only inside tests/test_fleet_ray.py's network namespace", allow_module_level=True)
 
@@ -91,7 +93,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any) -> Iterator[t
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-4000:]
         server = start_server(tmp / "replica", api_key=key, env={
             "OPENCONE_FLEET": "ray", "OPENCONE_DATABASE_URL": url, "OPENCONE_FLEET_INTERNAL_TOKEN": token,
-            "OPENCONE_FLEET_HEARTBEAT_TTL_SECONDS": "5"})
+            "OPENCONE_FLEET_HEARTBEAT_TTL_SECONDS": "5", "OPENCONE_FLEET_NODE_LOST_SECONDS": str(NODE_LOST_S)})
         yield server, cluster
     finally:
         if server is not None:
@@ -126,7 +128,14 @@ def test_head_lost_replicas_answer_creates_refused_nothing_left(fleet: tuple[Ser
     with server.http() as h:
         assert h.get("/health").json()["status"] == "ok"
         r = h.get(f"/computers/{cid}")
-        assert r.status_code == 200 and r.json()["id"] == cid, r.text  # the record, as it stands
+        assert r.status_code == 200 and r.json()["id"] == cid, r.text  # the record, answered from PostgreSQL
         r = h.post("/computers", json={})
         assert r.status_code == 429 and "no node" in r.json()["detail"], r.text  # says why, as JSON
+
+        # no controller is left to say so, and the replica's sweeper does: the computer is node_lost
+        def ended() -> tuple[str, str | None]:
+            body = h.get(f"/computers/{cid}").json()
+            return body["status"], body.get("termination_reason")
+
+        assert wait_until(lambda: ended() == ("terminated", "node_lost"), 60, 0.5), ended()
     assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
