@@ -8,6 +8,7 @@ of everything so far.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -34,10 +35,15 @@ async def _video(request: Request, org: str, rec_id: str | None = None, computer
     path, size, rid = await runtime(request).recordings.video(org, rec_id, computer_id)
     headers = {"cache-control": "no-store", "x-recording-id": rid,
                "content-disposition": f'inline; filename="{rid}.mp4"'}
-    try:
-        return BoundedFile(path, size, media_type=MP4, headers=headers)
+    try:  # opened now: a delete racing this answer unlinks the file, the open descriptor still reads it
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:  # deleted in between
         raise NotFound(f"no recording {rid!r}") from None
+    try:
+        return BoundedFile(path, size, media_type=MP4, headers=headers, fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @router.post("/computers/{computer_id}/recording/start", responses=problems(401, 404, 409, 413, 422))
