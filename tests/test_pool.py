@@ -4,12 +4,17 @@ that count what they are asked to do; and one real server taking a burst of crea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
+from opencone.drivers import priority
 from opencone.drivers.pool import MIB, PoolPolicy, WarmPool
+from opencone.drivers.priority import LaunchPriority
 from opencone.testing import start_server
 
 
@@ -217,6 +222,119 @@ async def test_close_fails_waiting_takes_and_disposes_every_item() -> None:
     with pytest.raises(RuntimeError):
         await waiting
     assert launcher.running == 0
+
+
+class AheadLauncher(Launcher):
+    """Records the priority each launch ahead of demand was given, and what was handed out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.priorities: dict[int, LaunchPriority | None] = {}
+        self.handed_out: list[int] = []
+
+    async def launch(self) -> int:
+        self.priorities[self.started + 1] = None
+        return await super().launch()
+
+    async def launch_ahead(self, prio: LaunchPriority) -> int:
+        self.priorities[self.started + 1] = prio
+        return await super().launch()
+
+
+def make_ahead_pool(launcher: AheadLauncher, clock: FakeClock, **policy: object) -> WarmPool[int]:
+    return WarmPool("test", PoolPolicy(**policy), launcher.launch, launcher.dispose,  # type: ignore[arg-type]
+                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005,
+                    launch_ahead=launcher.launch_ahead, prioritize=launcher.handed_out.append)
+
+
+async def test_launches_ahead_of_demand_are_raised_when_a_take_comes_to_wait_for_them() -> None:
+    launcher, clock = AheadLauncher(), FakeClock()
+    pool = make_ahead_pool(launcher, clock, floor=2, max=2, parallel=4)
+    launcher.gate.clear()
+    pool.start()
+    try:
+        await until(lambda: pool.launching == 2)
+        first, second = launcher.priorities[1], launcher.priorities[2]
+        assert first is not None and second is not None  # the floor is filled ahead of demand
+        assert not first.raised and not second.raised
+        taking = asyncio.ensure_future(pool.take())
+        await until(lambda: first.raised or second.raised)
+        assert [first.raised, second.raised].count(True) == 1  # one take waits: one launch raised
+        assert first.nice == 0 or second.nice == 0
+        assert launcher.started == 2  # and none started behind them
+        launcher.gate.set()
+        item = await taking
+        assert launcher.handed_out == [item]
+        # an item that waited in the pool is raised when it is handed out
+        clock.now += 1  # (a refill ahead of demand waits a moment after a take)
+        await until(lambda: pool.ready_count == 2)
+        got = await pool.take()
+        assert launcher.handed_out == [item, got]
+        # a take that finds nothing under way gets a launch of its own at normal priority
+        launcher.gate.clear()
+        await pool.take()  # (no time passes now: nothing is launched ahead of demand)
+        waiting = asyncio.ensure_future(pool.take())
+        waiting2 = asyncio.ensure_future(pool.take())
+        await until(lambda: pool.launching >= 2)
+        launched_for_takes = [launcher.priorities[n] for n in sorted(launcher.priorities)[-2:]]
+        assert launched_for_takes == [None, None]
+        launcher.gate.set()
+        await asyncio.gather(waiting, waiting2)
+    finally:
+        await pool.close()
+
+
+def thread_nices(pid: int) -> dict[int, int]:
+    """The nice value of every thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            out[int(tid)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return out
+
+
+def browser_trees(srv: object) -> dict[str, set[int]]:
+    """Each of a server's browsers (by profile dir) with the processes of its tree."""
+    trees: dict[str, set[int]] = {}
+    for pid in srv.chromium_pids():  # type: ignore[attr-defined]
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            profile = next((a.split("=", 1)[1] for a in proc.cmdline() if a.startswith("--user-data-dir=")), None)
+            if profile and proc.name() != "bwrap" and "--type=" not in " ".join(proc.cmdline()):
+                trees[profile] = {pid, *(c.pid for c in proc.children(recursive=True))}
+    return trees
+
+
+@pytest.mark.skipif(not priority.can_raise(), reason="needs a server that may raise a priority (CAP_SYS_NICE)")
+def test_a_pool_browser_waits_at_the_lowest_priority_and_works_at_normal_once_created(tmp_path: Path) -> None:
+    """A refill ahead of demand must not take the CPU from live computers: a pool browser's every
+    process and thread runs at nice 19 until a create takes it, then at 0 (drivers/priority.py)."""
+    srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1", "OPENCONE_POOL_MAX": "1"})
+    try:
+        srv.wait_warm(1, timeout=60)
+        (profile, tree), = browser_trees(srv).items()
+        nices = {pid: thread_nices(pid) for pid in tree}
+        assert len(tree) >= 3 and all(n == 19 for threads in nices.values() for n in threads.values()), nices
+        client = srv.client(timeout=60)
+        comp = client.computers.create(kind="browser")
+        tree = browser_trees(srv)[profile]  # (the same browser: it was the pool's only one)
+        nices = {pid: thread_nices(pid) for pid in tree}
+        assert all(threads[pid] == 0 for pid, threads in nices.items() if pid in threads), nices
+        assert not any(n == 19 for threads in nices.values() for n in threads.values()), nices
+        # it works at that priority, and a page it opens now starts there too
+        result = client.computers.navigate(comp.id, url="data:text/html,<title>t</title>")
+        assert result.status == "success", result
+        renderers = {pid: thread_nices(pid) for pid in browser_trees(srv)[profile]}
+        assert not any(n == 19 for threads in renderers.values() for n in threads.values()), renderers
+        srv.wait_warm(1, timeout=60)  # the refill is ahead of demand again
+        refill = {p: t for p, t in browser_trees(srv).items() if p != profile}
+        assert len(refill) == 1
+        (refill_tree,) = refill.values()
+        assert all(n == 19 for pid in refill_tree for n in thread_nices(pid).values())
+        client.computers.delete(comp.id)
+    finally:
+        srv.stop()
 
 
 def test_a_burst_of_creates_on_a_real_server_all_work(tmp_path: Path) -> None:

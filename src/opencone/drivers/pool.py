@@ -14,6 +14,11 @@ a time hand out the first browsers after a second and the last no later. A
 take that finds nothing ready waits for the next launch under way instead of
 starting one behind it; a launch that fails hands its error to the take that
 waited longest, so no take waits forever.
+
+A launch ahead of demand may go through ``launch_ahead`` instead of ``launch``,
+with a ``LaunchPriority`` (the browsers' start at the lowest CPU priority,
+drivers/priority.py); a take that comes to wait for such a launch raises it to
+normal, and ``prioritize`` is called on every item as it is handed out.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import psutil
+
+from opencone.drivers.priority import LaunchPriority
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +86,14 @@ class WarmPool(Generic[T]):
         free_memory: Callable[[], int] = available_memory,
         measure: Callable[[T], int] | None = None,
         tick_seconds: float = 0.5,
+        launch_ahead: Callable[[LaunchPriority], Awaitable[T]] | None = None,
+        prioritize: Callable[[T], None] | None = None,
     ) -> None:
         self.name = name
         self.policy = size if isinstance(size, PoolPolicy) else PoolPolicy(floor=size, max=max(size, 32))
         self._launch = launch
+        self._launch_ahead = launch_ahead
+        self._prioritize = prioritize
         self._dispose = dispose
         self._healthy = healthy
         self._clock = clock
@@ -92,6 +103,7 @@ class WarmPool(Generic[T]):
         self._ready: collections.deque[T] = collections.deque()  # oldest first
         self._waiters: collections.deque[asyncio.Future[T]] = collections.deque()
         self._launches: set[asyncio.Task[None]] = set()
+        self._ahead: dict[asyncio.Task[None], LaunchPriority] = {}  # of those, the ones still ahead of demand
         self._disposals: set[asyncio.Task[None]] = set()
         self._takes: collections.deque[float] = collections.deque()  # times of takes in the last burst span
         self._peaks: collections.deque[tuple[float, int]] = collections.deque()  # (time, burst size)
@@ -162,6 +174,7 @@ class WarmPool(Generic[T]):
             while self._ready:
                 item = self._ready.pop()  # the newest: the oldest go first when the pool shrinks
                 if self._healthy(item):
+                    self._hand_out(item)
                     return item
                 self._dispose_later(item)
             self.misses += 1
@@ -187,9 +200,17 @@ class WarmPool(Generic[T]):
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
+                self._hand_out(item)
                 waiter.set_result(item)
                 return
         self._ready.append(item)
+
+    def _hand_out(self, item: T) -> None:
+        if self._prioritize is not None:
+            try:
+                self._prioritize(item)
+            except Exception:  # the item still works, at the priority it was launched with
+                log.exception("warm pool %s: cannot raise an item's priority", self.name)
 
     # -- launches -------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -198,9 +219,12 @@ class WarmPool(Generic[T]):
             return
         p, now = self.policy, self._clock()
         waiting = sum(1 for w in self._waiters if not w.done())
+        # takes wait for launches ahead of demand now: those are demanded, at normal priority
+        for task in list(self._ahead)[:max(0, waiting - (len(self._launches) - len(self._ahead)))]:
+            self._ahead.pop(task).raise_now()
         while len(self._launches) < p.parallel:
             if waiting > len(self._launches):  # a take with no launch of its own to wait for
-                self._start_launch()
+                self._start_launch(ahead=False)
                 continue
             # ahead of demand: not right after a take (a launch burns half a second of CPU; the create
             # that took an item and the actions after it would pay for it), nor while failing
@@ -209,7 +233,7 @@ class WarmPool(Generic[T]):
                 break
             if not self._memory_allows():
                 break
-            self._start_launch()
+            self._start_launch(ahead=True)
         self._shrink()
 
     def _memory_allows(self) -> bool:
@@ -227,14 +251,19 @@ class WarmPool(Generic[T]):
             self._dispose_later(self._ready.popleft())
             excess -= 1
 
-    def _start_launch(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._launch_one(), name=f"pool-{self.name}-launch")
+    def _start_launch(self, ahead: bool) -> None:
+        priority = LaunchPriority() if ahead and self._launch_ahead is not None else None
+        task = asyncio.get_running_loop().create_task(self._launch_one(priority), name=f"pool-{self.name}-launch")
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
+        if priority is not None:
+            self._ahead[task] = priority
+            task.add_done_callback(lambda t: self._ahead.pop(t, None))
 
-    async def _launch_one(self) -> None:
+    async def _launch_one(self, priority: LaunchPriority | None) -> None:
         try:
-            item = await self._launch()
+            item = await (self._launch() if priority is None or self._launch_ahead is None
+                          else self._launch_ahead(priority))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep the server alive: the take waiting longest gets the error

@@ -35,14 +35,15 @@ def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/bin/{name}"  # util-linux: on every Debian system
 
 
-SETPRIV, NSENTER = _tool("setpriv"), _tool("nsenter")
+SETPRIV, NSENTER, NICE = _tool("setpriv"), _tool("nsenter"), _tool("nice")
 
 
-def prefix(ids: tuple[int, int] | None = None, netns: NetNamespace | None = None) -> list[str]:
-    """The words before a command that put it in ``netns``, make it ``ids`` (uid, gid, no other
-    group) and have it SIGKILLed when the server goes: in that order (entering a namespace needs
-    root; the signal is set after the uid switch, which would clear it)."""
-    words: list[str] = []
+def prefix(ids: tuple[int, int] | None = None, netns: NetNamespace | None = None, nice: int = 0) -> list[str]:
+    """The words before a command that give it the ``nice`` value (drivers/priority.py), put it in
+    ``netns``, make it ``ids`` (uid, gid, no other group) and have it SIGKILLed when the server
+    goes: in that order (entering a namespace needs root; the signal is set after the uid switch,
+    which would clear it)."""
+    words: list[str] = [NICE, "-n", str(nice)] if nice else []
     if netns is not None:
         words += [NSENTER, f"--net=/proc/self/fd/{netns.fd}", "--"]
     words.append(SETPRIV)
@@ -92,13 +93,13 @@ class Spawned:
 
 async def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Any = None,
                 pass_fds: tuple[int, ...] = (), stderr_pipe: bool = False,
-                ids: tuple[int, int] | None = None, netns: NetNamespace | None = None) -> Spawned:
+                ids: tuple[int, int] | None = None, netns: NetNamespace | None = None, nice: int = 0) -> Spawned:
     """``cmd`` in a session of its own (its pid is its process group), stdin and stdout on
     /dev/null, stderr a stream when ``stderr_pipe`` (else /dev/null), as ``ids`` in ``netns``
-    when given, dying with the server. OSError when it cannot be started."""
+    when given, at the ``nice`` value, dying with the server. OSError when it cannot be started."""
     if shutil.which(cmd[0], path=(env or os.environ).get("PATH")) is None:  # (setpriv would only exit 127)
         raise FileNotFoundError(f"no executable {cmd[0]!r}")
-    argv = [*prefix(ids, netns), *cmd]
+    argv = [*prefix(ids, netns, nice), *cmd]
     fds = (*pass_fds, netns.fd) if netns is not None else pass_fds
 
     read_end, write_end = os.pipe() if stderr_pipe else (-1, subprocess.DEVNULL)

@@ -21,6 +21,7 @@ import psutil
 
 from opencone.drivers.chromium.devtools import DevTools
 from opencone.drivers.netns import NetNamespace
+from opencone.drivers.priority import LaunchPriority
 from opencone.drivers.processes import cmdline, descendants, kill_group
 from opencone.drivers.spawn import Spawned, spawn
 
@@ -87,6 +88,7 @@ BASE_FLAGS = [
 
 DEVTOOLS_PORT = 9222  # inside a browser's own network namespace (below the kernel's ephemeral range)
 _LISTENING = re.compile(rb"DevTools listening on (ws://\S+)")
+LAUNCH_TIMEOUT_SECONDS = 30.0  # until DevTools answers
 
 
 class LaunchError(RuntimeError):
@@ -119,6 +121,12 @@ class ChromiumProcess:
         if self._main_pid is None:
             self._main_pid = self._find_main_pid()
         return self._main_pid
+
+    def process_groups(self) -> list[int]:
+        """The process groups the browser's processes are in: the one it was started in and, in a
+        sandbox, Chromium's own inside it."""
+        inner = self._sandbox_group() if self.wrapped else None
+        return [self.pid] if inner is None else [self.pid, inner]
 
     def _sandbox_group(self) -> int | None:
         """Chromium's process group inside its sandbox, led by bubblewrap's init; None once that
@@ -254,16 +262,18 @@ async def launch_chromium(
     extra_args: list[str] | None = None,
     proxy_server: str | None = None,
     user_agent: str | None = None,
-    timeout: float = 30.0,
+    timeout: float = LAUNCH_TIMEOUT_SECONDS,
     keep_profile: bool = False,
     wrap: Callable[[list[str]], list[str]] | None = None,
     netns: NetNamespace | None = None,
     relay_dir: Path | None = None,
+    priority: LaunchPriority | None = None,
 ) -> ChromiumProcess:
     """``wrap`` turns Chromium's command line into the one to run: a sandbox around it, in which
     it runs unprivileged, so with its own sandbox too (``--no-sandbox`` is only for root).
     ``netns``: the network namespace it runs in (its DevTools port is on that loopback only);
-    ``relay_dir`` holds the Unix socket through which Playwright reaches it there."""
+    ``relay_dir`` holds the Unix socket through which Playwright reaches it there. ``priority``: a
+    launch ahead of demand's, for it and every process it makes (drivers/priority.py)."""
     user_data_dir.mkdir(parents=True, exist_ok=True)
     # in a namespace of its own the port is always the same (nothing else is there); on the host, any free one
     cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent,
@@ -271,9 +281,12 @@ async def launch_chromium(
     if wrap is not None:
         cmd = wrap([a for a in cmd if a != "--no-sandbox"])
     try:
-        proc = await spawn(cmd, stderr_pipe=True, env=env, netns=netns)
+        nice = priority.nice if priority is not None else 0
+        proc = await spawn(cmd, stderr_pipe=True, env=env, netns=netns, nice=nice)
     except OSError as exc:
         raise LaunchError(f"cannot start Chromium at {executable!r}: {exc}") from exc
+    if priority is not None:
+        priority.started(proc.pid, nice)
     assert proc.stderr is not None
     seen = b""
     try:
