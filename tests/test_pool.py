@@ -294,6 +294,22 @@ def thread_nices(pid: int) -> dict[int, int]:
     return out
 
 
+def session_nices(pids: set[int]) -> set[int]:
+    """The nice values of the autogroups (one per session) ``pids`` are in; none where autogroups
+    are off (kernel.sched_autogroup_enabled): then threads' nice values alone count."""
+    out = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out.add(int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1]))
+    return out
+
+
+def autogroups(nice: int) -> set[int]:
+    """What ``session_nices`` must find when every session is at ``nice``."""
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return {nice} if enabled.exists() and enabled.read_text().strip() == "1" else set()
+
+
 def browser_trees(srv: object) -> dict[str, set[int]]:
     """Each of a server's browsers (by profile dir) with the processes of its tree."""
     trees: dict[str, set[int]] = {}
@@ -309,19 +325,22 @@ def browser_trees(srv: object) -> dict[str, set[int]]:
 @pytest.mark.skipif(not priority.can_raise(), reason="needs a server that may raise a priority (CAP_SYS_NICE)")
 def test_a_pool_browser_waits_at_the_lowest_priority_and_works_at_normal_once_created(tmp_path: Path) -> None:
     """A refill ahead of demand must not take the CPU from live computers: a pool browser's every
-    process and thread runs at nice 19 until a create takes it, then at 0 (drivers/priority.py)."""
+    process and thread runs at nice 19, and so do its sessions' autogroups (each session competes
+    as one group), until a create takes it; then all at 0 (drivers/priority.py)."""
     srv = start_server(tmp_path, env={"OPENCONE_POOL_SIZE": "1", "OPENCONE_POOL_MAX": "1"})
     try:
         srv.wait_warm(1, timeout=60)
         (profile, tree), = browser_trees(srv).items()
         nices = {pid: thread_nices(pid) for pid in tree}
         assert len(tree) >= 3 and all(n == 19 for threads in nices.values() for n in threads.values()), nices
+        assert session_nices(tree) == autogroups(19)
         client = srv.client(timeout=60)
         comp = client.computers.create(kind="browser")
         tree = browser_trees(srv)[profile]  # (the same browser: it was the pool's only one)
         nices = {pid: thread_nices(pid) for pid in tree}
         assert all(threads[pid] == 0 for pid, threads in nices.items() if pid in threads), nices
         assert not any(n == 19 for threads in nices.values() for n in threads.values()), nices
+        assert session_nices(tree) == autogroups(0)
         # it works at that priority, and a page it opens now starts there too
         result = client.computers.navigate(comp.id, url="data:text/html,<title>t</title>")
         assert result.status == "success", result
@@ -332,6 +351,7 @@ def test_a_pool_browser_waits_at_the_lowest_priority_and_works_at_normal_once_cr
         assert len(refill) == 1
         (refill_tree,) = refill.values()
         assert all(n == 19 for pid in refill_tree for n in thread_nices(pid).values())
+        assert session_nices(refill_tree) == autogroups(19)
         client.computers.delete(comp.id)
     finally:
         srv.stop()

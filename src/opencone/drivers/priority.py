@@ -3,18 +3,30 @@
 A pool refill launches browsers while the computers just handed out are at work: on
 2 cores ten launches ahead of demand took the CPU from ten live browsers' first
 page loads (measured: the loads' CPU doubled and their wall time with it). So a
-launch nobody waits for starts at the lowest priority (``nice`` 19, inherited by
-every process and thread it makes) and is raised back to normal when a create
-takes it, or comes to wait for it while it is still starting: the machine's idle
-time builds the pool, and a busy machine serves its live computers first. A
-launch a create waits for starts at normal priority.
+launch nobody waits for starts at the lowest priority and is raised back to normal
+when a create takes it, or comes to wait for it while it is still starting: the
+machine's idle time builds the pool, and a busy machine serves its live computers
+first. A launch a create waits for starts at normal priority.
 
-Raising a priority needs CAP_SYS_NICE (root, outside a container that drops it);
-a server without it launches everything at normal priority, as before.
+Two knobs, because of the scheduler's autogroups (``kernel.sched_autogroup_enabled``,
+on by default): every session (``setsid``) is one group that competes with the others
+as a whole, whatever its threads' nice values; and each browser runs in sessions of
+its own (ours, and its sandbox's: bubblewrap's ``--new-session``). Measured here: a
+busy loop at nice 19 in a session of its own still took half a core from one at 0.
+So a launch ahead of demand gets
+
+- ``nice`` 19 for its every thread (util-linux ``nice`` before the command, inherited;
+  this is what counts where autogroups do not apply: a cgroup other than the root);
+- nice 19 for each of its sessions' autogroup (``/proc/<pid>/autogroup``): ours at once,
+  the sandbox's the moment it appears (it is made just before Chromium starts).
+
+Raising undoes both. It needs CAP_SYS_NICE (root, outside a container that drops
+it); a server without it launches everything at normal priority, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -27,6 +39,8 @@ from opencone.drivers.processes import descendants
 log = logging.getLogger(__name__)
 
 BACKGROUND_NICE = 19
+SESSION_POLL_SECONDS = 0.005  # how soon a sandbox's new session is lowered too
+SESSION_POLL_LIMIT_SECONDS = 10.0
 
 
 @functools.cache
@@ -57,14 +71,22 @@ def background_nice() -> int:
     return BACKGROUND_NICE if can_raise() else 0
 
 
+def set_session_nice(pid: int, nice: int) -> None:
+    """The nice value of the autogroup of ``pid``'s session (no such file: autogroups are off)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(nice))
+
+
 def raise_groups(groups: Iterable[int]) -> None:
-    """Every thread of every process in these process groups back to normal priority (nice 0).
-    (Threads the browser itself had set lower are raised too: a small cost for one syscall.)"""
+    """These process groups (each led by its session's leader: a browser's are) back to normal
+    priority: every thread of every process in them, and their sessions' autogroups. (Threads
+    the browser itself had set lower are raised too: a small cost for one syscall.)"""
     if not can_raise():
         return
     for group in set(groups):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.setpriority(os.PRIO_PGRP, group, 0)
+        set_session_nice(group, 0)
 
 
 def raise_tree(pid: int) -> None:
@@ -87,16 +109,43 @@ class LaunchPriority:
         self.nice = background_nice() if nice is None else nice
         self.raised = False
         self._pid: int | None = None
+        self._follow: asyncio.Task[None] | None = None
 
     def started(self, pid: int, nice: int) -> None:
-        """The launch's first process (its group's leader) started, at ``nice``."""
+        """The launch's first process (its session's leader) started, at ``nice``."""
         self._pid = pid
-        if nice > 0 and self.raised:  # raised while it was being started
+        if nice <= 0:
+            return
+        if self.raised:  # raised while it was being started
             raise_tree(pid)
+            return
+        set_session_nice(pid, nice)
+        self._follow = asyncio.get_running_loop().create_task(self._lower_new_sessions(pid, nice))
+
+    def finished(self) -> None:
+        """The launch is over (its processes run, or it failed): no new session to look for."""
+        if self._follow is not None:
+            self._follow.cancel()
+            self._follow = None
+
+    async def _lower_new_sessions(self, pid: int, nice: int) -> None:
+        """Lower the sandbox's session once bubblewrap has made it (it calls setsid just before
+        it starts Chromium): until then its processes are in ours, which is lowered already."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SESSION_POLL_LIMIT_SECONDS
+        while loop.time() < deadline and not self.raised:
+            for child in descendants(pid):
+                with contextlib.suppress(OSError):
+                    session = os.getsid(child)
+                    if session != pid and session == child:  # a session leader below ours
+                        set_session_nice(child, nice)
+                        return
+            await asyncio.sleep(SESSION_POLL_SECONDS)
 
     def raise_now(self) -> None:
         if self.raised:
             return
         self.raised, self.nice = True, 0
+        self.finished()
         if self._pid is not None:
             raise_tree(self._pid)

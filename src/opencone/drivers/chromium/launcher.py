@@ -300,6 +300,8 @@ async def launch_chromium(
                 if match:
                     break
     except BaseException:
+        if priority is not None:
+            priority.finished()
         await kill_group(proc.pid, grace=0.2)
         if not keep_profile:
             await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
