@@ -122,11 +122,25 @@ class LaunchPriority:
         set_session_nice(pid, nice)
         self._follow = asyncio.get_running_loop().create_task(self._lower_new_sessions(pid, nice))
 
-    def finished(self) -> None:
-        """The launch is over (its processes run, or it failed): no new session to look for."""
-        if self._follow is not None:
-            self._follow.cancel()
-            self._follow = None
+    def finished(self, ok: bool = True) -> None:
+        """The launch is over: its processes run (``ok``: their sessions are all there now, the
+        sandbox's is lowered if the search has not yet), or it failed."""
+        if self._follow is None:
+            return
+        self._follow.cancel()
+        self._follow = None
+        if ok and self._pid is not None and not self.raised:
+            self._lower_new_session(self._pid, self.nice)
+
+    @staticmethod
+    def _lower_new_session(pid: int, nice: int) -> bool:
+        """Lower the first session led below ``pid`` (the sandbox's), if there is one yet."""
+        for child in descendants(pid):
+            with contextlib.suppress(OSError):
+                if os.getsid(child) == child:
+                    set_session_nice(child, nice)
+                    return True
+        return False
 
     async def _lower_new_sessions(self, pid: int, nice: int) -> None:
         """Lower the sandbox's session once bubblewrap has made it (it calls setsid just before
@@ -134,12 +148,9 @@ class LaunchPriority:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SESSION_POLL_LIMIT_SECONDS
         while loop.time() < deadline and not self.raised:
-            for child in descendants(pid):
-                with contextlib.suppress(OSError):
-                    session = os.getsid(child)
-                    if session != pid and session == child:  # a session leader below ours
-                        set_session_nice(child, nice)
-                        return
+            if self._lower_new_session(pid, nice):
+                self._follow = None
+                return
             await asyncio.sleep(SESSION_POLL_SECONDS)
 
     def raise_now(self) -> None:

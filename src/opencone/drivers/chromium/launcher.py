@@ -301,11 +301,13 @@ async def launch_chromium(
                     break
     except BaseException:
         if priority is not None:
-            priority.finished()
+            priority.finished(ok=False)
         await kill_group(proc.pid, grace=0.2)
         if not keep_profile:
             await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
         raise
+    if priority is not None:
+        priority.finished()
     chromium = ChromiumProcess(proc, DevTools(match.group(1).decode(), netns, relay_dir), user_data_dir, keep_profile,
                                wrap is not None)
     if wrap is not None:  # (DevTools answers: the browser process is up)
