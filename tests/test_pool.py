@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -225,61 +226,61 @@ async def test_close_fails_waiting_takes_and_disposes_every_item() -> None:
 
 
 class AheadLauncher(Launcher):
-    """Records the priority each launch ahead of demand was given, and what was handed out."""
+    """Records the priority each launch ran under (drivers/priority.py's ``current``), by item."""
 
     def __init__(self) -> None:
         super().__init__()
         self.priorities: dict[int, LaunchPriority | None] = {}
-        self.handed_out: list[int] = []
 
     async def launch(self) -> int:
-        self.priorities[self.started + 1] = None
-        return await super().launch()
-
-    async def launch_ahead(self, prio: LaunchPriority) -> int:
-        self.priorities[self.started + 1] = prio
-        return await super().launch()
+        prio = priority.current.get()
+        item = await super().launch()
+        self.priorities[item] = prio
+        return item
 
 
 def make_ahead_pool(launcher: AheadLauncher, clock: FakeClock, **policy: object) -> WarmPool[int]:
     return WarmPool("test", PoolPolicy(**policy), launcher.launch, launcher.dispose,  # type: ignore[arg-type]
-                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005,
-                    launch_ahead=launcher.launch_ahead, prioritize=launcher.handed_out.append)
+                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005, lower_ahead=True)
 
 
-async def test_launches_ahead_of_demand_are_raised_when_a_take_comes_to_wait_for_them() -> None:
+async def test_launches_ahead_of_demand_are_raised_when_a_take_comes_to_wait_or_takes_their_item() -> None:
     launcher, clock = AheadLauncher(), FakeClock()
     pool = make_ahead_pool(launcher, clock, floor=2, max=2, parallel=4)
     launcher.gate.clear()
     pool.start()
     try:
         await until(lambda: pool.launching == 2)
-        first, second = launcher.priorities[1], launcher.priorities[2]
-        assert first is not None and second is not None  # the floor is filled ahead of demand
-        assert not first.raised and not second.raised
+        running = list(pool._ahead.values())  # (the two launches filling the floor, ahead of demand)
+        assert len(running) == 2 and not any(p.raised for p in running)
         taking = asyncio.ensure_future(pool.take())
-        await until(lambda: first.raised or second.raised)
-        assert [first.raised, second.raised].count(True) == 1  # one take waits: one launch raised
-        assert first.nice == 0 or second.nice == 0
+        await until(lambda: any(p.raised for p in running))
+        await asyncio.sleep(0.05)
+        assert [p.raised for p in running].count(True) == 1  # one take waits: one launch raised
         assert launcher.started == 2  # and none started behind them
         launcher.gate.set()
-        item = await taking
-        assert launcher.handed_out == [item]
-        # an item that waited in the pool is raised when it is handed out
+        first = await taking
+        prio = launcher.priorities[first]
+        assert prio is not None and prio.raised  # whichever launch served it, it runs raised
+        # items made ahead of demand wait in the pool lowered, and are raised as they are handed out
         clock.now += 1  # (a refill ahead of demand waits a moment after a take)
         await until(lambda: pool.ready_count == 2)
+        ready = [launcher.priorities[n] for n in pool._ready]
+        assert all(p is not None for p in ready)
+        assert [p.raised for p in ready if p is not None].count(False) >= 1
         got = await pool.take()
-        assert launcher.handed_out == [item, got]
-        # a take that finds nothing under way gets a launch of its own at normal priority
+        got_prio = launcher.priorities[got]
+        assert got_prio is not None and got_prio.raised
+        left = [launcher.priorities[n] for n in pool._ready]
+        assert all(p is not None and not p.raised for p in left)
+        # a take that finds nothing under way gets a launch of its own, at normal priority
         launcher.gate.clear()
         await pool.take()  # (no time passes now: nothing is launched ahead of demand)
-        waiting = asyncio.ensure_future(pool.take())
-        waiting2 = asyncio.ensure_future(pool.take())
+        waiting = [asyncio.ensure_future(pool.take()) for _ in range(2)]
         await until(lambda: pool.launching >= 2)
-        launched_for_takes = [launcher.priorities[n] for n in sorted(launcher.priorities)[-2:]]
-        assert launched_for_takes == [None, None]
         launcher.gate.set()
-        await asyncio.gather(waiting, waiting2)
+        items = await asyncio.gather(*waiting)
+        assert [launcher.priorities[n] for n in items] == [None, None]
     finally:
         await pool.close()
 
@@ -352,6 +353,47 @@ def test_a_pool_browser_waits_at_the_lowest_priority_and_works_at_normal_once_cr
         (refill_tree,) = refill.values()
         assert all(n == 19 for pid in refill_tree for n in thread_nices(pid).values())
         assert session_nices(refill_tree) == autogroups(19)
+        client.computers.delete(comp.id)
+    finally:
+        srv.stop()
+
+
+def desktop_trees(srv: object) -> dict[str, set[int]]:
+    """Each of a server's desktops (by its pid file: Xvfb, openbox, the terminal, the browser) with
+    every process below those."""
+    trees: dict[str, set[int]] = {}
+    for pidfile in Path(srv.run_dir).glob("desktop-*.pids"):  # type: ignore[attr-defined]
+        tree: set[int] = set()
+        for line in pidfile.read_text().splitlines():
+            with contextlib.suppress(ValueError, psutil.Error):
+                proc = psutil.Process(int(line.split()[0]))
+                tree |= {proc.pid, *(c.pid for c in proc.children(recursive=True))}
+        trees[pidfile.name] = tree
+    return trees
+
+
+@pytest.mark.skipif(not priority.can_raise(), reason="needs a server that may raise a priority (CAP_SYS_NICE)")
+def test_a_pool_desktop_waits_at_the_lowest_priority_and_works_at_normal_once_created(tmp_path: Path) -> None:
+    """The same for a desktop: its X server, window manager, terminal and browser all wait at 19
+    (threads and sessions) and all run at 0 once a create has it."""
+    srv = start_server(tmp_path, env={"OPENCONE_DESKTOP_POOL_SIZE": "1", "OPENCONE_DESKTOP_POOL_MAX": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while srv.health().get("warm_desktops", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (name, tree), = desktop_trees(srv).items()
+        assert len(tree) >= 6, tree  # Xvfb, openbox, the terminal's sandbox and shell, the browser's
+        nices = {pid: thread_nices(pid) for pid in tree}
+        assert all(n == 19 for threads in nices.values() for n in threads.values()), nices
+        assert session_nices(tree) == autogroups(19)
+        client = srv.client(timeout=90)
+        comp = client.computers.create(kind="desktop")
+        tree = desktop_trees(srv)[name]
+        nices = {pid: thread_nices(pid) for pid in tree}
+        assert not any(n == 19 for threads in nices.values() for n in threads.values()), nices
+        assert session_nices(tree) == autogroups(0)
+        shot = client.computers.screenshot(comp.id, base64=True)
+        assert shot.status == "success", shot
         client.computers.delete(comp.id)
     finally:
         srv.stop()

@@ -15,10 +15,10 @@ take that finds nothing ready waits for the next launch under way instead of
 starting one behind it; a launch that fails hands its error to the take that
 waited longest, so no take waits forever.
 
-A launch ahead of demand may go through ``launch_ahead`` instead of ``launch``,
-with a ``LaunchPriority`` (the browsers' start at the lowest CPU priority,
-drivers/priority.py); a take that comes to wait for such a launch raises it to
-normal, and ``prioritize`` is called on every item as it is handed out.
+With ``lower_ahead`` (browsers, desktops), a launch ahead of demand runs at the
+lowest CPU priority (drivers/priority.py: set for the launch's task, applied to
+every process it starts), raised to normal when a take comes to wait for it or
+takes what it made.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Generic, TypeVar
 
 import psutil
 
+from opencone.drivers import priority as priorities
 from opencone.drivers.priority import LaunchPriority
 
 log = logging.getLogger(__name__)
@@ -86,14 +87,12 @@ class WarmPool(Generic[T]):
         free_memory: Callable[[], int] = available_memory,
         measure: Callable[[T], int] | None = None,
         tick_seconds: float = 0.5,
-        launch_ahead: Callable[[LaunchPriority], Awaitable[T]] | None = None,
-        prioritize: Callable[[T], None] | None = None,
+        lower_ahead: bool = False,
     ) -> None:
         self.name = name
         self.policy = size if isinstance(size, PoolPolicy) else PoolPolicy(floor=size, max=max(size, 32))
         self._launch = launch
-        self._launch_ahead = launch_ahead
-        self._prioritize = prioritize
+        self._lower_ahead = lower_ahead
         self._dispose = dispose
         self._healthy = healthy
         self._clock = clock
@@ -104,6 +103,7 @@ class WarmPool(Generic[T]):
         self._waiters: collections.deque[asyncio.Future[T]] = collections.deque()
         self._launches: set[asyncio.Task[None]] = set()
         self._ahead: dict[asyncio.Task[None], LaunchPriority] = {}  # of those, the ones still ahead of demand
+        self._lowered: dict[int, LaunchPriority] = {}  # id of an item made ahead of demand → its priority
         self._disposals: set[asyncio.Task[None]] = set()
         self._takes: collections.deque[float] = collections.deque()  # times of takes in the last burst span
         self._peaks: collections.deque[tuple[float, int]] = collections.deque()  # (time, burst size)
@@ -206,9 +206,10 @@ class WarmPool(Generic[T]):
         self._ready.append(item)
 
     def _hand_out(self, item: T) -> None:
-        if self._prioritize is not None:
+        lowered = self._lowered.pop(id(item), None)
+        if lowered is not None:
             try:
-                self._prioritize(item)
+                lowered.raise_now()
             except Exception:  # the item still works, at the priority it was launched with
                 log.exception("warm pool %s: cannot raise an item's priority", self.name)
 
@@ -252,7 +253,7 @@ class WarmPool(Generic[T]):
             excess -= 1
 
     def _start_launch(self, ahead: bool) -> None:
-        priority = LaunchPriority() if ahead and self._launch_ahead is not None else None
+        priority = LaunchPriority() if ahead and self._lower_ahead else None
         task = asyncio.get_running_loop().create_task(self._launch_one(priority), name=f"pool-{self.name}-launch")
         self._launches.add(task)
         task.add_done_callback(self._launches.discard)
@@ -261,9 +262,10 @@ class WarmPool(Generic[T]):
             task.add_done_callback(lambda t: self._ahead.pop(t, None))
 
     async def _launch_one(self, priority: LaunchPriority | None) -> None:
+        if priority is not None:
+            priorities.current.set(priority)  # (this task's context: what the launch starts runs lowered)
         try:
-            item = await (self._launch() if priority is None or self._launch_ahead is None
-                          else self._launch_ahead(priority))
+            item = await self._launch()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep the server alive: the take waiting longest gets the error
@@ -277,6 +279,8 @@ class WarmPool(Generic[T]):
                     break
             return
         finally:
+            if priority is not None:
+                priority.finished()
             self._wakeup.set()
         self._backoff = 0.5
         if self._closed:
@@ -285,9 +289,12 @@ class WarmPool(Generic[T]):
         if self._measure is not None and self._item_bytes == 0:
             with contextlib.suppress(Exception):
                 self._item_bytes = await asyncio.to_thread(self._measure, item)
+        if priority is not None and not priority.raised:
+            self._lowered[id(item)] = priority  # raised when it is handed out
         self._offer(item)
 
     def _dispose_later(self, item: T) -> None:
+        self._lowered.pop(id(item), None)
         task = asyncio.get_running_loop().create_task(self._dispose(item))
         self._disposals.add(task)
         task.add_done_callback(self._disposals.discard)
@@ -319,4 +326,5 @@ class WarmPool(Generic[T]):
             task.cancel()
         await asyncio.gather(*launches, return_exceptions=True)
         items, self._ready = list(self._ready), collections.deque()
+        self._lowered.clear()
         await asyncio.gather(*(self._dispose(i) for i in items), *self._disposals, return_exceptions=True)

@@ -18,7 +18,12 @@ So a launch ahead of demand gets
 - ``nice`` 19 for its every thread (util-linux ``nice`` before the command, inherited;
   this is what counts where autogroups do not apply: a cgroup other than the root);
 - nice 19 for each of its sessions' autogroup (``/proc/<pid>/autogroup``): ours at once,
-  the sandbox's the moment it appears (it is made just before Chromium starts).
+  a sandbox's the moment it appears (bubblewrap makes it just before its command starts).
+
+The launch does not pass its priority down: the pool sets it for the launch's task
+(``current``), and ``drivers/spawn.py``, which starts every child a computer has
+(Chromium, Xvfb, openbox, the terminal), applies it. So a desktop's four programs are
+lowered, and raised, together.
 
 Raising undoes both. It needs CAP_SYS_NICE (root, outside a container that drops
 it); a server without it launches everything at normal priority, as before.
@@ -28,11 +33,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from typing import Protocol
 
 from opencone.drivers.processes import descendants
 
@@ -77,86 +83,106 @@ def set_session_nice(pid: int, nice: int) -> None:
         f.write(str(nice))
 
 
-def raise_groups(groups: Iterable[int]) -> None:
-    """These process groups (each led by its session's leader: a browser's are) back to normal
-    priority: every thread of every process in them, and their sessions' autogroups. (Threads
-    the browser itself had set lower are raised too: a small cost for one syscall.)"""
+def raise_tree(pid: int) -> None:
+    """``pid`` and every process below it back to normal priority: each process group once, and
+    each session's autogroup once, through any of its members (a session's leader may be gone:
+    Chromium's crash handler is left in one whose leader exited)."""
     if not can_raise():
         return
-    for group in set(groups):
+    groups, sessions = set(), {}
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError):
+            groups.add(os.getpgid(member))
+            sessions.setdefault(os.getsid(member), member)
+    for group in groups:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.setpriority(os.PRIO_PGRP, group, 0)
-        set_session_nice(group, 0)
+    for member in sessions.values():
+        set_session_nice(member, 0)
 
 
-def raise_tree(pid: int) -> None:
-    """``pid``'s process group and those of its descendants back to normal priority (a sandbox
-    starts a session of its own inside)."""
-    if not can_raise():
-        return
-    groups = {pid}
-    for child in descendants(pid):
-        with contextlib.suppress(OSError):
-            groups.add(os.getpgid(child))
-    raise_groups(groups)
+class Started(Protocol):
+    """A process a launch started (drivers/spawn.py's ``Spawned``)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
 
 
 class LaunchPriority:
-    """The priority of one launch ahead of demand: ``nice`` to start with, raised to normal
-    (``raise_now``) the moment a create waits for it, before or after its first process started."""
+    """The priority of one launch ahead of demand, for every process it starts (``spawn`` reads
+    it from ``current``): ``nice`` to start with, raised to normal by ``raise_now`` the moment a
+    create waits for the launch or takes what it made."""
 
     def __init__(self, nice: int | None = None) -> None:
         self.nice = background_nice() if nice is None else nice
         self.raised = False
-        self._pid: int | None = None
-        self._follow: asyncio.Task[None] | None = None
+        self._started: list[Started] = []
+        self._follows: list[asyncio.Task[None]] = []
+        self._sessions: set[int] = set()  # sessions below the started ones, lowered already
 
-    def started(self, pid: int, nice: int) -> None:
-        """The launch's first process (its session's leader) started, at ``nice``."""
-        self._pid = pid
+    def started(self, proc: Started, nice: int) -> None:
+        """``proc`` (its session's leader) was started at ``nice`` for this launch."""
+        self._started.append(proc)
         if nice <= 0:
             return
         if self.raised:  # raised while it was being started
-            raise_tree(pid)
+            raise_tree(proc.pid)
             return
-        set_session_nice(pid, nice)
-        self._follow = asyncio.get_running_loop().create_task(self._lower_new_sessions(pid, nice))
+        set_session_nice(proc.pid, nice)
+        with contextlib.suppress(OSError):
+            self._sessions.add(os.getsid(proc.pid))
+        self._follows.append(asyncio.get_running_loop().create_task(self._lower_new_session_soon(proc.pid, nice)))
 
-    def finished(self, ok: bool = True) -> None:
-        """The launch is over: its processes run (``ok``: their sessions are all there now, the
-        sandbox's is lowered if the search has not yet), or it failed."""
-        if self._follow is None:
-            return
-        self._follow.cancel()
-        self._follow = None
-        if ok and self._pid is not None and not self.raised:
-            self._lower_new_session(self._pid, self.nice)
-
-    @staticmethod
-    def _lower_new_session(pid: int, nice: int) -> bool:
-        """Lower the first session led below ``pid`` (the sandbox's), if there is one yet."""
-        for child in descendants(pid):
-            with contextlib.suppress(OSError):
-                if os.getsid(child) == child:
-                    set_session_nice(child, nice)
-                    return True
-        return False
-
-    async def _lower_new_sessions(self, pid: int, nice: int) -> None:
-        """Lower the sandbox's session once bubblewrap has made it (it calls setsid just before
-        it starts Chromium): until then its processes are in ours, which is lowered already."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SESSION_POLL_LIMIT_SECONDS
-        while loop.time() < deadline and not self.raised:
-            if self._lower_new_session(pid, nice):
-                self._follow = None
-                return
-            await asyncio.sleep(SESSION_POLL_SECONDS)
+    def finished(self) -> None:
+        """The launch is over: its processes' sessions are all there now (the ones not yet seen
+        are lowered now), and no new process is started for it."""
+        follows, self._follows = self._follows, []
+        for task in follows:
+            task.cancel()
+        if not self.raised and self.nice > 0:
+            for proc in self._alive():
+                self._lower_new_sessions(proc.pid, self.nice)
 
     def raise_now(self) -> None:
         if self.raised:
             return
         self.raised, self.nice = True, 0
         self.finished()
-        if self._pid is not None:
-            raise_tree(self._pid)
+        for proc in self._alive():
+            raise_tree(proc.pid)
+
+    def _alive(self) -> list[Started]:
+        # (an ended one's pid may be another process's by now)
+        return [proc for proc in self._started if proc.returncode is None]
+
+    async def _lower_new_session_soon(self, pid: int, nice: int) -> None:
+        """While the launch runs, lower each session made below ``pid`` as it appears: a sandbox's
+        (bubblewrap calls setsid just before it starts its command), a terminal's shell. Until
+        then their processes are in ours, which is lowered already."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SESSION_POLL_LIMIT_SECONDS
+        while loop.time() < deadline and not self.raised:
+            self._lower_new_sessions(pid, nice)
+            await asyncio.sleep(SESSION_POLL_SECONDS)
+
+    def _lower_new_sessions(self, pid: int, nice: int) -> None:
+        for child in descendants(pid):
+            with contextlib.suppress(OSError):
+                session = os.getsid(child)
+                if session not in self._sessions:
+                    set_session_nice(child, nice)  # (a member's file sets its session's autogroup)
+                    self._sessions.add(session)
+
+
+# the launch ahead of demand the running task is doing (set by the warm pool for the launch's task,
+# and inherited by every task it starts): what drivers/spawn.py starts then runs at its priority
+current: contextvars.ContextVar[LaunchPriority | None] = contextvars.ContextVar("opencone_launch_priority",
+                                                                                default=None)
+
+
+def lowered() -> bool:
+    """Whether what the running task starts now runs at a lowered priority (it may take longer)."""
+    priority = current.get()
+    return priority is not None and priority.nice > 0

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from opencone.drivers import pipes
+from opencone.drivers import pipes, priority
 from opencone.drivers.netns import NetNamespace
 
 _SPAWNER = ThreadPoolExecutor(1, thread_name_prefix="opencone-spawn")
@@ -93,12 +93,15 @@ class Spawned:
 
 async def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Any = None,
                 pass_fds: tuple[int, ...] = (), stderr_pipe: bool = False,
-                ids: tuple[int, int] | None = None, netns: NetNamespace | None = None, nice: int = 0) -> Spawned:
+                ids: tuple[int, int] | None = None, netns: NetNamespace | None = None) -> Spawned:
     """``cmd`` in a session of its own (its pid is its process group), stdin and stdout on
     /dev/null, stderr a stream when ``stderr_pipe`` (else /dev/null), as ``ids`` in ``netns``
-    when given, at the ``nice`` value, dying with the server. OSError when it cannot be started."""
+    when given, dying with the server; at the lowest priority when a warm pool's launch ahead of
+    demand starts it (drivers/priority.py). OSError when it cannot be started."""
     if shutil.which(cmd[0], path=(env or os.environ).get("PATH")) is None:  # (setpriv would only exit 127)
         raise FileNotFoundError(f"no executable {cmd[0]!r}")
+    launch = priority.current.get()
+    nice = launch.nice if launch is not None else 0
     argv = [*prefix(ids, netns, nice), *cmd]
     fds = (*pass_fds, netns.fd) if netns is not None else pass_fds
 
@@ -119,4 +122,7 @@ async def spawn(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: A
         if stderr_pipe:
             os.close(read_end)
         raise
-    return Spawned(popen, pipes.stream(read_end, loop) if stderr_pipe else None)  # (not connect_read_pipe)
+    spawned = Spawned(popen, pipes.stream(read_end, loop) if stderr_pipe else None)  # (not connect_read_pipe)
+    if launch is not None:
+        launch.started(spawned, nice)
+    return spawned

@@ -21,6 +21,7 @@ from pathlib import Path
 from playwright.async_api import Browser, BrowserContext, Playwright
 from playwright.async_api import Error as PlaywrightError
 
+from opencone.drivers import priority
 from opencone.drivers.base import (
     CdpEndpoint,
     ComputerGone,
@@ -41,7 +42,6 @@ from opencone.drivers.chromium.stealth import StealthConfig, StealthTargets
 from opencone.drivers.chromium.tabs import Tab, TabRegistry
 from opencone.drivers.chromium.typing import key_events
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.priority import LaunchPriority, raise_groups
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +105,16 @@ class ChromiumComputer(ChromiumPerception):
                      user_agent: str | None = None,
                      wrap: Callable[[list[str]], list[str]] | None = None,
                      netns: NetNamespace | None = None, relay_dir: Path | None = None,
-                     downloads: DownloadDir | None = None,
-                     priority: LaunchPriority | None = None) -> ChromiumComputer:
+                     downloads: DownloadDir | None = None) -> ChromiumComputer:
         """``netns``: the network namespace the browser runs in (launcher.py); ``relay_dir`` then
         holds the socket Playwright reaches it through. ``downloads``: where its downloads go
-        (the profile's ``Downloads`` unless said). ``priority``: a launch ahead of demand's, until
-        ``prioritize``."""
-        # a launch at a low priority (ahead of demand) may take long on a busy machine: no hurry
-        timeout = LAUNCH_TIMEOUT_SECONDS * (4 if priority is not None and priority.nice > 0 else 1)
+        (the profile's ``Downloads`` unless said)."""
+        # a launch at a low priority (ahead of demand: drivers/priority.py) may take long on a busy machine
+        timeout = LAUNCH_TIMEOUT_SECONDS * (4 if priority.lowered() else 1)
         process = await launch_chromium(executable, profile_dir, display.width, display.height,
                                         headless=headless, env=env, extra_args=extra_args, keep_profile=keep_profile,
                                         user_agent=user_agent, wrap=wrap, netns=netns, relay_dir=relay_dir,
-                                        priority=priority, timeout=timeout)
+                                        timeout=timeout)
         try:
             browser = await playwright.chromium.connect_over_cdp(await process.devtools.playwright_url())
             context = browser.contexts[0] if browser.contexts else await browser.new_context()
@@ -133,10 +131,6 @@ class ChromiumComputer(ChromiumPerception):
             await process.terminate()
             raise
         return computer
-
-    def prioritize(self) -> None:
-        """Its processes back to normal CPU priority: it was launched ahead of demand, at the lowest."""
-        raise_groups(self.process.process_groups())
 
     def on_gone(self, callback: Callable[[str], None]) -> None:
         self._gone_callbacks.append(callback)

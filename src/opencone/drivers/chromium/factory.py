@@ -18,7 +18,6 @@ from opencone.drivers.chromium.stealth import DEFAULT as DEFAULT_STEALTH
 from opencone.drivers.chromium.stealth import StealthConfig, launch_user_agent
 from opencone.drivers.network import NetworkPlan
 from opencone.drivers.pool import PoolPolicy, WarmPool
-from opencone.drivers.priority import LaunchPriority
 from opencone.drivers.processes import tree_private_bytes
 from opencone.drivers.sandbox import Sandbox
 from opencone.drivers.sandbox.workspaces import sandbox_ids
@@ -48,7 +47,7 @@ class BrowserFactory:
         self.pool: WarmPool[ChromiumComputer] = WarmPool(
             "browser", pool, self._launch, self._dispose, healthy=lambda c: c.alive,
             measure=lambda c: tree_private_bytes(c.process.pid),
-            launch_ahead=self._launch, prioritize=lambda c: c.prioritize(),
+            lower_ahead=True,
         )
 
     async def start(self) -> None:
@@ -58,16 +57,14 @@ class BrowserFactory:
         self._pool_user_agent = launch_user_agent(DEFAULT_STEALTH, self._chrome_major)
         self.pool.start()
 
-    async def _launch(self, priority: LaunchPriority | None = None) -> ChromiumComputer:
-        """A pool browser; ``priority`` for one launched ahead of demand (drivers/priority.py)."""
+    async def _launch(self) -> ChromiumComputer:
         assert self._playwright is not None, "factory not started"
         profile = self.new_profile_dir()
         return await ProxiedChromium.launch_proxied(self._playwright, self._executable, profile,
                                                     Display(self._default.width, self._default.height),
                                                     plan=self._network, relay_dir=self.relay_dir,
                                                     connect_timeout=self._proxy_connect_timeout,
-                                                    user_agent=self._pool_user_agent, wrap=self._wrap(profile),
-                                                    priority=priority)
+                                                    user_agent=self._pool_user_agent, wrap=self._wrap(profile))
 
     @property
     def relay_dir(self) -> Path:

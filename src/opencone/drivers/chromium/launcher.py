@@ -21,7 +21,6 @@ import psutil
 
 from opencone.drivers.chromium.devtools import DevTools
 from opencone.drivers.netns import NetNamespace
-from opencone.drivers.priority import LaunchPriority
 from opencone.drivers.processes import cmdline, descendants, kill_group
 from opencone.drivers.spawn import Spawned, spawn
 
@@ -121,12 +120,6 @@ class ChromiumProcess:
         if self._main_pid is None:
             self._main_pid = self._find_main_pid()
         return self._main_pid
-
-    def process_groups(self) -> list[int]:
-        """The process groups the browser's processes are in: the one it was started in and, in a
-        sandbox, Chromium's own inside it."""
-        inner = self._sandbox_group() if self.wrapped else None
-        return [self.pid] if inner is None else [self.pid, inner]
 
     def _sandbox_group(self) -> int | None:
         """Chromium's process group inside its sandbox, led by bubblewrap's init; None once that
@@ -267,13 +260,11 @@ async def launch_chromium(
     wrap: Callable[[list[str]], list[str]] | None = None,
     netns: NetNamespace | None = None,
     relay_dir: Path | None = None,
-    priority: LaunchPriority | None = None,
 ) -> ChromiumProcess:
     """``wrap`` turns Chromium's command line into the one to run: a sandbox around it, in which
     it runs unprivileged, so with its own sandbox too (``--no-sandbox`` is only for root).
     ``netns``: the network namespace it runs in (its DevTools port is on that loopback only);
-    ``relay_dir`` holds the Unix socket through which Playwright reaches it there. ``priority``: a
-    launch ahead of demand's, for it and every process it makes (drivers/priority.py)."""
+    ``relay_dir`` holds the Unix socket through which Playwright reaches it there."""
     user_data_dir.mkdir(parents=True, exist_ok=True)
     # in a namespace of its own the port is always the same (nothing else is there); on the host, any free one
     cmd = chromium_command(executable, user_data_dir, width, height, headless, extra_args, proxy_server, user_agent,
@@ -281,12 +272,9 @@ async def launch_chromium(
     if wrap is not None:
         cmd = wrap([a for a in cmd if a != "--no-sandbox"])
     try:
-        nice = priority.nice if priority is not None else 0
-        proc = await spawn(cmd, stderr_pipe=True, env=env, netns=netns, nice=nice)
+        proc = await spawn(cmd, stderr_pipe=True, env=env, netns=netns)
     except OSError as exc:
         raise LaunchError(f"cannot start Chromium at {executable!r}: {exc}") from exc
-    if priority is not None:
-        priority.started(proc.pid, nice)
     assert proc.stderr is not None
     seen = b""
     try:
@@ -300,14 +288,10 @@ async def launch_chromium(
                 if match:
                     break
     except BaseException:
-        if priority is not None:
-            priority.finished(ok=False)
         await kill_group(proc.pid, grace=0.2)
         if not keep_profile:
             await asyncio.to_thread(shutil.rmtree, user_data_dir, True)
         raise
-    if priority is not None:
-        priority.finished()
     chromium = ChromiumProcess(proc, DevTools(match.group(1).decode(), netns, relay_dir), user_data_dir, keep_profile,
                                wrap is not None)
     if wrap is not None:  # (DevTools answers: the browser process is up)

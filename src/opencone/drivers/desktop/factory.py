@@ -38,7 +38,7 @@ class DesktopFactory:
         self._playwright: Playwright | None = None
         self._playwright_lock = asyncio.Lock()
         self.pool: WarmPool[DesktopComputer] = WarmPool(
-            "desktop", pool, self._launch_default, self._dispose, healthy=lambda d: d.alive
+            "desktop", pool, self._launch_default, self._dispose, healthy=lambda d: d.alive, lower_ahead=True,
         )
 
     async def start(self) -> None:
