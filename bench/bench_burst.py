@@ -17,7 +17,9 @@ Every figure is printed beside its raw floor, measured in the same run, and the 
   connect against new_context + new_page; goto; the end: disconnect + delete against context.close).
   Each round is also put beside 10 browsers launched in parallel by the raw side: the floor of a
   round whose creates find the pool empty (one browser per computer, not a context), and one last
-  round runs once the pool holds 10 again.
+  round runs once the pool holds 10 again. That last round is also put beside its own floor: 10
+  browsers already running, one per lifecycle as opencone has them (connect_over_cdp → goto →
+  disconnect → kill, 10 at once, no server), which the raw new-context side does not pay.
 - **first, cold burst of N creates**: all fired together on a fresh server; "usable" is each
   computer's first screenshot answered. Raw: N Chromiums launched in parallel with opencone's own
   launcher (same flags), each connected over CDP and its first JPEG captured. Target ≤ 1.1× raw.
@@ -136,6 +138,29 @@ async def raw_context_lifecycles(pw: Playwright, ws_url: str, url: str, n: int) 
         return list(await asyncio.gather(*(one() for _ in range(n))))
     finally:
         await browser.close()
+
+
+async def raw_browser_lifecycles(pw: Playwright, executable: str, tmp: Path, url: str, n: int) -> list[Phases]:
+    """The floor of a round on a warm pool with one browser per computer: N browsers launched
+    beforehand and left to settle, then at once each connected over CDP, its page loaded, and the
+    client gone and the browser killed (what a pool browser costs a lifecycle, without the server)."""
+    procs = await asyncio.gather(*(launch_chromium(executable, tmp / f"warm-{secrets.token_hex(6)}")
+                                   for _ in range(n)))
+    await asyncio.sleep(3)
+
+    async def one(proc: Any) -> Phases:
+        t0 = time.perf_counter()
+        browser = await pw.chromium.connect_over_cdp(proc.ws_url)
+        opened = ms(t0)
+        t1 = time.perf_counter()
+        await browser.contexts[0].pages[0].goto(url, wait_until="load")
+        loaded = ms(t1)
+        t2 = time.perf_counter()
+        await browser.close()
+        await proc.terminate()
+        return {"open": opened, "goto": loaded, "end": ms(t2), "total": ms(t0)}
+
+    return list(await asyncio.gather(*(one(p) for p in procs)))
 
 
 # -- opencone side -----------------------------------------------------------------------------
@@ -265,6 +290,10 @@ async def run(args: argparse.Namespace, tmp: Path, site: Site) -> Report:
         for proc, browser in made10:
             await browser.close()
             await proc.terminate()
+        # and of a round that finds 10 warm: 10 browsers already running, one per computer
+        warm10: list[Phases] = []
+        for _ in range(rounds):
+            warm10 += await raw_browser_lifecycles(pw, executable, tmp / "warm10", url, 10)
 
         # -- a fresh server, default pool settings
         srv = start_server(tmp / "srv", env={"OPENCONE_POOL_SIZE": "2", "OPENCONE_MAX_COMPUTERS": "200"})
@@ -299,7 +328,14 @@ async def run(args: argparse.Namespace, tmp: Path, site: Site) -> Report:
                 rep.add(f"10 concurrent lifecycles, {label} ({held} warm), p50 (raw: new context)", p50(lat),
                         p50(raw_lat), "≤ 0.6× raw", p50(lat) <= 0.6 * p50(raw_lat))
                 rep.add("  the same (raw: 10 browsers launched in parallel)", p50(lat), launch10_wall)
+                rep.add("  the same (raw: 10 warm browsers, one per lifecycle)", p50(lat),
+                        p50([x["total"] for x in warm10]))
                 lifecycle_phases(rep, runs, raw10)
+                if r == rounds:
+                    for key, what in (("open", "connect_over_cdp"), ("goto", "goto"),
+                                      ("end", "disconnect + delete (raw: disconnect + kill)")):
+                        rep.add(f"  {what} (raw: 10 warm browsers)", p50([x[key] for x in runs]) if key != "open"
+                                else p50([x["connect"] for x in runs]), p50([x[key] for x in warm10]))
             last = time.perf_counter()
             secs, pss = await back_to_floor(http, srv, 2, floor_pss, last, "browser")
             rep.add("idle: back to the floor after the last create (s)", secs, None, "≤ 60 s", secs <= 60, "s")
