@@ -208,10 +208,13 @@ class WarmPool(Generic[T]):
     def _hand_out(self, item: T) -> None:
         lowered = self._lowered.pop(id(item), None)
         if lowered is not None:
-            try:
-                lowered.raise_now()
-            except Exception:  # the item still works, at the priority it was launched with
-                log.exception("warm pool %s: cannot raise an item's priority", self.name)
+            self._raise(lowered)
+
+    def _raise(self, lowered: LaunchPriority) -> None:
+        try:
+            lowered.raise_now()
+        except Exception:  # it still works, at the priority it was launched with; the pool goes on
+            log.exception("warm pool %s: cannot raise a launch's priority", self.name)
 
     # -- launches -------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -222,7 +225,7 @@ class WarmPool(Generic[T]):
         waiting = sum(1 for w in self._waiters if not w.done())
         # takes wait for launches ahead of demand now: those are demanded, at normal priority
         for task in list(self._ahead)[:max(0, waiting - (len(self._launches) - len(self._ahead)))]:
-            self._ahead.pop(task).raise_now()
+            self._raise(self._ahead.pop(task))
         while len(self._launches) < p.parallel:
             if waiting > len(self._launches):  # a take with no launch of its own to wait for
                 self._start_launch(ahead=False)
