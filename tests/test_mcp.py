@@ -101,9 +101,13 @@ async def test_two_computers_in_one_session(server: Server, site: str) -> None:
                     await ok(c, "click", computer_id=cid, ref=refs[cid])
                     await ok(c, "key", computer_id=cid, keys="End")
                     await ok(c, "type", computer_id=cid, text=f"{word}{i}")
-            # and at once: calls on two computers in flight together on the one session
-            await asyncio.gather(*(ok(c, "type", computer_id=cid, text=word)
-                                   for cid, word in ((a, "-L"), (b, "-R"), (a, "!"), (b, "?"))))
+            # and at once: calls on two computers in flight together on the one session (each
+            # computer's own two in order: two calls in flight on one computer may arrive either way)
+            async def type_in_turn(cid: str, *words: str) -> None:
+                for word in words:
+                    await ok(c, "type", computer_id=cid, text=word)
+
+            await asyncio.gather(type_in_turn(a, "-L", "!"), type_in_turn(b, "-R", "?"))
             snap_a, snap_b = [text(await ok(c, "snapshot", computer_id=cid)) for cid in (a, b)]
             assert "left0left1left2-L!" in snap_a and "right" not in snap_a and "-R" not in snap_a
             assert "right0right1right2-R?" in snap_b and "left" not in snap_b and "-L" not in snap_b
