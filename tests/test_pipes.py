@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -79,5 +80,41 @@ def test_a_stream_reads_lines(loop: str) -> None:
         assert await reader.readline() == b"one\n"
         assert await reader.readline() == b"two\n"
         assert await reader.readline() == b""
+
+    RUNNERS[loop](main())
+
+
+@pytest.mark.parametrize("loop", RUNNERS)
+def test_xvfb_display_number_is_read_on_the_loop_and_its_pipe_closed_once(loop: str) -> None:
+    """Xvfb's ``-displayfd`` pipe: the number is read across chunks; a pipe that ends early is an
+    error; a read given up (a start's timeout) closes the pipe at once, with no thread left in it."""
+    from opencone.drivers.desktop.xserver import XServerError, _read_number
+
+    async def main() -> None:
+        r, w = os.pipe()
+        reading = asyncio.ensure_future(_read_number(r))
+        os.write(w, b"4")
+        await asyncio.sleep(0.01)
+        os.write(w, b"2\n")
+        assert await reading == 42
+        with pytest.raises(OSError):
+            os.fstat(r)
+        os.close(w)
+
+        r, w = os.pipe()
+        os.write(w, b"7")
+        os.close(w)
+        with pytest.raises(XServerError, match="exited before"):
+            await _read_number(r)
+
+        r, w = os.pipe()
+        threads = threading.active_count()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await _read_number(r)
+        with pytest.raises(OSError):
+            os.fstat(r)  # closed by the reader, before anything else could be given the number
+        assert threading.active_count() == threads
+        os.close(w)
 
     RUNNERS[loop](main())

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from Xlib.display import Display as XDisplay
 
+from opencone.drivers.pipes import FdReader
 from opencone.drivers.processes import kill_group
 from opencone.drivers.sandbox.bwrap import BASE_ENV
 from opencone.drivers.sandbox.workspaces import sandbox_ids
@@ -103,14 +104,16 @@ async def _start_once(executable: str, width: int, height: int, timeout: float) 
              "-nolisten", "tcp", "-noreset"],  # -noreset: no server reset when the last client leaves
             pass_fds=(write_fd,), env={"PATH": BASE_ENV["PATH"]}, ids=sandbox_ids(),
         )
-    except OSError as exc:
+    except BaseException as exc:
         os.close(read_fd)
-        raise XServerError(f"cannot start Xvfb at {executable!r}: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise XServerError(f"cannot start Xvfb at {executable!r}: {exc}") from exc
+        raise
     finally:
         os.close(write_fd)
     try:
         async with asyncio.timeout(timeout):
-            number = await asyncio.to_thread(_read_number, read_fd)
+            number = await _read_number(read_fd)
             server = XServer(proc, number, executable)
             server.note_socket()
             await asyncio.to_thread(_check, server.name)
@@ -118,18 +121,21 @@ async def _start_once(executable: str, width: int, height: int, timeout: float) 
     except BaseException:
         await kill_group(proc.pid, grace=0)
         raise
+
+
+async def _read_number(fd: int) -> int:
+    """The display number Xvfb writes to ``fd`` (which this owns and closes). Read on the loop,
+    not in a thread: a thread still blocked in ``read`` when a timeout closes the descriptor
+    would read whatever file is next given that number."""
+    reader = asyncio.StreamReader(limit=64)
+    transport = FdReader(asyncio.get_running_loop(), fd, asyncio.StreamReaderProtocol(reader))
+    try:
+        line = await reader.readline()
     finally:
-        os.close(read_fd)
-
-
-def _read_number(fd: int) -> int:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 64)
-        if not chunk:
-            raise XServerError("Xvfb exited before it reported a display number")
-        data += chunk
-    return int(data)
+        transport.close()
+    if not line.endswith(b"\n"):
+        raise XServerError("Xvfb exited before it reported a display number")
+    return int(line)
 
 
 async def start_xvfb(width: int, height: int, executable: str | None = None, timeout: float = 10.0) -> XServer:
