@@ -7,6 +7,12 @@ connect with a socket made inside the namespace. Playwright's node driver is
 another process, on the host's network: it connects through a Unix socket in
 the server's run directory (0700, the server's own), which this module relays
 into the namespace, byte for byte.
+
+Every relayed transport is closed explicitly: when both directions have ended,
+when either end is lost, and when the relay closes. One left to the garbage
+collector is worse than a leak under uvloop: the socket object closes its
+descriptor, then the transport's handle closes the same number again, which by
+then may be another's (a subprocess's pipe, an exec's socket).
 """
 
 from __future__ import annotations
@@ -33,13 +39,20 @@ _MAX_UNIX_PATH = 100  # sun_path is 108 bytes with its NUL; keep a margin
 class _Pipe(asyncio.Protocol):
     """One end of a relayed connection: what it reads is written to its peer."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: set[_Pipe]) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
+        self.ended = False  # this end has read its EOF
         self._early: list[bytes] = []  # read before the peer was connected
+        self._live = live  # the relay's open ends, closed with it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._live.add(self)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def attach(self, peer: _Pipe) -> None:
         self.peer = peer
@@ -55,14 +68,19 @@ class _Pipe(asyncio.Protocol):
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.transport is not None and self.peer.transport.can_write_eof():
-            self.peer.transport.write_eof()
-            return True
-        return False
+        self.ended = True
+        peer = self.peer
+        if peer is None:
+            return True  # the far end is still opening: _Accepted._open passes the EOF on
+        if peer.transport is None or peer.ended or not peer.transport.can_write_eof():
+            return False  # nothing left to relay either way: the transport closes, and its peer with it
+        peer.transport.write_eof()
+        return True  # half-closed: the other direction still flows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+        self._live.discard(self)
+        if self.peer is not None:
+            self.peer.close()
 
     # back-pressure: while the peer cannot take more, this end stops reading
     def pause_writing(self) -> None:
@@ -77,8 +95,8 @@ class _Pipe(asyncio.Protocol):
 class _Accepted(_Pipe):
     """A connection from Playwright's driver; on arrival, its peer is opened inside the namespace."""
 
-    def __init__(self, netns: NetNamespace, port: int) -> None:
-        super().__init__()
+    def __init__(self, netns: NetNamespace, port: int, live: set[_Pipe]) -> None:
+        super().__init__(live)
         self._netns, self._port = netns, port
         self._opening: asyncio.Task[None] | None = None
 
@@ -89,16 +107,24 @@ class _Accepted(_Pipe):
     async def _open(self) -> None:
         try:
             sock = await self._netns.connect(self._port)
-            far = _Pipe()
-            await asyncio.get_running_loop().create_connection(lambda: far, sock=sock)
         except OSError:
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
+            return
+        far = _Pipe(self._live)
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: far, sock=sock)
+        except BaseException as exc:
+            sock.close()  # no transport owns it
+            self.close()
+            if not isinstance(exc, OSError):
+                raise
             return
         far.attach(self)
         self.attach(far)
         if self.transport is None or self.transport.is_closing():
-            far.transport.close()  # type: ignore[union-attr]
+            far.close()
+        elif self.ended:  # the driver's side ended while the far one was opening
+            self.eof_received()
 
 
 class DevTools:
@@ -114,6 +140,7 @@ class DevTools:
         self._relay_dir = relay_dir
         self._relay: asyncio.Server | None = None
         self._relay_path: Path | None = None
+        self._relayed: set[_Pipe] = set()  # open ends of relayed connections
 
     async def connect(self, **options: Any) -> ClientConnection:
         """A WebSocket to the browser, for a client of the server's own."""
@@ -133,8 +160,8 @@ class DevTools:
             return self.ws_url
         if self._relay is None:
             self._relay_path = self._socket_path()
-            netns, port = self.netns, self.port
-            self._relay = await asyncio.get_running_loop().create_unix_server(lambda: _Accepted(netns, port),
+            netns, port, live = self.netns, self.port, self._relayed
+            self._relay = await asyncio.get_running_loop().create_unix_server(lambda: _Accepted(netns, port, live),
                                                                               str(self._relay_path))
         return f"ws+unix://{self._relay_path}:{self.path}"
 
@@ -154,6 +181,8 @@ class DevTools:
         return directory / name
 
     async def close(self) -> None:
+        for end in list(self._relayed):  # a server's close leaves its accepted connections open
+            end.close()
         if self._relay is not None:
             self._relay.close()
             with contextlib.suppress(Exception):
