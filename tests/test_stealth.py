@@ -49,6 +49,9 @@ def test_default_browser_passes_the_usual_checks(client: Lightcone, site: str) -
     assert r["webgl_vendor"] and "SwiftShader" not in r["webgl_vendor"] and r["webgl_vendor"] != "Google Inc. (Google)"
     assert "SwiftShader" not in (r["webgl_renderer"] or "")
     assert r["native_functions"] and r["get_parameter_name"] == "getParameter"
+    assert r["method_flags"] == [[True, True, True]] * 3  # as the native methods' (WebIDL operations)
+    # getParameter is wrapped on each context's first make, WebGL2 and OffscreenCanvas in the document too
+    assert r["webgl2_vendor"] == r["offscreen_webgl_vendor"] == r["webgl_vendor"]
     assert r["own_window_keys"] == []
 
 
@@ -91,6 +94,7 @@ def test_disabled_reports_the_raw_headless_values(client: Lightcone, site: str) 
     assert "HeadlessChrome" in r["user_agent"]
     assert "SwiftShader" in (r["webgl_renderer"] or "")
     assert not r["chrome_runtime"]
+    assert r["method_flags"] == [[True, True, True]] * 3  # the native flags, which stealth keeps
 
 
 def test_unknown_key_and_bad_values_are_422(server: Server) -> None:
