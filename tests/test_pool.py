@@ -170,6 +170,77 @@ async def test_memory_reserve_stops_launches_ahead_of_demand_but_not_a_create() 
         await pool.close()
 
 
+class Cpu:
+    """The idle cores the pool sees, as the test sets them."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+
+    def __call__(self) -> float:
+        return self.idle
+
+
+async def test_launches_ahead_of_demand_wait_for_spare_cpu_but_a_take_never_does() -> None:
+    launcher, clock, cpu = Launcher(), FakeClock(), Cpu(0.1)
+    pool = WarmPool("test", PoolPolicy(floor=4, max=4, parallel=3, spare_cores=0.5, busy_wait_seconds=5),
+                    launcher.launch, launcher.dispose, clock=clock, free_memory=lambda: 64 * 1024 * MIB,
+                    tick_seconds=0.005, idle_cores=cpu)
+    pool.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert launcher.started == 0  # busy: the floor waits
+        assert await pool.take() == 1  # a create is served at once, busy or not
+        clock.now += 5  # busy for the whole wait: one launch at a time from then on
+        launcher.gate.clear()
+        await until(lambda: launcher.started == 2)
+        await asyncio.sleep(0.05)
+        assert launcher.running == 1 and launcher.started == 2
+        launcher.gate.set()
+        await until(lambda: pool.ready_count == 4)
+        assert launcher.peak_running == 1
+        cpu.idle = 1.5  # spare CPU: a refill runs its launches in parallel
+        await asyncio.gather(*(pool.take() for _ in range(3)))
+        launcher.gate.clear()
+        clock.now += 1  # (past the refill delay)
+        await until(lambda: launcher.running == 3)
+        launcher.gate.set()
+        await until(lambda: pool.ready_count == 4)
+        # busy again: this refill waits the whole wait afresh
+        cpu.idle = 0.0
+        await pool.take()
+        clock.now += 1
+        started = launcher.started
+        await asyncio.sleep(0.05)
+        assert launcher.started == started
+        clock.now += 5
+        await until(lambda: launcher.started == started + 1)
+    finally:
+        await pool.close()
+
+
+def test_idle_cores_is_the_spare_cpu_since_the_last_look() -> None:
+    from types import SimpleNamespace
+
+    from opencone.drivers.cpu_idle import IdleCores
+
+    now, spare = [0.0], [100.0]
+    idle = IdleCores(read=lambda: SimpleNamespace(idle=spare[0], iowait=0.0, nice=0.0), clock=lambda: now[0],
+                     min_window=0.05)
+    first = idle()
+    assert first == float(os.cpu_count() or 1)  # nothing measured yet: all cores
+    now[0], spare[0] = 1.0, 101.5
+    assert idle() == 1.5  # 1.5 CPU seconds idle in 1 s
+    now[0], spare[0] = 1.01, 101.5
+    assert idle() == 1.5  # too soon for a new window: the last figure
+    now[0], spare[0] = 2.0, 101.6
+    assert idle() == pytest.approx(0.1)  # since the last window (1.0 s), the look at 1.01 s not counted
+    # time at a raised nice value (the pool's own launches) counts as spare
+    idle = IdleCores(read=lambda: SimpleNamespace(idle=0.0, iowait=0.0, nice=spare[0]), clock=lambda: now[0])
+    idle()
+    now[0], spare[0] = 3.0, 103.6
+    assert idle() == pytest.approx(2.0)
+
+
 async def test_an_empty_pool_take_joins_the_launch_under_way() -> None:
     launcher, clock = Launcher(), FakeClock()
     pool = make_pool(launcher, clock, floor=1, max=1, parallel=4)
@@ -241,7 +312,8 @@ class AheadLauncher(Launcher):
 
 def make_ahead_pool(launcher: AheadLauncher, clock: FakeClock, **policy: object) -> WarmPool[int]:
     return WarmPool("test", PoolPolicy(**policy), launcher.launch, launcher.dispose,  # type: ignore[arg-type]
-                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005, lower_ahead=True)
+                    clock=clock, free_memory=lambda: 64 * 1024 * MIB, tick_seconds=0.005, lower_ahead=True,
+                    idle_cores=lambda: 8.0)  # (a machine with CPU to spare: the real one's load plays no part)
 
 
 async def test_launches_ahead_of_demand_are_raised_when_a_take_comes_to_wait_or_takes_their_item() -> None:
