@@ -279,11 +279,16 @@ def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: in
                 if i >= warmup:
                     res.add(name, "api", a)
                     res.add(name, "raw", r)
-        # navigate alternates between two pages on both sides
+        # navigate alternates between two pages on both sides, and which side goes first every two
+        # samples (a load right after the other side's runs beside that one's trailing work)
         for i in range(warmup + samples):
             url = url_b if i % 2 == 0 else url_a
-            a = timed(lambda: ok(client.computers.navigate(comp.id, url=url), "navigate"))  # noqa: B023
-            r = raw.run(raw.goto(url))
+            if (i // 2) % 2:
+                r = raw.run(raw.goto(url))
+                a = timed(lambda: ok(client.computers.navigate(comp.id, url=url), "navigate"))  # noqa: B023
+            else:
+                a = timed(lambda: ok(client.computers.navigate(comp.id, url=url), "navigate"))  # noqa: B023
+                r = raw.run(raw.goto(url))
             if i >= warmup:
                 res.add("navigate (load)", "api", a)
                 res.add("navigate (load)", "raw", r)
@@ -293,8 +298,12 @@ def bench_actions(server: Server, raw: Raw, site: str, res: Results, samples: in
         try:
             for i in range(warmup + samples):
                 url = url_b if i % 2 == 0 else url_a
-                c = raw.run(raw.goto(url, page))
-                r = raw.run(raw.goto(url))
+                if (i // 2) % 2:
+                    r = raw.run(raw.goto(url))
+                    c = raw.run(raw.goto(url, page))
+                else:
+                    c = raw.run(raw.goto(url, page))
+                    r = raw.run(raw.goto(url))
                 if i >= warmup:
                     res.add("navigate, same computer over CDP", "api", c)
                     res.add("navigate, same computer over CDP", "raw", r)
