@@ -10,7 +10,8 @@ The server runs with the default pool settings (floor OPENCONE_POOL_SIZE=2, max 
 Every figure is printed beside its raw floor, measured in the same run, and the ratio:
 
 - **10 concurrent lifecycles** (create → ``connect_over_cdp`` → ``goto`` → disconnect → delete, 10 at
-  once, several rounds: the first finds the default pool, later ones the pool grown by it), p50 of
+  once, several rounds, started right after the second burst's deletes and one after another, so they
+  find the pool still refilling, usually empty: their creates wait for launches), p50 of
   each lifecycle, beside the raw lifecycle in one running browser: ``new_context`` → ``new_page`` →
   ``goto`` → ``context.close``, 10 at once. Target ≤ 0.6× raw. Each round says how many browsers the
   pool held ready when it began, and the p50 of each phase beside the raw side's (opening: create +
