@@ -357,6 +357,30 @@ async def test_launches_ahead_of_demand_are_raised_when_a_take_comes_to_wait_or_
         await pool.close()
 
 
+async def test_a_launch_watches_for_its_sandbox_session_only_until_it_appears() -> None:
+    """A launch's new session (bubblewrap's setsid) is lowered as soon as it shows; then the watch
+    ends instead of walking the launch's children for the rest of its start (drivers/priority.py)."""
+    # a session leader whose child makes a session of its own a moment later, as bubblewrap does
+    leader = await asyncio.create_subprocess_exec("sh", "-c", "sleep 0.2; exec setsid -w sleep 30",
+                                                  start_new_session=True)
+    try:
+        launch = LaunchPriority(nice=19)
+        launch.started(leader, 19)
+        (watch,) = launch._follows
+        await asyncio.wait_for(asyncio.shield(watch), 5)  # ends by itself, well before its 10 s limit
+        assert not watch.cancelled()
+        (child,) = await asyncio.to_thread(lambda: psutil.Process(leader.pid).children())
+        assert os.getsid(child.pid) != os.getsid(leader.pid)  # (setsid forked, as a group leader must)
+        assert session_nices({child.pid}) == autogroups(19)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, 9)
+        for proc in psutil.Process().children(recursive=True):
+            if proc.name() == "sleep":
+                proc.kill()
+        await leader.wait()
+
+
 def thread_nices(pid: int) -> dict[int, int]:
     """The nice value of every thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
     out = {}
