@@ -28,6 +28,8 @@ from tzafon import Lightcone
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from opencone.testing import start_server
+
 NODE_DIR = Path(__file__).with_name("node")
 
 
@@ -99,6 +101,26 @@ def test_json_version_points_back_at_the_proxy(server: Server, comp_id: str) -> 
         body = h.get(f"/computers/{comp_id}/cdp/json/version").json()
     assert body["webSocketDebuggerUrl"] == f"ws{server.base_url[4:]}/computers/{comp_id}/cdp"
     assert httpx.get(f"{server.base_url}/computers/{comp_id}/cdp/json/version/").status_code == 401
+
+
+def test_websockets_are_not_compressed_unless_configured(server: Server, comp_id: str, tmp_path: Path) -> None:
+    """A client offering permessage-deflate (websockets and Playwright do) gets plain frames: on
+    loopback or a LAN compression only costs both ends CPU (the server's halved without it, measured);
+    ``OPENCONE_WS_COMPRESSION=true`` grants it, for a client across a slow link."""
+    def extensions(srv: Server, cid: str) -> str | None:
+        with connect(ws_url(srv, cid), compression="deflate", open_timeout=10) as conn:
+            assert Raw(conn).send("Browser.getVersion")["result"]["product"].startswith("Chrome/")
+            return conn.response.headers.get("Sec-WebSocket-Extensions")
+
+    assert extensions(server, comp_id) is None
+    compressing = start_server(tmp_path, env={"OPENCONE_WS_COMPRESSION": "true", "OPENCONE_POOL_SIZE": "0"})
+    try:
+        with compressing.client() as client:
+            cid = client.computers.create(kind="browser").id
+            assert (extensions(compressing, cid) or "").startswith("permessage-deflate")
+            client.computers.delete(cid)
+    finally:
+        compressing.stop()
 
 
 def test_plain_get_on_ws_is_a_bad_request(client: Lightcone, comp_id: str) -> None:

@@ -62,7 +62,8 @@ def serve(
         application = create_app(settings)
     uvicorn.run(application, host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
-                ws_max_size=128 * 2**20)  # a CDP command can carry a file (Playwright sends up to 50 MB)
+                ws_max_size=128 * 2**20,  # a CDP command can carry a file (Playwright sends up to 50 MB)
+                ws_per_message_deflate=settings.ws_compression)
 
 
 

@@ -97,6 +97,11 @@ class Settings(BaseSettings):
         default=False, description="GET /metrics without an API key (for a scraper on a trusted network); by "
                                    "default it takes a key of the default organisation, as GET /status does.")
 
+    ws_compression: bool = Field(
+        default=False, description="permessage-deflate on the server's WebSockets (the CDP endpoint) when a "
+                                   "client offers it: for clients across a slow link. Off by default: on "
+                                   "loopback or a LAN it costs both ends CPU for every CDP message.")
+
     log_level: str = "info"
 
     desktop_pool_size: int = Field(default=0, ge=0, le=16, description="Pre-launched desktops always kept ready.")

@@ -171,7 +171,7 @@ def main() -> None:
     threading.Thread(target=_watch_parent, args=(parent, parent_gone), daemon=True, name="parent-watch").start()
     config = uvicorn.Config(InternalGate(app, token, node, live_by_kind, ensure_org, Archives()),
                             log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=3,
-                            ws_max_size=128 * 2**20, lifespan="on")
+                            ws_max_size=128 * 2**20, ws_per_message_deflate=settings.ws_compression, lifespan="on")
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(sockets=[sock]))
