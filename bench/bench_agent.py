@@ -105,7 +105,7 @@ def main() -> None:
     fake = start_fake(mode="fast", fast_steps=single_steps, log_bodies=False)
     server = start_server(tmp / "server", env={**fake.openai_env(), "OPENCONE_AGENT_SETTLE_MS": "0",
                                                "OPENCONE_POOL_SIZE": "10", "OPENCONE_MAX_RUNNING_TASKS": "20"})
-    raw = StepRaw(Settings().chromium_path, tmp)
+    raw = StepRaw(Settings().browser_executable, tmp)
     try:
         raw.open(url)
         client = server.client()

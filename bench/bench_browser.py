@@ -468,7 +468,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
     }
     with contextlib.suppress(Exception):
-        exe = Settings().chromium_path
+        exe = Settings().browser_executable
         info["chromium"] = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=20).stdout.strip()
     for dist in ("playwright", "tzafon"):
         with contextlib.suppress(Exception):
@@ -539,7 +539,7 @@ def main() -> int:
     try:
         write_site(tmp / "site")
         site = Site(tmp / "site")
-        raw = Raw(Settings().chromium_path, tmp / "raw")
+        raw = Raw(Settings().browser_executable, tmp / "raw")
 
         print("· warm server (pool 2): create / screenshot / delete …", flush=True)
         server = start_server(tmp, env={"OPENCONE_POOL_SIZE": "2"})

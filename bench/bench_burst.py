@@ -273,7 +273,7 @@ async def back_to_floor(http: httpx.AsyncClient, srv: Server, floor: int, floor_
 async def run(args: argparse.Namespace, tmp: Path, site: Site) -> Report:
     rep = Report()
     n, rounds = (8, 2) if args.quick else (args.n, 3)
-    executable = Settings().chromium_path
+    executable = Settings().browser_executable
     url = f"{site.url}/burst.html"
     print(f"{'figure':<52} {'opencone':>9} {'raw':>9} {'ratio':>7}  {'target':<22} met", flush=True)
     async with async_playwright() as pw, httpx.AsyncClient(timeout=60) as http:

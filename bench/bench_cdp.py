@@ -127,7 +127,7 @@ def add(rows: dict[str, list[dict[str, float]]], name: str, sample: dict[str, fl
 
 async def run(srv: Server, site: Site, tmp: Path, samples: int, rounds: int, pool: int,
               attach_only: bool = False) -> dict[str, Any]:
-    executable = Settings().chromium_path
+    executable = Settings().browser_executable
     url = f"{site.url}/hello.html"
     rows: dict[str, list[dict[str, float]]] = {}
     walls: dict[str, list[float]] = {}

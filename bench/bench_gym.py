@@ -100,7 +100,7 @@ def resets(server: Any, site: str, env_id: str, n: int) -> dict[str, Any]:
 def playwright_anchor(site: str, n: int, steps: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
-    chromium = Settings().chromium_path
+    chromium = Settings().browser_executable
     launches, loop = [], []
     with sync_playwright() as p:
         for _ in range(n):

@@ -223,7 +223,7 @@ def main() -> int:
         (pages / f"p{n}.html").write_text(page(n))
     site = Site(pages)
     server = start_server(tmp / "server")
-    raw = Raw(Settings().chromium_path, tmp)
+    raw = Raw(Settings().browser_executable, tmp)
     api = Api(server.base_url, server.api_key)
     rows: list[dict[str, Any]] = []
     try:

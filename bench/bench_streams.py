@@ -248,7 +248,7 @@ def main() -> int:
     (tmp / "site" / "anim.html").write_text(ANIM)
     (tmp / "site" / "toggle.html").write_text(TOGGLE)
     site = Site(tmp / "site")
-    executable = Settings().chromium_path
+    executable = Settings().browser_executable
     results: dict[str, Any] = {"load_start": loadavg(), "cores": os.cpu_count()}
     server = start_server(tmp, env={"OPENCONE_POOL_SIZE": "1"})
     raw: Raw | None = None

@@ -13,6 +13,8 @@ EXTRA="[mcp]"  # /mcp works from the README's first command
 [ "${1:-}" = "--test" ] && EXTRA="[test]"
 # the tests start a throwaway PostgreSQL server (tests/postgres.py) for the store on PostgreSQL and the fleet
 [ "${1:-}" = "--test" ] && APT_PACKAGES+=(postgresql)
+# and browser computers on Debian's headless shell (OPENCONE_BROWSER_CHROMIUM_PATH, tests/test_headless_shell.py)
+[ "${1:-}" = "--test" ] && APT_PACKAGES+=(chromium-headless-shell)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -54,7 +54,7 @@ class Runtime:
         network = NetworkPlan(self.egress, settings.network_namespaces)
         reserve = settings.pool_memory_reserve_mb * 1024 * 1024
         self.browsers = BrowserFactory(
-            settings.chromium_path, settings.run_dir,
+            settings.browser_executable, settings.run_dir,
             PoolPolicy(floor=settings.pool_size, max=settings.pool_max, parallel=settings.pool_launch_parallel,
                        memory_reserve_bytes=reserve, idle_seconds=settings.pool_idle_seconds),
             Display(settings.default_width, settings.default_height),
