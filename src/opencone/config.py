@@ -343,7 +343,7 @@ class Settings(BaseSettings):
     @field_validator("browser_chromium_path")
     @classmethod
     def _check_browser_chromium_path(cls, value: str | None) -> str | None:
-        if value is not None and not os.access(value, os.X_OK):
+        if value is not None and not (os.path.isfile(value) and os.access(value, os.X_OK)):  # (a dir is X_OK)
             raise ValueError(f"{value} is not an executable file (Debian's headless shell: apt-get install "
                              "chromium-headless-shell, then /usr/lib/chromium/chromium-headless-shell)")
         return value
