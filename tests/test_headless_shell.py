@@ -70,6 +70,7 @@ def test_browsers_run_the_shell_and_desktops_chromium(shell_server: Server, site
 @pytest.mark.parametrize("where", ["nothing-here", "."])  # no file at all, and a directory (executable too)
 def test_a_browser_path_that_is_no_program_stops_the_start(tmp_path: Path, where: str) -> None:
     with pytest.raises(RuntimeError) as failed:
-        start_server(tmp_path, env={"OPENCONE_BROWSER_CHROMIUM_PATH": str(tmp_path / where)}, timeout=30)
+        started = start_server(tmp_path, env={"OPENCONE_BROWSER_CHROMIUM_PATH": str(tmp_path / where)}, timeout=30)
+        started.stop()  # (it should not have started: no server is left behind when it did)
     assert "bad setting: OPENCONE_BROWSER_CHROMIUM_PATH" in str(failed.value)
     assert "not an executable file" in str(failed.value)
